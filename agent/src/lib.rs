@@ -1,0 +1,1 @@
+//! Spillway agent (in progress).

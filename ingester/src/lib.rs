@@ -1,0 +1,1 @@
+//! Spillway ingester (in progress).

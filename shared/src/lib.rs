@@ -1,0 +1,23 @@
+//! The wire contract between Spillway's agents and ingesters.
+//!
+//! Anyone can produce records from `docs/record-format.md` alone; this crate
+//! is the reference implementation.
+//!
+//! Layout:
+//! - [`record`]: the validated record types ([`Record`], [`MetricsRecord`],
+//!   [`StatusRecord`], [`Sample`]).
+//! - [`codec`]: MessagePack encoding and validating decoding, with [`Limits`]
+//!   and the typed [`DecodeError`].
+//! - [`kafka`]: message key, headers and the default topic.
+//!
+//! This crate does no I/O and depends on no Kafka or ClickHouse client.
+
+pub mod codec;
+pub mod kafka;
+pub mod record;
+
+pub use codec::{DecodeError, EncodeError, Limits, decode, encode, encode_into};
+pub use record::{
+    Label, MetricKind, MetricsRecord, Origin, Record, RecordType, SCHEMA_VERSION, Sample, SeqRange,
+    StatusRecord,
+};
