@@ -1,1 +1,380 @@
-//! Spillway agent (in progress).
+//! spillway-agent: collects host metrics each tick and publishes one
+//! MessagePack record per tick to Kafka, spooling to disk while the broker is
+//! away.
+//!
+//! Layout:
+//! - [`config`]: the TOML configuration, environment overrides, validation.
+//! - [`collect`]: the collectors (one file per family) and the per-tick
+//!   scheduler with its time budget.
+//! - [`publish`]: the producer, the bounded memory queue, and the hand-off to
+//!   the spool.
+//! - [`spool`]: the crash-safe disk spool with its byte cap.
+//! - [`telemetry`]: the agent's own counters, `/health` and `/metrics`, logs.
+//!
+//! [`run`] wires them together: a tick loop aligned to the wall clock feeds a
+//! bounded channel; the publisher task drains it.
+
+pub mod collect;
+pub mod config;
+pub mod publish;
+pub mod spool;
+pub mod telemetry;
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::Context;
+use spillway_shared::{MetricsRecord, Origin, Record, StatusRecord, encode, encode_split};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info, warn};
+
+use crate::collect::Collection;
+use crate::config::{Config, ProcessEnv};
+use crate::publish::{DropLog, Publisher, SharedDropLog};
+use crate::spool::{Entry, EntryKind, Spool};
+use crate::telemetry::AgentStats;
+
+/// The agent's version, as published in every record.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// Records waiting between the tick loop and the publisher. The publisher
+/// never blocks for long (it spools), so a handful is plenty.
+const CHANNEL_CAPACITY: usize = 16;
+
+/// Who this agent is: the host, and this process run.
+pub fn origin(config: &Config) -> Origin {
+    let hostname = if config.agent.hostname.is_empty() {
+        sysinfo::System::host_name().unwrap_or_else(|_| "unknown".to_owned())
+    } else {
+        config.agent.hostname.clone()
+    };
+    let host_id = if !config.agent.host_id.is_empty() {
+        config.agent.host_id.clone()
+    } else {
+        std::fs::read_to_string("/etc/machine-id")
+            .ok()
+            .map(|s| s.trim().to_owned())
+            .filter(|s| !s.is_empty())
+            .unwrap_or_else(|| hostname.clone())
+    };
+    Origin {
+        host_id,
+        hostname,
+        instance_id: uuid::Uuid::new_v4().to_string(),
+        agent_version: VERSION.to_owned(),
+    }
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// Time from `now_ms` to the next multiple of `interval` on the wall clock,
+/// plus `jitter`. A boundary closer than `min_gap` is skipped, so that the
+/// counters primed at start-up cover a meaningful span.
+pub fn until_next_tick(
+    now_ms: u64,
+    interval: Duration,
+    jitter: Duration,
+    min_gap: Duration,
+) -> Duration {
+    let step = interval.as_millis().max(1) as u64;
+    let mut wait = step - now_ms % step;
+    if wait < min_gap.as_millis() as u64 {
+        wait += step;
+    }
+    Duration::from_millis(wait) + jitter
+}
+
+fn random_jitter(max: Duration) -> Duration {
+    if max.is_zero() {
+        return Duration::ZERO;
+    }
+    Duration::from_millis(rand::random_range(0..max.as_millis().max(1) as u64))
+}
+
+/// Collects one tick right away (after priming the counters for `prime`),
+/// without Kafka: the `once` subcommand.
+pub async fn collect_once(config: &Config, prime: Duration) -> Record {
+    let stats = Arc::new(AgentStats::default());
+    let collection = Collection::new(config, stats);
+    tokio::time::sleep(prime).await;
+    let tick = collection.tick().await;
+    Record::Metrics(MetricsRecord {
+        origin: origin(config),
+        seq: 0,
+        time_ms: now_ms(),
+        interval_ms: config.agent.interval.as_millis() as u32,
+        part: 0,
+        parts: 1,
+        samples: tick.samples,
+    })
+}
+
+struct Running {
+    tx: mpsc::Sender<Entry>,
+    task: JoinHandle<Spool>,
+}
+
+fn start_publisher(
+    config: &Config,
+    key: &str,
+    spool: Spool,
+    stats: &Arc<AgentStats>,
+    drops: &SharedDropLog,
+) -> anyhow::Result<Running> {
+    let publisher = Publisher::new(config, key.to_owned(), spool, stats.clone(), drops.clone())
+        .context("cannot create the Kafka producer")?;
+    let (tx, rx) = mpsc::channel(CHANNEL_CAPACITY);
+    let task = tokio::spawn(publisher.run(rx, config.agent.shutdown_timeout));
+    Ok(Running { tx, task })
+}
+
+async fn stop_publisher(running: Running) -> anyhow::Result<Spool> {
+    drop(running.tx);
+    running.task.await.context("publisher task failed")
+}
+
+/// Runs the agent until `shutdown` is cancelled. On SIGHUP (Unix) it reloads
+/// `config_path`; buffered records are kept across the reload.
+pub async fn run(
+    mut config: Config,
+    config_path: Option<PathBuf>,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let origin = origin(&config);
+    info!(host_id = %origin.host_id, instance_id = %origin.instance_id,
+          interval = ?config.agent.interval, brokers = %config.kafka.brokers,
+          topic = %config.kafka.topic, "spillway-agent starting");
+    let stats = Arc::new(AgentStats::default());
+    let drops: SharedDropLog = Arc::new(Mutex::new(DropLog::default()));
+    let (spool, report) = open_spool(&config)?;
+    if report.truncated_bytes > 0 {
+        warn!(
+            bytes = report.truncated_bytes,
+            "spool had a torn tail (crash mid-write); truncated it"
+        );
+    }
+    if report.records > 0 {
+        info!(
+            records = report.records,
+            "spool holds records from an earlier run; replaying"
+        );
+    }
+    let mut running = start_publisher(&config, &origin.host_id, spool, &stats, &drops)?;
+    let mut collection = Collection::new(&config, stats.clone());
+    info!(collectors = ?collection.names(), "collectors ready");
+
+    let http_shutdown = shutdown.child_token();
+    if let Some(addr) = config.http.listen {
+        let stats = stats.clone();
+        let token = http_shutdown.clone();
+        tokio::spawn(async move {
+            if let Err(e) = telemetry::serve_http(addr, stats, token).await {
+                error!(%addr, error = %e, "http listener failed");
+            }
+        });
+    }
+
+    let started = Instant::now();
+    let mut seq: u64 = 0;
+    let mut next_status = Instant::now();
+    let mut reload = reload_signal()?;
+    loop {
+        let wait = until_next_tick(
+            now_ms(),
+            config.agent.interval,
+            random_jitter(config.agent.jitter),
+            config.agent.interval.min(Duration::from_secs(1)) / 2,
+        );
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            Some(()) = reload.recv() => {
+                let Some(path) = config_path.as_deref() else {
+                    warn!("SIGHUP ignored: the agent was started without a config file");
+                    continue;
+                };
+                match Config::load(Some(path), &ProcessEnv) {
+                    Err(errors) => error!(%errors, "reload failed; keeping the running configuration"),
+                    Ok(new) => {
+                        if new.buffer != config.buffer {
+                            warn!("buffer settings change only at restart; the spool is kept as it is");
+                        }
+                        let spool = stop_publisher(running).await?;
+                        running = start_publisher(&new, &origin.host_id, spool, &stats, &drops)?;
+                        collection = Collection::new(&new, stats.clone());
+                        config = Config { buffer: config.buffer.clone(), ..new };
+                        info!("configuration reloaded");
+                    }
+                }
+                continue;
+            }
+            _ = tokio::time::sleep(wait) => {}
+        }
+
+        let time_ms = now_ms();
+        let tick = collection.tick().await;
+        stats.add_tick();
+        let record = MetricsRecord {
+            origin: origin.clone(),
+            seq,
+            time_ms,
+            interval_ms: config.agent.interval.as_millis() as u32,
+            part: 0,
+            parts: 1,
+            samples: tick.samples,
+        };
+        match encode_split(&record, config.kafka.max_message_bytes) {
+            Ok(parts) => {
+                if parts.len() > 1 {
+                    stats.add_split();
+                    info!(
+                        seq,
+                        parts = parts.len(),
+                        "tick split to fit the message size limit"
+                    );
+                }
+                for bytes in parts {
+                    let entry = Entry {
+                        kind: EntryKind::Metrics,
+                        seq,
+                        bytes,
+                    };
+                    if running.tx.send(entry).await.is_err() {
+                        anyhow::bail!("publisher stopped unexpectedly");
+                    }
+                }
+            }
+            Err(e) => {
+                // Cannot happen with the contract's limits; reported like a drop.
+                error!(seq, error = %e, "tick cannot be encoded; dropped");
+                lock(&drops).add([seq]);
+            }
+        }
+        seq += 1;
+
+        if Instant::now() >= next_status {
+            send_status(
+                &running,
+                &origin,
+                started,
+                seq.checked_sub(1),
+                &stats,
+                &drops,
+            )
+            .await?;
+            next_status = Instant::now() + config.agent.status_interval;
+        }
+    }
+
+    info!("shutting down: flushing");
+    send_status(
+        &running,
+        &origin,
+        started,
+        seq.checked_sub(1),
+        &stats,
+        &drops,
+    )
+    .await?;
+    let spool = stop_publisher(running).await?;
+    http_shutdown.cancel();
+    info!(spooled_records = spool.records(), "spillway-agent stopped");
+    Ok(())
+}
+
+fn open_spool(config: &Config) -> anyhow::Result<(Spool, spool::OpenReport)> {
+    let b = &config.buffer;
+    Spool::open(
+        &b.spool_dir,
+        b.spool_max_bytes,
+        b.spool_segment_bytes,
+        b.fsync,
+    )
+    .with_context(|| format!("cannot open the spool in {}", b.spool_dir.display()))
+}
+
+async fn send_status(
+    running: &Running,
+    origin: &Origin,
+    started: Instant,
+    last_seq: Option<u64>,
+    stats: &AgentStats,
+    drops: &SharedDropLog,
+) -> anyhow::Result<()> {
+    let snap = stats.snapshot();
+    let dropped = lock(drops).take();
+    if !dropped.is_empty() {
+        warn!(ranges = ?dropped, "reporting dropped ticks in the status record");
+    }
+    let record = Record::Status(StatusRecord {
+        origin: origin.clone(),
+        time_ms: now_ms(),
+        uptime_ms: started.elapsed().as_millis() as u64,
+        last_seq,
+        spool_bytes: snap.spool_bytes,
+        spool_records: snap.spool_records,
+        dropped,
+        last_error: snap.last_error.map(|mut e| {
+            e.truncate(e.floor_char_boundary(4096));
+            e
+        }),
+    });
+    let bytes = encode(&record).context("cannot encode status record")?;
+    running
+        .tx
+        .send(Entry {
+            kind: EntryKind::Status,
+            seq: last_seq.unwrap_or(0),
+            bytes,
+        })
+        .await
+        .map_err(|_| anyhow::anyhow!("publisher stopped unexpectedly"))
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn reload_signal() -> anyhow::Result<mpsc::Receiver<()>> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut hup = signal(SignalKind::hangup()).context("cannot listen for SIGHUP")?;
+    let (tx, rx) = mpsc::channel(1);
+    tokio::spawn(async move {
+        while hup.recv().await.is_some() {
+            if tx.send(()).await.is_err() {
+                break;
+            }
+        }
+    });
+    Ok(rx)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ticks_align_to_the_wall_clock() {
+        let i = Duration::from_secs(10);
+        assert_eq!(
+            until_next_tick(1_000_003_000, i, Duration::ZERO, Duration::ZERO),
+            Duration::from_secs(7)
+        );
+        // Too close to the boundary: the next one.
+        assert_eq!(
+            until_next_tick(1_000_009_900, i, Duration::ZERO, Duration::from_millis(500)),
+            Duration::from_millis(10_100)
+        );
+        assert_eq!(
+            until_next_tick(1_000_000_000, i, Duration::from_millis(250), Duration::ZERO),
+            Duration::from_millis(10_250)
+        );
+    }
+}

@@ -210,11 +210,75 @@ pub fn encode(record: &Record) -> Result<Vec<u8>, EncodeError> {
 /// Encodes a record, appending to `buf`.
 pub fn encode_into(record: &Record, buf: &mut Vec<u8>) -> Result<(), EncodeError> {
     let mut ser = rmp_serde::Serializer::new(buf).with_struct_map();
-    match record {
-        Record::Metrics(m) => MetricsOut(m).serialize(&mut ser)?,
-        Record::Status(s) => StatusOut(s).serialize(&mut ser)?,
-    }
+    Wire(record).serialize(&mut ser)?;
     Ok(())
+}
+
+/// A record in its wire layout, for any serde format: MessagePack through
+/// [`encode`], or JSON for humans (`spillway-agent once --format json`).
+#[derive(Debug, Clone, Copy)]
+pub struct Wire<'a>(pub &'a Record);
+
+impl Serialize for Wire<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self.0 {
+            Record::Metrics(m) => MetricsOut(m).serialize(s),
+            Record::Status(st) => StatusOut(st).serialize(s),
+        }
+    }
+}
+
+/// Encodes a metrics record into as few messages as fit in `max_bytes` each:
+/// one when it fits, otherwise `parts` records with the same `seq` that split
+/// the samples evenly (see `part`/`parts` in `docs/record-format.md`).
+///
+/// Fails only if a single sample cannot fit, which the contract's string and
+/// label limits rule out for any `max_bytes` of 64 KiB or more.
+pub fn encode_split(record: &MetricsRecord, max_bytes: usize) -> Result<Vec<Vec<u8>>, SplitError> {
+    let whole = encode(&Record::Metrics(record.clone()))?;
+    if whole.len() <= max_bytes {
+        return Ok(vec![whole]);
+    }
+    let n = record.samples.len();
+    // Start from the size ratio and add parts until every part fits.
+    let mut parts = whole.len().div_ceil(max_bytes).max(2);
+    while parts <= n.max(1) {
+        let chunk = n.div_ceil(parts);
+        let chunks: Vec<&[Sample]> = record.samples.chunks(chunk.max(1)).collect();
+        let count = u32::try_from(chunks.len()).map_err(|_| SplitError::TooLarge { max_bytes })?;
+        let mut out = Vec::with_capacity(chunks.len());
+        for (i, samples) in chunks.into_iter().enumerate() {
+            let part = MetricsRecord {
+                origin: record.origin.clone(),
+                seq: record.seq,
+                time_ms: record.time_ms,
+                interval_ms: record.interval_ms,
+                part: i as u32,
+                parts: count,
+                samples: samples.to_vec(),
+            };
+            out.push(encode(&Record::Metrics(part))?);
+        }
+        if out.iter().all(|b| b.len() <= max_bytes) {
+            return Ok(out);
+        }
+        parts = parts * 3 / 2 + 1;
+    }
+    Err(SplitError::TooLarge { max_bytes })
+}
+
+/// A record could not be split to fit.
+#[derive(Debug, thiserror::Error)]
+pub enum SplitError {
+    /// Encoding failed.
+    #[error(transparent)]
+    Encode(#[from] EncodeError),
+    /// Even one sample per part exceeds the limit.
+    #[error("a single sample does not fit in {max_bytes} bytes")]
+    TooLarge {
+        /// The limit.
+        max_bytes: usize,
+    },
 }
 
 fn encoded_len_hint(record: &Record) -> usize {
@@ -246,7 +310,7 @@ pub fn decode(bytes: &[u8], limits: &Limits) -> Result<Record, DecodeError> {
             });
         }
     }
-    let wire: WireRecord = match rmp_serde::from_slice(bytes) {
+    let wire: WireIn = match rmp_serde::from_slice(bytes) {
         Ok(w) => w,
         Err(e) => return Err(malformed(bytes, e)),
     };
@@ -257,7 +321,7 @@ pub fn decode(bytes: &[u8], limits: &Limits) -> Result<Record, DecodeError> {
 /// again with path tracking (only on this slow path).
 fn malformed(bytes: &[u8], first_error: rmp_serde::decode::Error) -> DecodeError {
     let mut de = rmp_serde::Deserializer::from_read_ref(bytes);
-    match serde_path_to_error::deserialize::<_, WireRecord>(&mut de) {
+    match serde_path_to_error::deserialize::<_, WireIn>(&mut de) {
         Err(e) => {
             let path = e.path().to_string();
             DecodeError::Malformed {
@@ -365,7 +429,7 @@ impl Serialize for LabelsOut<'_> {
 // missing one is reported by `validate` with its name, not by serde.
 
 #[derive(Deserialize)]
-struct WireRecord {
+struct WireIn {
     schema: Option<u64>,
     #[serde(rename = "type")]
     record_type: Option<String>,
@@ -449,7 +513,7 @@ impl<'de> Deserialize<'de> for WireLabels {
 // ---------------------------------------------------------------------------
 // Validation
 
-fn validate(w: WireRecord, limits: &Limits) -> Result<Record, DecodeError> {
+fn validate(w: WireIn, limits: &Limits) -> Result<Record, DecodeError> {
     let schema = w.schema.ok_or_else(|| missing("schema"))?;
     if schema != u64::from(SCHEMA_VERSION) {
         return Err(DecodeError::UnsupportedSchema { found: schema });
@@ -819,6 +883,30 @@ mod tests {
                 .kind(),
             "not_a_map"
         );
+    }
+
+    #[test]
+    fn oversized_ticks_are_split_into_parts_that_fit() {
+        let samples: Vec<Sample> = (0..500).map(|i| sample(&format!("m{i}"), 1.0)).collect();
+        let Record::Metrics(m) = metrics(samples) else {
+            unreachable!()
+        };
+        let parts = encode_split(&m, 4096).unwrap();
+        assert!(parts.len() > 1);
+        let mut back = Vec::new();
+        for (i, p) in parts.iter().enumerate() {
+            assert!(p.len() <= 4096);
+            let Record::Metrics(r) = decode(p, &Limits::default()).unwrap() else {
+                panic!()
+            };
+            assert_eq!(
+                (r.seq, r.part as usize, r.parts as usize),
+                (7, i, parts.len())
+            );
+            back.extend(r.samples);
+        }
+        assert_eq!(back, m.samples);
+        assert_eq!(encode_split(&m, 1 << 20).unwrap().len(), 1);
     }
 
     #[test]

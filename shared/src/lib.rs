@@ -16,7 +16,9 @@ pub mod codec;
 pub mod kafka;
 pub mod record;
 
-pub use codec::{DecodeError, EncodeError, Limits, decode, encode, encode_into};
+pub use codec::{
+    DecodeError, EncodeError, Limits, SplitError, Wire, decode, encode, encode_into, encode_split,
+};
 pub use record::{
     Label, MetricKind, MetricsRecord, Origin, Record, RecordType, SCHEMA_VERSION, Sample, SeqRange,
     StatusRecord,

@@ -1,1 +1,166 @@
-//! e2e
+//! Harness for Spillway's end-to-end tests, which run against a real Kafka
+//! broker and real ClickHouse servers.
+//!
+//! The servers come from the environment, so the same tests run against the
+//! native stack (`scripts/stack.sh up`), Apache Kafka, or a current ClickHouse:
+//!
+//! | variable | default (the native stack) |
+//! |---|---|
+//! | `SPILLWAY_KAFKA_BROKERS` | `127.0.0.1:19092` |
+//! | `SPILLWAY_CLICKHOUSE_URL` | `http://127.0.0.1:18123` |
+//! | `SPILLWAY_CLICKHOUSE_URLS` | the one above (comma-separated, one per shard) |
+//! | `SPILLWAY_CLICKHOUSE_USER` / `_PASSWORD` | `default` / empty |
+//!
+//! A server that cannot be reached fails the test with a message saying how to
+//! start the stack; it never passes silently. Each test gets its own topic,
+//! consumer group and database, named with [`unique_name`].
+
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use rdkafka::ClientConfig;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::producer::{BaseProducer, Producer};
+
+const START_HINT: &str = "start the local stack with `scripts/stack.sh up` and export what \
+                          `scripts/stack.sh env` prints, or point SPILLWAY_KAFKA_BROKERS / \
+                          SPILLWAY_CLICKHOUSE_URL at running servers";
+
+/// Where the servers under test are.
+#[derive(Debug, Clone)]
+pub struct TestEnv {
+    /// Kafka bootstrap servers.
+    pub kafka_brokers: String,
+    /// ClickHouse HTTP URLs, one per shard; the first is the default server.
+    pub clickhouse_urls: Vec<String>,
+    /// ClickHouse user.
+    pub clickhouse_user: String,
+    /// ClickHouse password.
+    pub clickhouse_password: String,
+}
+
+impl TestEnv {
+    /// Reads the environment, falling back to the native stack's addresses.
+    pub fn from_env() -> Self {
+        let var = |name: &str, default: &str| {
+            std::env::var(name)
+                .ok()
+                .filter(|v| !v.is_empty())
+                .unwrap_or_else(|| default.to_owned())
+        };
+        let first = var("SPILLWAY_CLICKHOUSE_URL", "http://127.0.0.1:18123");
+        let urls = var("SPILLWAY_CLICKHOUSE_URLS", &first);
+        TestEnv {
+            kafka_brokers: var("SPILLWAY_KAFKA_BROKERS", "127.0.0.1:19092"),
+            clickhouse_urls: urls.split(',').map(|s| s.trim().to_owned()).collect(),
+            clickhouse_user: var("SPILLWAY_CLICKHOUSE_USER", "default"),
+            clickhouse_password: std::env::var("SPILLWAY_CLICKHOUSE_PASSWORD").unwrap_or_default(),
+        }
+    }
+
+    /// The first ClickHouse server.
+    pub fn clickhouse_url(&self) -> &str {
+        &self.clickhouse_urls[0]
+    }
+
+    /// A librdkafka config for the test broker, with short timeouts.
+    pub fn kafka_config(&self) -> ClientConfig {
+        let mut c = ClientConfig::new();
+        c.set("bootstrap.servers", &self.kafka_brokers)
+            .set("socket.timeout.ms", "10000")
+            .set("message.timeout.ms", "30000");
+        c
+    }
+
+    /// Fails with a helpful message unless the broker answers a metadata request.
+    pub fn require_kafka(&self) -> Result<()> {
+        let producer: BaseProducer = self
+            .kafka_config()
+            .create()
+            .context("cannot create a Kafka client")?;
+        producer
+            .client()
+            .fetch_metadata(None, Duration::from_secs(10))
+            .map(drop)
+            .with_context(|| {
+                format!(
+                    "Kafka broker at {} is not reachable: {START_HINT}",
+                    self.kafka_brokers
+                )
+            })
+    }
+
+    /// Creates a topic with `partitions` partitions and waits until the
+    /// broker reports it.
+    pub async fn create_topic(&self, name: &str, partitions: i32) -> Result<()> {
+        self.require_kafka()?;
+        let admin: AdminClient<DefaultClientContext> = self.kafka_config().create()?;
+        let topic = NewTopic::new(name, partitions, TopicReplication::Fixed(1));
+        let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
+        let results = admin.create_topics([&topic], &opts).await?;
+        for r in results {
+            if let Err((topic, code)) = r {
+                bail!("cannot create topic {topic}: {code}");
+            }
+        }
+        let deadline = std::time::Instant::now() + Duration::from_secs(15);
+        loop {
+            let md = admin
+                .inner()
+                .fetch_metadata(Some(name), Duration::from_secs(5))?;
+            if md
+                .topics()
+                .iter()
+                .any(|t| t.name() == name && t.partitions().len() == partitions as usize)
+            {
+                return Ok(());
+            }
+            if std::time::Instant::now() > deadline {
+                bail!("topic {name} did not appear within 15 s");
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// A ClickHouse client for server `shard` (0-based), no database selected.
+    pub fn clickhouse(&self, shard: usize) -> clickhouse::Client {
+        clickhouse::Client::default()
+            .with_url(&self.clickhouse_urls[shard])
+            .with_user(&self.clickhouse_user)
+            .with_password(&self.clickhouse_password)
+            // ClickHouse 18.16 lacks RowBinaryWithNamesAndTypes.
+            .with_validation(false)
+    }
+
+    /// Fails with a helpful message unless ClickHouse server `shard` answers.
+    pub async fn require_clickhouse(&self, shard: usize) -> Result<()> {
+        let url = &self.clickhouse_urls[shard];
+        tokio::time::timeout(
+            Duration::from_secs(10),
+            self.clickhouse(shard).query("SELECT 1").execute(),
+        )
+        .await
+        .map_err(anyhow::Error::from)
+        .and_then(|r| r.map_err(anyhow::Error::from))
+        .with_context(|| format!("ClickHouse at {url} is not reachable: {START_HINT}"))
+    }
+
+    /// Creates a fresh database on server `shard` and returns a client bound to it.
+    pub async fn fresh_database(&self, shard: usize, name: &str) -> Result<clickhouse::Client> {
+        self.require_clickhouse(shard).await?;
+        let client = self.clickhouse(shard);
+        client
+            .query(&format!("CREATE DATABASE IF NOT EXISTS {name}"))
+            .execute()
+            .await?;
+        Ok(client.with_database(name))
+    }
+}
+
+/// A name unique to this test run: `prefix` plus a random suffix, usable as a
+/// topic, group or database name.
+pub fn unique_name(prefix: &str) -> String {
+    let id = uuid::Uuid::new_v4().simple().to_string();
+    format!("{prefix}_{}", &id[..12])
+}

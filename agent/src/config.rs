@@ -1,0 +1,599 @@
+//! The agent's configuration: a TOML file, then environment overrides, then
+//! command-line flags. [`Config::validate`] reports every problem at once and
+//! never touches the network.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// The whole configuration. Every field has a default, so an empty file is valid.
+#[derive(Debug, Clone, PartialEq, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Identity and timing.
+    pub agent: AgentConfig,
+    /// What to collect.
+    pub collect: CollectConfig,
+    /// Where to publish.
+    pub kafka: KafkaConfig,
+    /// Memory queue and disk spool.
+    pub buffer: BufferConfig,
+    /// The optional HTTP listener for `/health` and `/metrics`.
+    pub http: HttpConfig,
+    /// Logs.
+    pub log: LogConfig,
+}
+
+/// Identity and timing.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AgentConfig {
+    /// Collection interval; ticks are aligned to multiples of it on the wall clock.
+    #[serde(with = "humantime_serde")]
+    pub interval: Duration,
+    /// Largest random delay added after each aligned tick, to spread a fleet's load.
+    #[serde(with = "humantime_serde")]
+    pub jitter: Duration,
+    /// Stable host id. Empty: `/etc/machine-id`, else the hostname.
+    pub host_id: String,
+    /// Host name to report. Empty: the system's.
+    pub hostname: String,
+    /// Time budget of each collector per tick. A collector that is late is
+    /// reported and skipped; it is not waited for.
+    #[serde(with = "humantime_serde")]
+    pub collector_timeout: Duration,
+    /// How often a status (heartbeat) record is published.
+    #[serde(with = "humantime_serde")]
+    pub status_interval: Duration,
+    /// On SIGTERM, how long to keep delivering before spooling the rest and exiting.
+    #[serde(with = "humantime_serde")]
+    pub shutdown_timeout: Duration,
+}
+
+impl Default for AgentConfig {
+    fn default() -> Self {
+        AgentConfig {
+            interval: Duration::from_secs(10),
+            jitter: Duration::ZERO,
+            host_id: String::new(),
+            hostname: String::new(),
+            collector_timeout: Duration::from_secs(2),
+            status_interval: Duration::from_secs(60),
+            shutdown_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// What to collect.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CollectConfig {
+    /// Collectors to turn off, by name: `cpu`, `memory`, `filesystem`, `disk`,
+    /// `network`, `system`, `processes`, `agent`.
+    pub disable: Vec<String>,
+    /// Publish CPU utilization per logical CPU as well as in total.
+    pub per_cpu: bool,
+    /// Filesystem types to skip. The default skips pseudo filesystems.
+    pub filesystem_ignore_types: Vec<String>,
+    /// Mount points to skip, by prefix.
+    pub filesystem_ignore_mount_prefixes: Vec<String>,
+    /// Network interfaces to skip, by exact name.
+    pub network_ignore_interfaces: Vec<String>,
+    /// Disk devices to skip, by prefix (partitions and virtual devices).
+    pub disk_ignore_prefixes: Vec<String>,
+    /// How many processes to publish by CPU and by memory (0 turns it off).
+    pub top_processes: usize,
+    /// Prometheus text files (`*.prom`) in this directory are read each tick.
+    pub textfile_dir: Option<PathBuf>,
+    /// Commands whose standard output (Prometheus text) is read each tick.
+    pub exec: Vec<ExecConfig>,
+}
+
+/// The default list of pseudo filesystems, as node_exporter skips them.
+pub const PSEUDO_FILESYSTEMS: &[&str] = &[
+    "autofs",
+    "binfmt_misc",
+    "bpf",
+    "cgroup",
+    "cgroup2",
+    "configfs",
+    "debugfs",
+    "devpts",
+    "devtmpfs",
+    "fusectl",
+    "hugetlbfs",
+    "iso9660",
+    "mqueue",
+    "nsfs",
+    "overlay",
+    "proc",
+    "procfs",
+    "pstore",
+    "rpc_pipefs",
+    "securityfs",
+    "selinuxfs",
+    "squashfs",
+    "sysfs",
+    "tracefs",
+    "tmpfs",
+    "ramfs",
+    "fuse.lxcfs",
+];
+
+impl Default for CollectConfig {
+    fn default() -> Self {
+        CollectConfig {
+            disable: Vec::new(),
+            per_cpu: true,
+            filesystem_ignore_types: PSEUDO_FILESYSTEMS.iter().map(|s| s.to_string()).collect(),
+            filesystem_ignore_mount_prefixes: vec![
+                "/proc".into(),
+                "/sys".into(),
+                "/dev".into(),
+                "/run/".into(),
+            ],
+            network_ignore_interfaces: vec!["lo".into()],
+            disk_ignore_prefixes: vec!["loop".into(), "ram".into(), "zram".into()],
+            top_processes: 5,
+            textfile_dir: None,
+            exec: Vec::new(),
+        }
+    }
+}
+
+/// One `exec` input.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExecConfig {
+    /// Program and arguments (no shell).
+    pub command: Vec<String>,
+    /// Kill the command if it runs longer than this.
+    #[serde(with = "humantime_serde", default = "default_exec_timeout")]
+    pub timeout: Duration,
+}
+
+fn default_exec_timeout() -> Duration {
+    Duration::from_secs(5)
+}
+
+/// Compression of Kafka batches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Compression {
+    /// LZ4: cheap and good for metrics.
+    #[default]
+    Lz4,
+    /// Zstandard: smaller, more CPU.
+    Zstd,
+    /// Gzip.
+    Gzip,
+    /// None.
+    None,
+}
+
+impl Compression {
+    /// The librdkafka `compression.type` value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Compression::Lz4 => "lz4",
+            Compression::Zstd => "zstd",
+            Compression::Gzip => "gzip",
+            Compression::None => "none",
+        }
+    }
+}
+
+/// Where to publish.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct KafkaConfig {
+    /// Bootstrap servers, comma-separated.
+    pub brokers: String,
+    /// Topic for metrics and status records.
+    pub topic: String,
+    /// Batch compression.
+    pub compression: Compression,
+    /// How long librdkafka waits to fill a batch.
+    #[serde(with = "humantime_serde")]
+    pub linger: Duration,
+    /// How long one delivery may take before the record goes to the spool.
+    #[serde(with = "humantime_serde")]
+    pub delivery_timeout: Duration,
+    /// Largest message the broker accepts; larger ticks are split.
+    pub max_message_bytes: usize,
+    /// Extra librdkafka properties, passed through (TLS, SASL, ...).
+    pub properties: BTreeMap<String, String>,
+}
+
+impl Default for KafkaConfig {
+    fn default() -> Self {
+        KafkaConfig {
+            brokers: "127.0.0.1:9092".into(),
+            topic: spillway_shared::kafka::DEFAULT_TOPIC.into(),
+            compression: Compression::Lz4,
+            linger: Duration::from_millis(5),
+            delivery_timeout: Duration::from_secs(10),
+            max_message_bytes: 1_000_000,
+            properties: BTreeMap::new(),
+        }
+    }
+}
+
+/// How hard the spool pushes its writes to disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum FsyncPolicy {
+    /// fsync after every record: survives power loss, costs a disk flush per tick.
+    Always,
+    /// Leave it to the OS: survives a process crash (kill -9), not power loss.
+    #[default]
+    Never,
+}
+
+/// Memory queue and disk spool.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BufferConfig {
+    /// Bytes of encoded records held in memory while the broker is slow,
+    /// before they go to the spool.
+    pub memory_bytes: usize,
+    /// Directory of the disk spool (created owner-only).
+    pub spool_dir: PathBuf,
+    /// Spool size cap; at the cap the oldest records are dropped and reported.
+    pub spool_max_bytes: u64,
+    /// Size of one spool segment file; the unit in which old data is dropped.
+    pub spool_segment_bytes: u64,
+    /// When spool writes are fsynced.
+    pub fsync: FsyncPolicy,
+}
+
+impl Default for BufferConfig {
+    fn default() -> Self {
+        BufferConfig {
+            memory_bytes: 4 * 1024 * 1024,
+            spool_dir: PathBuf::from("/var/lib/spillway-agent/spool"),
+            spool_max_bytes: 256 * 1024 * 1024,
+            spool_segment_bytes: 4 * 1024 * 1024,
+            fsync: FsyncPolicy::Never,
+        }
+    }
+}
+
+/// The optional HTTP listener.
+#[derive(Debug, Clone, PartialEq, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpConfig {
+    /// Address to listen on, e.g. `127.0.0.1:9465`. Absent: no listener.
+    pub listen: Option<std::net::SocketAddr>,
+}
+
+/// Log output.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// `text` or `json`.
+    pub format: LogFormat,
+    /// A tracing filter such as `info` or `spillway_agent=debug`.
+    pub level: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            format: LogFormat::Text,
+            level: "info".into(),
+        }
+    }
+}
+
+/// Log line format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// The collectors a user can disable.
+pub const COLLECTORS: &[&str] = &[
+    "cpu",
+    "memory",
+    "filesystem",
+    "disk",
+    "network",
+    "system",
+    "processes",
+    "agent",
+];
+
+/// A source of environment variables, injectable so tests never touch the
+/// process environment.
+pub trait EnvSource {
+    /// The value of `name`, if set.
+    fn var(&self, name: &str) -> Option<String>;
+}
+
+/// The real process environment.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ProcessEnv;
+
+impl EnvSource for ProcessEnv {
+    fn var(&self, name: &str) -> Option<String> {
+        std::env::var(name).ok()
+    }
+}
+
+impl<const N: usize> EnvSource for [(&str, &str); N] {
+    fn var(&self, name: &str) -> Option<String> {
+        self.iter()
+            .find(|(k, _)| *k == name)
+            .map(|(_, v)| (*v).to_owned())
+    }
+}
+
+/// A problem found while loading or validating the configuration.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{}", .0.join("\n"))]
+pub struct ConfigErrors(pub Vec<String>);
+
+impl Config {
+    /// Parses TOML text.
+    pub fn from_toml(text: &str) -> Result<Config, ConfigErrors> {
+        toml::from_str(text).map_err(|e| ConfigErrors(vec![e.to_string().trim().to_owned()]))
+    }
+
+    /// Loads a file (or the defaults when `path` is `None`), applies the
+    /// environment, and validates.
+    pub fn load(
+        path: Option<&std::path::Path>,
+        env: &dyn EnvSource,
+    ) -> Result<Config, ConfigErrors> {
+        let mut config = match path {
+            Some(p) => {
+                let text = std::fs::read_to_string(p).map_err(|e| {
+                    ConfigErrors(vec![format!(
+                        "cannot read config file {}: {e}",
+                        p.display()
+                    )])
+                })?;
+                Config::from_toml(&text).map_err(|e| {
+                    ConfigErrors(
+                        e.0.into_iter()
+                            .map(|m| format!("{}: {m}", p.display()))
+                            .collect(),
+                    )
+                })?
+            }
+            None => Config::default(),
+        };
+        let mut errors = config.apply_env(env);
+        if let Err(ConfigErrors(more)) = config.validate() {
+            errors.extend(more);
+        }
+        if errors.is_empty() {
+            Ok(config)
+        } else {
+            Err(ConfigErrors(errors))
+        }
+    }
+
+    /// Applies `SPILLWAY_AGENT_*` overrides; returns the problems found.
+    ///
+    /// | variable | key |
+    /// |---|---|
+    /// | `SPILLWAY_AGENT_KAFKA_BROKERS` (or `SPILLWAY_KAFKA_BROKERS`) | `kafka.brokers` |
+    /// | `SPILLWAY_AGENT_KAFKA_TOPIC` | `kafka.topic` |
+    /// | `SPILLWAY_AGENT_INTERVAL` | `agent.interval` |
+    /// | `SPILLWAY_AGENT_HOST_ID` | `agent.host_id` |
+    /// | `SPILLWAY_AGENT_SPOOL_DIR` | `buffer.spool_dir` |
+    /// | `SPILLWAY_AGENT_HTTP_LISTEN` | `http.listen` |
+    /// | `SPILLWAY_AGENT_LOG_FORMAT` | `log.format` |
+    pub fn apply_env(&mut self, env: &dyn EnvSource) -> Vec<String> {
+        let mut errors = Vec::new();
+        if let Some(v) = env
+            .var("SPILLWAY_AGENT_KAFKA_BROKERS")
+            .or_else(|| env.var("SPILLWAY_KAFKA_BROKERS"))
+        {
+            self.kafka.brokers = v;
+        }
+        if let Some(v) = env.var("SPILLWAY_AGENT_KAFKA_TOPIC") {
+            self.kafka.topic = v;
+        }
+        if let Some(v) = env.var("SPILLWAY_AGENT_INTERVAL") {
+            match humantime::parse_duration(&v) {
+                Ok(d) => self.agent.interval = d,
+                Err(e) => errors.push(format!("SPILLWAY_AGENT_INTERVAL: {e}")),
+            }
+        }
+        if let Some(v) = env.var("SPILLWAY_AGENT_HOST_ID") {
+            self.agent.host_id = v;
+        }
+        if let Some(v) = env.var("SPILLWAY_AGENT_SPOOL_DIR") {
+            self.buffer.spool_dir = v.into();
+        }
+        if let Some(v) = env.var("SPILLWAY_AGENT_HTTP_LISTEN") {
+            match v.parse() {
+                Ok(a) => self.http.listen = Some(a),
+                Err(e) => errors.push(format!("SPILLWAY_AGENT_HTTP_LISTEN: {e}")),
+            }
+        }
+        if let Some(v) = env.var("SPILLWAY_AGENT_LOG_FORMAT") {
+            match v.as_str() {
+                "text" => self.log.format = LogFormat::Text,
+                "json" => self.log.format = LogFormat::Json,
+                other => errors.push(format!(
+                    "SPILLWAY_AGENT_LOG_FORMAT: expected `text` or `json`, got `{other}`"
+                )),
+            }
+        }
+        errors
+    }
+
+    /// Checks every rule and reports all problems at once.
+    pub fn validate(&self) -> Result<(), ConfigErrors> {
+        let mut e = Vec::new();
+        let a = &self.agent;
+        if a.interval < Duration::from_millis(100) {
+            e.push("agent.interval must be at least 100ms".to_owned());
+        }
+        if a.interval > Duration::from_secs(3600) {
+            e.push("agent.interval must be at most 1h".to_owned());
+        }
+        if a.jitter >= a.interval {
+            e.push("agent.jitter must be shorter than agent.interval".to_owned());
+        }
+        if a.collector_timeout.is_zero() || a.collector_timeout > a.interval {
+            e.push("agent.collector_timeout must be above 0 and at most agent.interval".to_owned());
+        }
+        if a.status_interval < a.interval {
+            e.push("agent.status_interval must be at least agent.interval".to_owned());
+        }
+        if a.shutdown_timeout > Duration::from_secs(300) {
+            e.push("agent.shutdown_timeout must be at most 5m".to_owned());
+        }
+        if a.host_id.len() > 128 {
+            e.push("agent.host_id must be at most 128 bytes".to_owned());
+        }
+        for name in &self.collect.disable {
+            if !COLLECTORS.contains(&name.as_str()) {
+                e.push(format!(
+                    "collect.disable: unknown collector `{name}` (known: {})",
+                    COLLECTORS.join(", ")
+                ));
+            }
+        }
+        if self.collect.top_processes > 100 {
+            e.push("collect.top_processes must be at most 100".to_owned());
+        }
+        for (i, x) in self.collect.exec.iter().enumerate() {
+            if x.command.is_empty() || x.command[0].is_empty() {
+                e.push(format!("collect.exec[{i}].command must name a program"));
+            }
+            if x.timeout.is_zero() {
+                e.push(format!("collect.exec[{i}].timeout must be above 0"));
+            }
+        }
+        let k = &self.kafka;
+        if k.brokers.trim().is_empty() {
+            e.push("kafka.brokers must not be empty".to_owned());
+        }
+        if k.topic.is_empty()
+            || k.topic.len() > 249
+            || !k
+                .topic
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+        {
+            e.push(format!(
+                "kafka.topic `{}` is not a valid Kafka topic name ([A-Za-z0-9._-], 1 to 249)",
+                k.topic
+            ));
+        }
+        if k.delivery_timeout < Duration::from_secs(1) {
+            e.push("kafka.delivery_timeout must be at least 1s".to_owned());
+        }
+        if k.max_message_bytes < 4096 {
+            e.push("kafka.max_message_bytes must be at least 4096".to_owned());
+        }
+        for key in ["bootstrap.servers", "enable.idempotence", "acks"] {
+            if k.properties.contains_key(key) {
+                e.push(format!(
+                    "kafka.properties.{key} is set by the agent and cannot be overridden"
+                ));
+            }
+        }
+        let b = &self.buffer;
+        if b.memory_bytes < 64 * 1024 {
+            e.push("buffer.memory_bytes must be at least 64 KiB".to_owned());
+        }
+        if b.spool_segment_bytes < 4096 {
+            e.push("buffer.spool_segment_bytes must be at least 4096".to_owned());
+        }
+        if b.spool_max_bytes < 2 * b.spool_segment_bytes {
+            e.push(
+                "buffer.spool_max_bytes must be at least twice buffer.spool_segment_bytes"
+                    .to_owned(),
+            );
+        }
+        if b.spool_dir.as_os_str().is_empty() {
+            e.push("buffer.spool_dir must not be empty".to_owned());
+        }
+        if e.is_empty() {
+            Ok(())
+        } else {
+            Err(ConfigErrors(e))
+        }
+    }
+
+    /// Whether collector `name` is enabled.
+    pub fn enabled(&self, name: &str) -> bool {
+        !self.collect.disable.iter().any(|d| d == name)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_file_gives_valid_defaults() {
+        let c = Config::from_toml("").unwrap();
+        assert_eq!(c, Config::default());
+        c.validate().unwrap();
+    }
+
+    #[test]
+    fn example_config_parses_and_validates() {
+        let text = include_str!("../../config/agent.example.toml");
+        let c = Config::from_toml(text).unwrap();
+        c.validate().unwrap();
+        assert_eq!(c.agent.interval, Duration::from_secs(10));
+    }
+
+    #[test]
+    fn unknown_keys_are_rejected() {
+        let err = Config::from_toml("[agent]\nintervl = \"1s\"\n").unwrap_err();
+        assert!(err.to_string().contains("intervl"), "{err}");
+    }
+
+    #[test]
+    fn validation_reports_every_problem_at_once() {
+        let c = Config::from_toml(
+            r#"
+            [agent]
+            interval = "10ms"
+            [collect]
+            disable = ["cpu", "gpu"]
+            [kafka]
+            topic = "bad topic"
+            brokers = ""
+            "#,
+        )
+        .unwrap();
+        let err = c.validate().unwrap_err();
+        assert!(err.0.len() >= 4, "{err}");
+        assert!(err.to_string().contains("agent.interval"));
+        assert!(err.to_string().contains("`gpu`"));
+        assert!(err.to_string().contains("kafka.topic"));
+        assert!(err.to_string().contains("kafka.brokers"));
+    }
+
+    #[test]
+    fn environment_overrides_apply_and_report_bad_values() {
+        let mut c = Config::default();
+        let errors = c.apply_env(&[
+            ("SPILLWAY_KAFKA_BROKERS", "k:1"),
+            ("SPILLWAY_AGENT_INTERVAL", "1s"),
+            ("SPILLWAY_AGENT_LOG_FORMAT", "xml"),
+        ]);
+        assert_eq!(c.kafka.brokers, "k:1");
+        assert_eq!(c.agent.interval, Duration::from_secs(1));
+        assert_eq!(errors.len(), 1);
+        assert!(errors[0].contains("xml"));
+    }
+}

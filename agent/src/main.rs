@@ -1,0 +1,187 @@
+//! The `spillway-agent` binary: argument parsing, logging, signals; the work
+//! is in the library.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use spillway_agent::config::{Config, ConfigErrors, LogFormat, ProcessEnv};
+use tokio_util::sync::CancellationToken;
+
+/// Collects host metrics and publishes them to Kafka for Spillway.
+#[derive(Debug, Parser)]
+#[command(name = "spillway-agent", version = concat!(env!("CARGO_PKG_VERSION"), " (", env!("SPILLWAY_GIT_REVISION"), ")"))]
+struct Cli {
+    /// Configuration file (TOML). Without one, the defaults apply.
+    #[arg(short, long, global = true, env = "SPILLWAY_AGENT_CONFIG")]
+    config: Option<PathBuf>,
+    /// Kafka bootstrap servers (overrides the file and the environment).
+    #[arg(long, global = true)]
+    brokers: Option<String>,
+    /// Kafka topic.
+    #[arg(long, global = true)]
+    topic: Option<String>,
+    /// Collection interval, e.g. `10s`.
+    #[arg(long, global = true, value_parser = humantime::parse_duration)]
+    interval: Option<Duration>,
+    /// Spool directory.
+    #[arg(long, global = true)]
+    spool_dir: Option<PathBuf>,
+    /// Log format.
+    #[arg(long, global = true)]
+    log_format: Option<LogFormatArg>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Collect and publish until stopped (the default).
+    Run,
+    /// Collect one tick and print it; needs no Kafka.
+    Once {
+        /// Output format.
+        #[arg(long, value_enum, default_value = "json")]
+        format: OnceFormat,
+    },
+    /// Validate the configuration, print every problem, and exit (2 if invalid).
+    CheckConfig,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum OnceFormat {
+    Json,
+    Text,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum LogFormatArg {
+    Text,
+    Json,
+}
+
+fn load(cli: &Cli) -> Result<Config, ConfigErrors> {
+    let mut config = Config::load(cli.config.as_deref(), &ProcessEnv)?;
+    if let Some(b) = &cli.brokers {
+        config.kafka.brokers = b.clone();
+    }
+    if let Some(t) = &cli.topic {
+        config.kafka.topic = t.clone();
+    }
+    if let Some(i) = cli.interval {
+        config.agent.interval = i;
+    }
+    if let Some(d) = &cli.spool_dir {
+        config.buffer.spool_dir = d.clone();
+    }
+    if let Some(f) = cli.log_format {
+        config.log.format = match f {
+            LogFormatArg::Text => LogFormat::Text,
+            LogFormatArg::Json => LogFormat::Json,
+        };
+    }
+    config.validate()?;
+    Ok(config)
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let config = match load(&cli) {
+        Ok(c) => c,
+        Err(errors) => {
+            eprintln!("spillway-agent: invalid configuration:");
+            for e in &errors.0 {
+                eprintln!("  - {e}");
+            }
+            return ExitCode::from(2);
+        }
+    };
+    let command = cli.command.unwrap_or(Command::Run);
+    if let Command::CheckConfig = command {
+        println!("configuration is valid");
+        return ExitCode::SUCCESS;
+    }
+    spillway_agent::telemetry::init_logging(&config.log);
+    // One thread for the async work: collection runs on the blocking pool and
+    // librdkafka has its own threads. This keeps the footprint small.
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .max_blocking_threads(16)
+        .thread_keep_alive(Duration::from_secs(120))
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("spillway-agent: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async move {
+        match command {
+            Command::Once { format } => {
+                let record = spillway_agent::collect_once(&config, Duration::from_secs(1)).await;
+                print_once(&record, format)
+            }
+            Command::Run | Command::CheckConfig => {
+                let shutdown = CancellationToken::new();
+                tokio::spawn(stop_on_signal(shutdown.clone()));
+                spillway_agent::run(config, cli.config, shutdown).await
+            }
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("spillway-agent: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn print_once(record: &spillway_shared::Record, format: OnceFormat) -> anyhow::Result<()> {
+    match format {
+        OnceFormat::Json => {
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&spillway_shared::Wire(record))?
+            );
+        }
+        OnceFormat::Text => {
+            if let spillway_shared::Record::Metrics(m) = record {
+                for s in &m.samples {
+                    let labels: Vec<String> = s
+                        .labels
+                        .iter()
+                        .map(|l| format!("{}={:?}", l.key, l.value))
+                        .collect();
+                    println!(
+                        "{} {{{}}} {} {}",
+                        s.name,
+                        labels.join(", "),
+                        s.value,
+                        s.unit
+                    );
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn stop_on_signal(shutdown: CancellationToken) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        tracing::error!("cannot listen for SIGTERM/SIGINT");
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+    tracing::info!("signal received; stopping");
+    shutdown.cancel();
+}

@@ -1,0 +1,397 @@
+//! Publishing to Kafka without losing anything silently.
+//!
+//! Records arrive from the collection loop over a bounded channel and take
+//! one of two paths:
+//!
+//! - **Healthy:** a bounded in-memory queue (bytes) feeds the producer, with a
+//!   window of deliveries in flight.
+//! - **Degraded:** once a delivery fails, or the memory queue is full, the
+//!   queue and every new record go to the disk spool, and the spool is
+//!   replayed oldest first. When it is empty again, records take the memory
+//!   path again.
+//!
+//! Invariants:
+//! - A record leaves the agent's custody only when the broker acknowledged it
+//!   (acks=all, idempotent producer) or when the spool dropped it at its cap,
+//!   in which case its sequence number is reported in the next status record.
+//! - Everything in the spool is older than everything in the memory queue
+//!   (new records go to the spool while it is non-empty).
+//! - The spool cursor only moves over records delivered in order: after a
+//!   failure, later successes of the same window are not acknowledged in the
+//!   spool (they may be sent twice, never lost).
+#![deny(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use rdkafka::ClientConfig;
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
+use spillway_shared::SeqRange;
+use spillway_shared::kafka;
+use tokio::sync::mpsc;
+use tracing::{info, warn};
+
+use crate::config::Config;
+use crate::spool::{Entry, EntryKind, Pos, Spool};
+use crate::telemetry::AgentStats;
+
+/// Deliveries in flight at once. Agents send one record per tick; the window
+/// matters only when replaying a spool.
+const WINDOW: usize = 32;
+const BACKOFF_MIN: Duration = Duration::from_millis(200);
+const BACKOFF_MAX: Duration = Duration::from_secs(5);
+
+/// Sequence ranges dropped at the spool cap and not yet reported.
+#[derive(Debug, Default)]
+pub struct DropLog {
+    ranges: Vec<SeqRange>,
+}
+
+impl DropLog {
+    /// Adds dropped sequence numbers, merging adjacent ones into ranges.
+    pub fn add(&mut self, seqs: impl IntoIterator<Item = u64>) {
+        for seq in seqs {
+            match self.ranges.last_mut() {
+                Some(r) if r.last.checked_add(1) == Some(seq) => r.last = seq,
+                Some(r) if r.first <= seq && seq <= r.last => {}
+                _ => self.ranges.push(SeqRange {
+                    first: seq,
+                    last: seq,
+                }),
+            }
+        }
+    }
+
+    /// Takes the ranges to report.
+    pub fn take(&mut self) -> Vec<SeqRange> {
+        std::mem::take(&mut self.ranges)
+    }
+}
+
+/// Shared handle to the drop log.
+pub type SharedDropLog = Arc<Mutex<DropLog>>;
+
+enum Source {
+    Memory(Entry),
+    Spool { pos: Pos, epoch: u64 },
+}
+
+struct InFlight {
+    source: Source,
+    started: Instant,
+    delivery: Option<DeliveryFuture>,
+    error: Option<String>,
+}
+
+/// The publisher: owns the producer, the memory queue and the spool.
+pub struct Publisher {
+    producer: FutureProducer,
+    topic: String,
+    key: String,
+    memory: VecDeque<Entry>,
+    memory_bytes: usize,
+    memory_cap: usize,
+    spool: Spool,
+    stats: Arc<AgentStats>,
+    drops: SharedDropLog,
+    /// Bumped at each failure: spool acks from an older epoch are ignored.
+    epoch: u64,
+    retry_at: Option<tokio::time::Instant>,
+    backoff: Duration,
+}
+
+/// Builds the librdkafka producer configuration.
+pub fn producer_config(config: &Config) -> ClientConfig {
+    let k = &config.kafka;
+    let mut c = ClientConfig::new();
+    for (key, value) in &k.properties {
+        c.set(key, value);
+    }
+    c.set("bootstrap.servers", &k.brokers)
+        .set("acks", "all")
+        .set("enable.idempotence", "true")
+        .set("compression.type", k.compression.as_str())
+        .set("linger.ms", k.linger.as_millis().to_string())
+        .set(
+            "message.timeout.ms",
+            k.delivery_timeout.as_millis().to_string(),
+        )
+        .set(
+            "message.max.bytes",
+            (k.max_message_bytes + 4096).to_string(),
+        );
+    c
+}
+
+impl Publisher {
+    /// Creates the producer. librdkafka connects lazily, so this succeeds
+    /// while the broker is down.
+    pub fn new(
+        config: &Config,
+        key: String,
+        spool: Spool,
+        stats: Arc<AgentStats>,
+        drops: SharedDropLog,
+    ) -> Result<Publisher, rdkafka::error::KafkaError> {
+        let producer: FutureProducer = producer_config(config).create()?;
+        stats.set_spool(spool.bytes(), spool.records());
+        Ok(Publisher {
+            producer,
+            topic: config.kafka.topic.clone(),
+            key,
+            memory: VecDeque::new(),
+            memory_bytes: 0,
+            memory_cap: config.buffer.memory_bytes,
+            spool,
+            stats,
+            drops,
+            epoch: 0,
+            retry_at: None,
+            backoff: BACKOFF_MIN,
+        })
+    }
+
+    /// Runs until `rx` closes, then flushes for at most `flush_deadline` and
+    /// spools whatever was not delivered. Returns the spool for reuse (reload).
+    pub async fn run(mut self, mut rx: mpsc::Receiver<Entry>, flush_deadline: Duration) -> Spool {
+        let mut inflight: VecDeque<InFlight> = VecDeque::new();
+        loop {
+            self.fill(&mut inflight);
+            let retry = self.retry_at;
+            tokio::select! {
+                entry = rx.recv() => match entry {
+                    Some(e) => self.push(e),
+                    None => break,
+                },
+                done = next_settled(&mut inflight), if !inflight.is_empty() => self.settle(done),
+                _ = sleep_until(retry), if retry.is_some() => self.retry_at = None,
+            }
+        }
+        self.shutdown(inflight, flush_deadline).await;
+        self.spool
+    }
+
+    fn spool_entry(&mut self, entry: &Entry) {
+        match self.spool.append(entry) {
+            Ok(dropped) => {
+                self.stats.add_spooled(1);
+                if !dropped.is_empty() {
+                    self.stats.add_dropped(dropped.len() as u64);
+                    let seqs: Vec<u64> = dropped
+                        .iter()
+                        .filter(|(k, _)| *k == EntryKind::Metrics)
+                        .map(|(_, s)| *s)
+                        .collect();
+                    warn!(
+                        records = dropped.len(),
+                        first_seq = seqs.first().copied(),
+                        last_seq = seqs.last().copied(),
+                        "spool full: oldest records dropped"
+                    );
+                    lock(&self.drops).add(seqs);
+                }
+            }
+            Err(e) => {
+                // The disk refused the record: it is lost, so say so the same
+                // way as a drop at the cap.
+                warn!(seq = entry.seq, error = %e, "cannot write to spool: record dropped");
+                self.stats.add_dropped(1);
+                if entry.kind == EntryKind::Metrics {
+                    lock(&self.drops).add([entry.seq]);
+                }
+            }
+        }
+        self.stats
+            .set_spool(self.spool.bytes(), self.spool.records());
+    }
+
+    fn spill_memory(&mut self) {
+        while let Some(e) = self.memory.pop_front() {
+            self.memory_bytes -= e.bytes.len();
+            self.spool_entry(&e);
+        }
+    }
+
+    fn push(&mut self, entry: Entry) {
+        let degraded = self.retry_at.is_some() || !self.spool.is_empty();
+        if degraded || self.memory_bytes + entry.bytes.len() > self.memory_cap {
+            self.spill_memory();
+            self.spool_entry(&entry);
+        } else {
+            self.memory_bytes += entry.bytes.len();
+            self.memory.push_back(entry);
+        }
+    }
+
+    fn send(&self, entry: &Entry) -> Result<DeliveryFuture, String> {
+        let mut headers = OwnedHeaders::new_with_capacity(3);
+        let record_type = match entry.kind {
+            EntryKind::Metrics => "metrics",
+            EntryKind::Status => "status",
+        };
+        for (key, value) in [
+            (kafka::HEADER_CONTENT_TYPE, kafka::CONTENT_TYPE),
+            (kafka::HEADER_SCHEMA, "1"),
+            (kafka::HEADER_TYPE, record_type),
+        ] {
+            headers = headers.insert(Header {
+                key,
+                value: Some(value),
+            });
+        }
+        let record = FutureRecord::to(&self.topic)
+            .key(&self.key)
+            .payload(&entry.bytes)
+            .headers(headers);
+        self.producer
+            .send_result(record)
+            .map_err(|(e, _)| e.to_string())
+    }
+
+    /// Starts deliveries until the window is full or nothing is waiting.
+    fn fill(&mut self, inflight: &mut VecDeque<InFlight>) {
+        while inflight.len() < WINDOW && self.retry_at.is_none() {
+            let (entry, pos) = if !self.spool.is_empty() {
+                match self.spool.next_unsent() {
+                    Ok(Some((entry, pos))) => (entry, Some(pos)),
+                    Ok(None) => break,
+                    Err(e) => {
+                        warn!(error = %e, "cannot read spool");
+                        break;
+                    }
+                }
+            } else if let Some(entry) = self.memory.pop_front() {
+                self.memory_bytes -= entry.bytes.len();
+                (entry, None)
+            } else {
+                break;
+            };
+            let (delivery, error) = match self.send(&entry) {
+                Ok(d) => (Some(d), None),
+                Err(e) => (None, Some(e)),
+            };
+            let source = match pos {
+                Some(pos) => Source::Spool {
+                    pos,
+                    epoch: self.epoch,
+                },
+                None => Source::Memory(entry),
+            };
+            inflight.push_back(InFlight {
+                source,
+                started: Instant::now(),
+                delivery,
+                error,
+            });
+        }
+    }
+
+    fn settle(&mut self, done: InFlight) {
+        match (&done.source, &done.error) {
+            (source, None) => {
+                self.stats.record_published(done.started.elapsed());
+                self.backoff = BACKOFF_MIN;
+                if let Source::Spool { pos, epoch } = source
+                    && *epoch == self.epoch
+                {
+                    if let Err(e) = self.spool.ack(*pos, 1) {
+                        warn!(error = %e, "cannot persist spool cursor");
+                    }
+                    self.stats
+                        .set_spool(self.spool.bytes(), self.spool.records());
+                    if self.spool.is_empty() {
+                        info!("spool drained; back to direct delivery");
+                    }
+                }
+            }
+            (source, Some(error)) => {
+                self.stats.record_publish_error(error.clone());
+                let newly_failing = self.retry_at.is_none();
+                if newly_failing {
+                    warn!(error = %error, backoff = ?self.backoff, "delivery failed; spooling");
+                }
+                // The failed record is older than what waits in memory.
+                if let Source::Memory(entry) = source {
+                    self.spool_entry(entry);
+                }
+                self.spill_memory();
+                if let Source::Spool { epoch, .. } = source
+                    && *epoch != self.epoch
+                {
+                    return; // already rewound for an earlier failure of this window
+                }
+                self.epoch += 1;
+                self.spool.rewind();
+                self.retry_at = Some(tokio::time::Instant::now() + self.backoff);
+                self.backoff = (self.backoff * 2).min(BACKOFF_MAX);
+            }
+        }
+    }
+
+    async fn shutdown(&mut self, mut inflight: VecDeque<InFlight>, deadline: Duration) {
+        let until = tokio::time::Instant::now() + deadline;
+        // Let the deliveries already started finish while time allows.
+        while !inflight.is_empty() {
+            match tokio::time::timeout_at(until, next_settled(&mut inflight)).await {
+                Ok(done) => self.settle(done),
+                Err(_) => break,
+            }
+        }
+        // Records still in flight from memory may or may not have arrived:
+        // spool them (a possible duplicate, never a loss). Those from the
+        // spool are still in it, since they were not acknowledged.
+        let unresolved: Vec<Entry> = inflight
+            .drain(..)
+            .filter_map(|f| match f.source {
+                Source::Memory(e) => Some(e),
+                Source::Spool { .. } => None,
+            })
+            .collect();
+        if !unresolved.is_empty() {
+            info!(
+                records = unresolved.len(),
+                "deliveries unresolved at shutdown; spooling them"
+            );
+        }
+        self.spill_memory();
+        for e in &unresolved {
+            self.spool_entry(e);
+        }
+        self.stats
+            .set_spool(self.spool.bytes(), self.spool.records());
+    }
+}
+
+/// Waits for the oldest delivery in flight and removes it. Deliveries settle
+/// in the order they were started, which keeps the spool cursor honest.
+async fn next_settled(inflight: &mut VecDeque<InFlight>) -> InFlight {
+    let Some(front) = inflight.front_mut() else {
+        return std::future::pending().await;
+    };
+    if let Some(delivery) = front.delivery.as_mut() {
+        let outcome = delivery.await;
+        front.delivery = None;
+        front.error = match outcome {
+            Ok(Ok(_)) => None,
+            Ok(Err((e, _))) => Some(e.to_string()),
+            Err(_) => Some("producer shut down before delivery".to_owned()),
+        };
+    }
+    match inflight.pop_front() {
+        Some(done) => done,
+        None => std::future::pending().await,
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+async fn sleep_until(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}

@@ -1,0 +1,355 @@
+//! The agent's view of itself: counters shared by the collectors and the
+//! publisher, the optional HTTP listener (`/health`, `/metrics`), and logging.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{LogConfig, LogFormat};
+
+/// Counters and gauges about the agent, updated lock-free on the hot paths.
+#[derive(Debug, Default)]
+pub struct AgentStats {
+    durations: Mutex<BTreeMap<&'static str, Duration>>,
+    skips: Mutex<BTreeMap<&'static str, u64>>,
+    non_finite: AtomicU64,
+    ticks: AtomicU64,
+    published: AtomicU64,
+    spooled: AtomicU64,
+    dropped: AtomicU64,
+    split: AtomicU64,
+    spool_bytes: AtomicU64,
+    spool_records: AtomicU64,
+    last_latency_us: AtomicU64,
+    broker_ok: AtomicBool,
+    last_error: Mutex<Option<String>>,
+}
+
+/// A consistent-enough copy of [`AgentStats`] for reporting.
+#[derive(Debug, Clone, Default)]
+pub struct StatsSnapshot {
+    /// Last duration of each collector.
+    pub collection_durations: BTreeMap<&'static str, Duration>,
+    /// Ticks each collector was skipped (late, stuck or failed).
+    pub skips: BTreeMap<&'static str, u64>,
+    /// Samples dropped for a non-finite value.
+    pub non_finite: u64,
+    /// Collection ticks.
+    pub ticks: u64,
+    /// Records the broker acknowledged.
+    pub published: u64,
+    /// Records written to the spool.
+    pub spooled: u64,
+    /// Records dropped at the spool cap.
+    pub dropped: u64,
+    /// Ticks split because they exceeded the message size limit.
+    pub split: u64,
+    /// Bytes in the spool.
+    pub spool_bytes: u64,
+    /// Records in the spool.
+    pub spool_records: u64,
+    /// Latency of the last acknowledged delivery.
+    pub last_publish_latency: Option<Duration>,
+    /// Whether the last delivery attempt succeeded.
+    pub broker_ok: bool,
+    /// The last delivery error.
+    pub last_error: Option<String>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // The guarded values are plain counters; a panic elsewhere cannot leave
+    // them inconsistent, so a poisoned lock is still usable.
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl AgentStats {
+    /// Records how long a collector took.
+    pub fn record_collection(&self, collector: &'static str, took: Duration) {
+        lock(&self.durations).insert(collector, took);
+    }
+    /// Records that a collector was skipped this tick.
+    pub fn record_skip(&self, collector: &'static str) {
+        *lock(&self.skips).entry(collector).or_default() += 1;
+    }
+    /// Counts samples dropped for a non-finite value.
+    pub fn add_non_finite(&self, n: u64) {
+        self.non_finite.fetch_add(n, Relaxed);
+    }
+    /// Counts a collection tick.
+    pub fn add_tick(&self) {
+        self.ticks.fetch_add(1, Relaxed);
+    }
+    /// Counts a tick that had to be split.
+    pub fn add_split(&self) {
+        self.split.fetch_add(1, Relaxed);
+    }
+    /// Records a successful delivery.
+    pub fn record_published(&self, latency: Duration) {
+        self.published.fetch_add(1, Relaxed);
+        self.last_latency_us
+            .store(latency.as_micros().try_into().unwrap_or(u64::MAX), Relaxed);
+        self.broker_ok.store(true, Relaxed);
+        *lock(&self.last_error) = None;
+    }
+    /// Records a failed delivery.
+    pub fn record_publish_error(&self, error: String) {
+        self.broker_ok.store(false, Relaxed);
+        *lock(&self.last_error) = Some(error);
+    }
+    /// Counts records written to the spool.
+    pub fn add_spooled(&self, n: u64) {
+        self.spooled.fetch_add(n, Relaxed);
+    }
+    /// Counts records dropped at the spool cap.
+    pub fn add_dropped(&self, n: u64) {
+        self.dropped.fetch_add(n, Relaxed);
+    }
+    /// Sets the spool's current size.
+    pub fn set_spool(&self, bytes: u64, records: u64) {
+        self.spool_bytes.store(bytes, Relaxed);
+        self.spool_records.store(records, Relaxed);
+    }
+    /// The last delivery error, if the last attempt failed.
+    pub fn last_error(&self) -> Option<String> {
+        lock(&self.last_error).clone()
+    }
+
+    /// Copies the current values.
+    pub fn snapshot(&self) -> StatsSnapshot {
+        let us = self.last_latency_us.load(Relaxed);
+        StatsSnapshot {
+            collection_durations: lock(&self.durations).clone(),
+            skips: lock(&self.skips).clone(),
+            non_finite: self.non_finite.load(Relaxed),
+            ticks: self.ticks.load(Relaxed),
+            published: self.published.load(Relaxed),
+            spooled: self.spooled.load(Relaxed),
+            dropped: self.dropped.load(Relaxed),
+            split: self.split.load(Relaxed),
+            spool_bytes: self.spool_bytes.load(Relaxed),
+            spool_records: self.spool_records.load(Relaxed),
+            last_publish_latency: (us > 0).then(|| Duration::from_micros(us)),
+            broker_ok: self.broker_ok.load(Relaxed),
+            last_error: lock(&self.last_error).clone(),
+        }
+    }
+}
+
+/// This process's resource use.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ProcessUsage {
+    /// Resident set size.
+    pub rss_bytes: Option<u64>,
+    /// User plus system CPU time.
+    pub cpu_seconds: Option<f64>,
+}
+
+/// Reads this process's RSS and CPU time.
+#[cfg(target_os = "linux")]
+pub fn process_usage() -> ProcessUsage {
+    match procfs::process::Process::myself().and_then(|p| p.stat()) {
+        Ok(stat) => {
+            let tps = procfs::ticks_per_second() as f64;
+            ProcessUsage {
+                rss_bytes: Some(stat.rss * procfs::page_size()),
+                cpu_seconds: Some((stat.utime + stat.stime) as f64 / tps),
+            }
+        }
+        Err(_) => ProcessUsage::default(),
+    }
+}
+
+/// Reads this process's RSS and CPU time.
+#[cfg(not(target_os = "linux"))]
+pub fn process_usage() -> ProcessUsage {
+    let mut sys = match sysinfo::System::new() {
+        Ok(s) => s,
+        Err(_) => return ProcessUsage::default(),
+    };
+    let Ok(pid) = sysinfo::get_current_pid() else {
+        return ProcessUsage::default();
+    };
+    sys.refresh_processes(sysinfo::ProcessesToUpdate::Some(&[pid]), false);
+    sys.process(pid)
+        .map(|p| ProcessUsage {
+            rss_bytes: Some(p.memory()),
+            cpu_seconds: Some(p.accumulated_cpu_time() as f64 / 1000.0),
+        })
+        .unwrap_or_default()
+}
+
+/// Renders the stats in the Prometheus text format.
+pub fn render_prometheus(s: &StatsSnapshot) -> String {
+    let mut out = String::new();
+    let mut metric = |name: &str, kind: &str, help: &str, samples: &[(String, f64)]| {
+        // Writing to a String cannot fail.
+        out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} {kind}\n"));
+        for (labels, v) in samples {
+            out.push_str(&format!("{name}{labels} {v}\n"));
+        }
+    };
+    let plain = |v: f64| vec![(String::new(), v)];
+    let usage = process_usage();
+    if let Some(rss) = usage.rss_bytes {
+        metric(
+            "spillway_agent_memory_rss_bytes",
+            "gauge",
+            "Resident set size.",
+            &plain(rss as f64),
+        );
+    }
+    if let Some(cpu) = usage.cpu_seconds {
+        metric(
+            "spillway_agent_cpu_seconds_total",
+            "counter",
+            "CPU time used.",
+            &plain(cpu),
+        );
+    }
+    metric(
+        "spillway_agent_ticks_total",
+        "counter",
+        "Collection ticks.",
+        &plain(s.ticks as f64),
+    );
+    metric(
+        "spillway_agent_records_published_total",
+        "counter",
+        "Records acknowledged by the broker.",
+        &plain(s.published as f64),
+    );
+    metric(
+        "spillway_agent_records_spooled_total",
+        "counter",
+        "Records written to the disk spool.",
+        &plain(s.spooled as f64),
+    );
+    metric(
+        "spillway_agent_records_dropped_total",
+        "counter",
+        "Records dropped at the spool cap (reported in status records).",
+        &plain(s.dropped as f64),
+    );
+    metric(
+        "spillway_agent_ticks_split_total",
+        "counter",
+        "Ticks split to fit the message size limit.",
+        &plain(s.split as f64),
+    );
+    metric(
+        "spillway_agent_samples_non_finite_total",
+        "counter",
+        "Samples dropped for a NaN or infinite value.",
+        &plain(s.non_finite as f64),
+    );
+    metric(
+        "spillway_agent_spool_bytes",
+        "gauge",
+        "Bytes in the disk spool.",
+        &plain(s.spool_bytes as f64),
+    );
+    metric(
+        "spillway_agent_spool_records",
+        "gauge",
+        "Records in the disk spool.",
+        &plain(s.spool_records as f64),
+    );
+    metric(
+        "spillway_agent_broker_up",
+        "gauge",
+        "1 if the last delivery succeeded.",
+        &plain(if s.broker_ok { 1.0 } else { 0.0 }),
+    );
+    if let Some(l) = s.last_publish_latency {
+        metric(
+            "spillway_agent_publish_latency_seconds",
+            "gauge",
+            "Latency of the last acknowledged delivery.",
+            &plain(l.as_secs_f64()),
+        );
+    }
+    let durations: Vec<(String, f64)> = s
+        .collection_durations
+        .iter()
+        .map(|(c, d)| (format!("{{collector=\"{c}\"}}"), d.as_secs_f64()))
+        .collect();
+    metric(
+        "spillway_agent_collection_duration_seconds",
+        "gauge",
+        "Last run time of each collector.",
+        &durations,
+    );
+    let skips: Vec<(String, f64)> = s
+        .skips
+        .iter()
+        .map(|(c, n)| (format!("{{collector=\"{c}\"}}"), *n as f64))
+        .collect();
+    metric(
+        "spillway_agent_collector_skips_total",
+        "counter",
+        "Ticks a collector was skipped (late, stuck or failed).",
+        &skips,
+    );
+    out
+}
+
+/// Serves `/health` and `/metrics` until `shutdown`.
+pub async fn serve_http(
+    addr: SocketAddr,
+    stats: Arc<AgentStats>,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
+    let app = Router::new()
+        .route("/metrics", get(metrics))
+        .route("/health", get(health))
+        .with_state(stats);
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    tracing::info!(%addr, "http listener up");
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown.cancelled_owned())
+        .await
+}
+
+async fn metrics(State(stats): State<Arc<AgentStats>>) -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        render_prometheus(&stats.snapshot()),
+    )
+}
+
+async fn health(State(stats): State<Arc<AgentStats>>) -> impl IntoResponse {
+    let s = stats.snapshot();
+    let body = serde_json::json!({
+        "broker_reachable": s.broker_ok,
+        "last_error": s.last_error,
+        "spool_bytes": s.spool_bytes,
+        "spool_records": s.spool_records,
+        "records_dropped": s.dropped,
+    });
+    // The agent is healthy while it collects; an unreachable broker is
+    // degraded, not failed, because the spool keeps the data.
+    (StatusCode::OK, axum::Json(body))
+}
+
+/// Sets up logging to stderr.
+pub fn init_logging(config: &LogConfig) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&config.level));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    // A second init (tests) is harmless: keep the first subscriber.
+    let _already_set = match config.format {
+        LogFormat::Json => builder.json().try_init(),
+        LogFormat::Text => builder.try_init(),
+    };
+}

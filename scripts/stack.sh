@@ -1,0 +1,200 @@
+#!/usr/bin/env bash
+# The native local stack: a real Kafka-protocol broker (tansu) and real
+# ClickHouse servers (Debian's package) on loopback, without Docker.
+#
+#   scripts/stack.sh up       install what is missing, start, wait until healthy
+#   scripts/stack.sh status   health of each service (exit 1 if any is down)
+#   scripts/stack.sh env      the environment variables for tests and binaries
+#   scripts/stack.sh down     stop the processes this script started (by PID)
+#
+# Everything lives in .stack/ (git-ignored): data, logs, pid files.
+# Ports and counts can be changed with the variables below.
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+STACK_DIR=${SPILLWAY_STACK_DIR:-$ROOT/.stack}
+KAFKA_PORT=${SPILLWAY_STACK_KAFKA_PORT:-19092}
+# Two ClickHouse servers, so that sharding is tested against real servers.
+CH_SERVERS=${SPILLWAY_STACK_CLICKHOUSE_SERVERS:-2}
+CH_HTTP_BASE=${SPILLWAY_STACK_CLICKHOUSE_HTTP_PORT:-18123}
+CH_TCP_BASE=${SPILLWAY_STACK_CLICKHOUSE_TCP_PORT:-19000}
+TANSU_VERSION=0.6.0
+WAIT_SECS=${SPILLWAY_STACK_WAIT_SECS:-60}
+
+export PATH="$HOME/.cargo/bin:$PATH"
+
+log() { printf 'stack: %s\n' "$*" >&2; }
+die() { log "error: $*"; exit 1; }
+
+# --- installation -----------------------------------------------------------
+
+apt_updated=0
+apt_install() {
+  if [ "$apt_updated" = 0 ]; then
+    log "apt-get update"
+    DEBIAN_FRONTEND=noninteractive apt-get update -qq >/dev/null
+    apt_updated=1
+  fi
+  log "apt-get install $*"
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null
+}
+
+ensure_installed() {
+  command -v curl >/dev/null || apt_install curl
+  command -v clickhouse-server >/dev/null || apt_install clickhouse-server
+  if ! command -v tansu >/dev/null; then
+    log "cargo install tansu $TANSU_VERSION (about 20 minutes, once)"
+    cargo install tansu --version "$TANSU_VERSION" --locked \
+      --no-default-features --features dynostore
+  fi
+}
+
+# --- processes --------------------------------------------------------------
+
+pid_alive() { [ -f "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null; }
+
+ch_http_port() { echo $((CH_HTTP_BASE + $1 - 1)); }
+ch_tcp_port() { echo $((CH_TCP_BASE + $1 - 1)); }
+ch_url() { echo "http://127.0.0.1:$(ch_http_port "$1")"; }
+
+kafka_healthy() {
+  # A Kafka broker answers a TCP connect; tansu accepts only once it serves.
+  (exec 3<>"/dev/tcp/127.0.0.1/$KAFKA_PORT") 2>/dev/null
+}
+
+ch_healthy() {
+  [ "$(curl -fsS --max-time 2 "$(ch_url "$1")/ping" 2>/dev/null)" = "Ok." ]
+}
+
+start_kafka() {
+  local pidfile=$STACK_DIR/tansu.pid
+  if pid_alive "$pidfile"; then return; fi
+  kafka_healthy && die "port $KAFKA_PORT is taken by a process this script did not start"
+  mkdir -p "$STACK_DIR/log"
+  log "starting tansu on 127.0.0.1:$KAFKA_PORT"
+  setsid nohup tansu broker \
+    --listener-url "tcp://127.0.0.1:$KAFKA_PORT" \
+    --advertised-listener-url "tcp://127.0.0.1:$KAFKA_PORT" \
+    --storage-engine memory://tansu/ \
+    >"$STACK_DIR/log/tansu.log" 2>&1 </dev/null &
+  echo $! >"$pidfile"
+}
+
+start_clickhouse() {
+  local n=$1 dir=$STACK_DIR/clickhouse-$1
+  local pidfile=$STACK_DIR/clickhouse-$n.pid
+  if pid_alive "$pidfile"; then return; fi
+  ch_healthy "$n" && die "port $(ch_http_port "$n") is taken by a process this script did not start"
+  mkdir -p "$dir/log" "$dir/data" "$dir/tmp" "$dir/user_files" "$dir/format_schemas"
+  sed -e "s#@DIR@#$dir#g" \
+      -e "s#@HTTP_PORT@#$(ch_http_port "$n")#g" \
+      -e "s#@TCP_PORT@#$(ch_tcp_port "$n")#g" \
+      "$ROOT/scripts/stack/clickhouse-config.xml.in" >"$dir/config.xml"
+  cp "$ROOT/scripts/stack/clickhouse-users.xml" "$dir/users.xml"
+  log "starting clickhouse-$n on 127.0.0.1:$(ch_http_port "$n")"
+  # ClickHouse resolves relative paths from its working directory.
+  pushd "$dir" >/dev/null
+  setsid nohup clickhouse-server --config-file="$dir/config.xml" \
+    >"$dir/log/stdout.log" 2>&1 </dev/null &
+  echo $! >"$pidfile"
+  popd >/dev/null
+}
+
+wait_healthy() {
+  local deadline=$((SECONDS + WAIT_SECS)) n
+  until kafka_healthy; do
+    pid_alive "$STACK_DIR/tansu.pid" || die "tansu exited; see $STACK_DIR/log/tansu.log"
+    [ $SECONDS -lt $deadline ] || die "tansu not answering after ${WAIT_SECS}s; see $STACK_DIR/log/tansu.log"
+    sleep 0.2
+  done
+  for n in $(seq 1 "$CH_SERVERS"); do
+    until ch_healthy "$n"; do
+      pid_alive "$STACK_DIR/clickhouse-$n.pid" ||
+        die "clickhouse-$n exited; see $STACK_DIR/clickhouse-$n/log/"
+      [ $SECONDS -lt $deadline ] ||
+        die "clickhouse-$n not answering after ${WAIT_SECS}s; see $STACK_DIR/clickhouse-$n/log/"
+      sleep 0.2
+    done
+  done
+}
+
+stop_pidfile() {
+  local pidfile=$1 name=$2 pid i
+  [ -f "$pidfile" ] || return 0
+  pid=$(cat "$pidfile")
+  if kill -0 "$pid" 2>/dev/null; then
+    log "stopping $name (pid $pid)"
+    kill "$pid" 2>/dev/null || true
+    for i in $(seq 1 100); do
+      kill -0 "$pid" 2>/dev/null || break
+      sleep 0.1
+    done
+    if kill -0 "$pid" 2>/dev/null; then
+      log "$name did not stop in 10s; killing it"
+      kill -9 "$pid" 2>/dev/null || true
+    fi
+  fi
+  rm -f "$pidfile"
+}
+
+# --- commands ---------------------------------------------------------------
+
+print_env() {
+  local urls="" n
+  for n in $(seq 1 "$CH_SERVERS"); do urls="${urls:+$urls,}$(ch_url "$n")"; done
+  cat <<EOF
+export SPILLWAY_KAFKA_BROKERS=127.0.0.1:$KAFKA_PORT
+export SPILLWAY_CLICKHOUSE_URL=$(ch_url 1)
+export SPILLWAY_CLICKHOUSE_URLS=$urls
+export SPILLWAY_CLICKHOUSE_USER=default
+export SPILLWAY_CLICKHOUSE_PASSWORD=
+EOF
+}
+
+cmd_up() {
+  ensure_installed
+  mkdir -p "$STACK_DIR"
+  start_kafka
+  local n
+  for n in $(seq 1 "$CH_SERVERS"); do start_clickhouse "$n"; done
+  wait_healthy
+  log "up: kafka 127.0.0.1:$KAFKA_PORT, $CH_SERVERS clickhouse server(s) from $(ch_url 1)"
+  print_env
+}
+
+cmd_status() {
+  local ok=0 n
+  if kafka_healthy; then
+    echo "kafka        up    127.0.0.1:$KAFKA_PORT$(pid_alive "$STACK_DIR/tansu.pid" && echo " (pid $(cat "$STACK_DIR/tansu.pid"))")"
+  else
+    echo "kafka        down  127.0.0.1:$KAFKA_PORT"; ok=1
+  fi
+  for n in $(seq 1 "$CH_SERVERS"); do
+    if ch_healthy "$n"; then
+      local version
+      version=$(curl -fsS --max-time 2 "$(ch_url "$n")/?query=SELECT%20version()" || echo "?")
+      echo "clickhouse-$n up    $(ch_url "$n") version $version$(pid_alive "$STACK_DIR/clickhouse-$n.pid" && echo " (pid $(cat "$STACK_DIR/clickhouse-$n.pid"))")"
+    else
+      echo "clickhouse-$n down  $(ch_url "$n")"; ok=1
+    fi
+  done
+  return $ok
+}
+
+cmd_down() {
+  local n
+  stop_pidfile "$STACK_DIR/tansu.pid" tansu
+  for n in $(seq 1 "$CH_SERVERS"); do
+    stop_pidfile "$STACK_DIR/clickhouse-$n.pid" "clickhouse-$n"
+  done
+  log "down"
+}
+
+case "${1:-}" in
+  up) cmd_up ;;
+  down) cmd_down ;;
+  status) cmd_status ;;
+  env) print_env ;;
+  install) ensure_installed ;;
+  *) echo "usage: $0 up|down|status|env|install" >&2; exit 2 ;;
+esac

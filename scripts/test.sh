@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# The whole test suite: format, lints, docs, unit and component tests, and the
+# end-to-end tests against a real broker and real ClickHouse servers.
+#
+# By default it brings up the native stack (scripts/stack.sh) and takes it down
+# again if it started it. To test against other servers, export
+# SPILLWAY_KAFKA_BROKERS and SPILLWAY_CLICKHOUSE_URL (and SPILLWAY_CLICKHOUSE_URLS
+# for shards) first: the stack is then not started.
+set -euo pipefail
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$ROOT"
+export PATH="$HOME/.cargo/bin:$PATH"
+
+step() { printf '\n==> %s\n' "$*"; }
+
+if ! python3 -c 'import msgpack' 2>/dev/null; then
+  step "pip install msgpack (for the interop test)"
+  python3 -m pip install --quiet msgpack
+fi
+
+started_stack=0
+if [ -n "${SPILLWAY_KAFKA_BROKERS:-}" ] && [ -n "${SPILLWAY_CLICKHOUSE_URL:-}" ]; then
+  step "using the servers in the environment: $SPILLWAY_KAFKA_BROKERS, $SPILLWAY_CLICKHOUSE_URL"
+else
+  if ! scripts/stack.sh status >/dev/null 2>&1; then
+    started_stack=1
+  fi
+  step "scripts/stack.sh up"
+  scripts/stack.sh up >/dev/null
+  eval "$(scripts/stack.sh env)"
+fi
+cleanup() {
+  if [ "$started_stack" = 1 ]; then
+    step "scripts/stack.sh down"
+    scripts/stack.sh down || true
+  fi
+}
+trap cleanup EXIT
+
+step "cargo fmt --check"
+cargo fmt --all --check
+
+step "cargo clippy"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+
+step "cargo doc"
+RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --locked --quiet
+
+step "cargo test (unit, component and end-to-end)"
+cargo test --workspace --locked -- --include-ignored
