@@ -6,7 +6,7 @@
 //! fields they do not know.
 //!
 //! Decoding is two steps: rmp-serde reads a lenient wire struct in which every
-//! field is optional, then [`validate`] turns it into the typed records of
+//! field is optional, then `validate` turns it into the typed records of
 //! [`crate::record`], naming the offending field in every error. Errors are
 //! rare, so the decoder only pays for serde's path tracking when it already
 //! failed: it decodes again with `serde_path_to_error` to name the field.
