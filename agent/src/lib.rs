@@ -44,6 +44,9 @@ pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 /// never blocks for long (it spools), so a handful is plenty.
 const CHANNEL_CAPACITY: usize = 16;
 
+/// Most dropped ranges in one status record (the contract's limit).
+const MAX_REPORTED_RANGES: usize = 1024;
+
 /// Who this agent is: the host, and this process run.
 pub fn origin(config: &Config) -> Origin {
     let hostname = if config.agent.hostname.is_empty() {
@@ -309,7 +312,7 @@ async fn send_status(
     drops: &SharedDropLog,
 ) -> anyhow::Result<()> {
     let snap = stats.snapshot();
-    let dropped = lock(drops).take();
+    let (dropped, token) = lock(drops).to_report(MAX_REPORTED_RANGES);
     if !dropped.is_empty() {
         warn!(ranges = ?dropped, "reporting dropped ticks in the status record");
     }
@@ -331,7 +334,8 @@ async fn send_status(
         .tx
         .send(Entry {
             kind: EntryKind::Status,
-            seq: last_seq.unwrap_or(0),
+            // For status entries the spool's seq field carries the drop-log token.
+            seq: token,
             bytes,
         })
         .await

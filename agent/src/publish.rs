@@ -43,30 +43,66 @@ const WINDOW: usize = 32;
 const BACKOFF_MIN: Duration = Duration::from_millis(200);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
 
-/// Sequence ranges dropped at the spool cap and not yet reported.
+/// Sequence ranges dropped at the spool cap, kept until a status record that
+/// reports them has been *delivered*: a status record can itself wait in the
+/// spool, and be dropped there, so reporting is only done when it arrived.
+///
+/// Each range gets an increasing index. A status record carries every range
+/// not yet acknowledged, and its spool entry carries (in its `seq` field) the
+/// index just past the last range it reports; delivering it acknowledges the
+/// ranges below that index. A range may thus be reported twice, never zero
+/// times while the agent runs; readers take the union.
 #[derive(Debug, Default)]
 pub struct DropLog {
-    ranges: Vec<SeqRange>,
+    ranges: VecDeque<(u64, SeqRange)>,
+    next_index: u64,
+    /// Set when the last range was reported: later drops start a new range.
+    sealed: bool,
 }
 
 impl DropLog {
     /// Adds dropped sequence numbers, merging adjacent ones into ranges.
     pub fn add(&mut self, seqs: impl IntoIterator<Item = u64>) {
         for seq in seqs {
-            match self.ranges.last_mut() {
-                Some(r) if r.last.checked_add(1) == Some(seq) => r.last = seq,
-                Some(r) if r.first <= seq && seq <= r.last => {}
-                _ => self.ranges.push(SeqRange {
-                    first: seq,
-                    last: seq,
-                }),
+            match self.ranges.back_mut() {
+                Some((_, r)) if !self.sealed && r.last.checked_add(1) == Some(seq) => r.last = seq,
+                Some((_, r)) if r.first <= seq && seq <= r.last => {}
+                _ => {
+                    self.sealed = false;
+                    self.ranges.push_back((
+                        self.next_index,
+                        SeqRange {
+                            first: seq,
+                            last: seq,
+                        },
+                    ));
+                    self.next_index += 1;
+                }
             }
         }
     }
 
-    /// Takes the ranges to report.
-    pub fn take(&mut self) -> Vec<SeqRange> {
-        std::mem::take(&mut self.ranges)
+    /// The ranges to put in a status record (at most `max`, oldest first),
+    /// and the token to acknowledge them with once it is delivered.
+    pub fn to_report(&mut self, max: usize) -> (Vec<SeqRange>, u64) {
+        let ranges: Vec<(u64, SeqRange)> = self.ranges.iter().take(max).copied().collect();
+        // A range still growing must not be acknowledged by a record that
+        // saw only part of it: later drops start a new range.
+        self.sealed = true;
+        let token = ranges.last().map_or(0, |(i, _)| i + 1);
+        (ranges.into_iter().map(|(_, r)| r).collect(), token)
+    }
+
+    /// A status record reporting every range below `token` was delivered.
+    pub fn acknowledge(&mut self, token: u64) {
+        while self.ranges.front().is_some_and(|(i, _)| *i < token) {
+            self.ranges.pop_front();
+        }
+    }
+
+    /// Ranges not yet acknowledged.
+    pub fn pending(&self) -> Vec<SeqRange> {
+        self.ranges.iter().map(|(_, r)| *r).collect()
     }
 }
 
@@ -75,7 +111,14 @@ pub type SharedDropLog = Arc<Mutex<DropLog>>;
 
 enum Source {
     Memory(Entry),
-    Spool { pos: Pos, epoch: u64 },
+    /// A memory record already moved to the spool after an earlier failure;
+    /// its outcome changes nothing (a success only means a duplicate later).
+    Respooled,
+    Spool {
+        pos: Pos,
+        epoch: u64,
+        status_token: Option<u64>,
+    },
 }
 
 struct InFlight {
@@ -100,6 +143,8 @@ pub struct Publisher {
     epoch: u64,
     retry_at: Option<tokio::time::Instant>,
     backoff: Duration,
+    /// Whether the last delivery failed (to log transitions only).
+    failing: bool,
 }
 
 /// Builds the librdkafka producer configuration.
@@ -150,6 +195,7 @@ impl Publisher {
             epoch: 0,
             retry_at: None,
             backoff: BACKOFF_MIN,
+            failing: false,
         })
     }
 
@@ -165,7 +211,7 @@ impl Publisher {
                     Some(e) => self.push(e),
                     None => break,
                 },
-                done = next_settled(&mut inflight), if !inflight.is_empty() => self.settle(done),
+                done = next_settled(&mut inflight), if !inflight.is_empty() => self.settle(done, &mut inflight),
                 _ = sleep_until(retry), if retry.is_some() => self.retry_at = None,
             }
         }
@@ -276,6 +322,7 @@ impl Publisher {
                 Some(pos) => Source::Spool {
                     pos,
                     epoch: self.epoch,
+                    status_token: (entry.kind == EntryKind::Status).then_some(entry.seq),
                 },
                 None => Source::Memory(entry),
             };
@@ -288,12 +335,24 @@ impl Publisher {
         }
     }
 
-    fn settle(&mut self, done: InFlight) {
+    fn settle(&mut self, done: InFlight, inflight: &mut VecDeque<InFlight>) {
         match (&done.source, &done.error) {
             (source, None) => {
                 self.stats.record_published(done.started.elapsed());
                 self.backoff = BACKOFF_MIN;
-                if let Source::Spool { pos, epoch } = source
+                if self.failing {
+                    info!("delivery works again");
+                    self.failing = false;
+                }
+                let status_token = match source {
+                    Source::Memory(e) if e.kind == EntryKind::Status => Some(e.seq),
+                    Source::Spool { status_token, .. } => *status_token,
+                    Source::Memory(_) | Source::Respooled => None,
+                };
+                if let Some(token) = status_token {
+                    lock(&self.drops).acknowledge(token);
+                }
+                if let Source::Spool { pos, epoch, .. } = source
                     && *epoch == self.epoch
                 {
                     if let Err(e) = self.spool.ack(*pos, 1) {
@@ -308,13 +367,23 @@ impl Publisher {
             }
             (source, Some(error)) => {
                 self.stats.record_publish_error(error.clone());
-                let newly_failing = self.retry_at.is_none();
-                if newly_failing {
-                    warn!(error = %error, backoff = ?self.backoff, "delivery failed; spooling");
+                if !self.failing {
+                    warn!(error = %error, "delivery failed; spooling until the broker is back");
+                    self.failing = true;
                 }
-                // The failed record is older than what waits in memory.
+                // Keep the spool in tick order: the failed record, then the
+                // memory records still in flight (older than anything queued),
+                // then the memory queue.
                 if let Source::Memory(entry) = source {
                     self.spool_entry(entry);
+                }
+                for f in inflight.iter_mut() {
+                    if matches!(f.source, Source::Memory(_))
+                        && let Source::Memory(entry) =
+                            std::mem::replace(&mut f.source, Source::Respooled)
+                    {
+                        self.spool_entry(&entry);
+                    }
                 }
                 self.spill_memory();
                 if let Source::Spool { epoch, .. } = source
@@ -335,7 +404,7 @@ impl Publisher {
         // Let the deliveries already started finish while time allows.
         while !inflight.is_empty() {
             match tokio::time::timeout_at(until, next_settled(&mut inflight)).await {
-                Ok(done) => self.settle(done),
+                Ok(done) => self.settle(done, &mut inflight),
                 Err(_) => break,
             }
         }
@@ -346,7 +415,7 @@ impl Publisher {
             .drain(..)
             .filter_map(|f| match f.source {
                 Source::Memory(e) => Some(e),
-                Source::Spool { .. } => None,
+                Source::Spool { .. } | Source::Respooled => None,
             })
             .collect();
         if !unresolved.is_empty() {
@@ -393,5 +462,39 @@ async fn sleep_until(at: Option<tokio::time::Instant>) {
     match at {
         Some(at) => tokio::time::sleep_until(at).await,
         None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn drop_log_merges_and_keeps_ranges_until_acknowledged() {
+        let mut log = DropLog::default();
+        log.add([3, 4, 5, 9]);
+        let (ranges, token) = log.to_report(10);
+        assert_eq!(
+            ranges,
+            vec![
+                SeqRange { first: 3, last: 5 },
+                SeqRange { first: 9, last: 9 }
+            ]
+        );
+        // Dropped after the report: a new range, not an extension of 9..9.
+        log.add([10]);
+        // The status record was itself lost: the next one reports everything again.
+        let (again, token2) = log.to_report(10);
+        assert_eq!(again.len(), 3);
+        log.acknowledge(token);
+        assert_eq!(
+            log.pending(),
+            vec![SeqRange {
+                first: 10,
+                last: 10
+            }]
+        );
+        log.acknowledge(token2);
+        assert!(log.pending().is_empty());
     }
 }

@@ -164,3 +164,7 @@ pub fn unique_name(prefix: &str) -> String {
     let id = uuid::Uuid::new_v4().simple().to_string();
     format!("{prefix}_{}", &id[..12])
 }
+
+pub mod agent;
+pub mod broker;
+pub mod consume;

@@ -201,7 +201,10 @@ impl Collection {
                     collector: Arc::new(Mutex::new(c)),
                 })
                 .collect(),
-            budget: config.agent.collector_timeout,
+            budget: config
+                .agent
+                .collector_timeout
+                .min(config.agent.interval * 4 / 5),
             stats,
         }
     }
