@@ -46,5 +46,8 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 step "cargo doc"
 RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --locked --quiet
 
+step "cargo build --bins (the end-to-end tests run the real binaries)"
+cargo build --workspace --bins --locked
+
 step "cargo test (unit, component and end-to-end)"
 cargo test --workspace --locked -- --include-ignored
