@@ -1,1 +1,85 @@
-//! Spillway ingester (in progress).
+//! spillway-ingester: consumes agent records from Kafka and inserts them into
+//! ClickHouse, committing offsets only once rows are durable.
+//!
+//! Layout:
+//! - [`config`]: TOML configuration, environment overrides, validation.
+//! - [`consume`]: the pipeline (consumer, batches, insert workers, commits).
+//! - [`offsets`]: the contiguous commit watermark.
+//! - [`rows`]: records → table rows.
+//! - [`shard`]: host → shard.
+//! - [`sink`]: the ClickHouse sink, behind a trait.
+//! - [`dlq`]: the dead-letter topic.
+//! - [`migrate`]: schema migrations.
+//! - [`telemetry`]: metrics, `/health`, `/ready`, logs.
+
+pub mod config;
+pub mod consume;
+pub mod dlq;
+pub mod loadgen;
+pub mod migrate;
+pub mod offsets;
+pub mod rows;
+pub mod shard;
+pub mod sink;
+pub mod telemetry;
+
+use std::sync::Arc;
+
+use anyhow::Context;
+use rdkafka::producer::FutureProducer;
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info};
+
+use crate::config::Config;
+use crate::sink::ClickHouseSink;
+use crate::telemetry::Stats;
+
+/// Runs the ingester until `shutdown`.
+pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let stats = Arc::new(Stats::new());
+    let http_shutdown = shutdown.child_token();
+    if let Some(addr) = config.http.listen {
+        let stats = stats.clone();
+        let token = http_shutdown.clone();
+        tokio::spawn(async move {
+            if let Err(e) = telemetry::serve_http(addr, stats, token).await {
+                error!(%addr, error = %e, "http listener failed");
+            }
+        });
+    }
+    // Refuse to start against shards without the tables: say how to fix it.
+    for shard in &config.clickhouse.shards {
+        let client = sink::client(shard);
+        let n: u64 = client
+            .query("SELECT count() FROM system.tables WHERE database = ? AND name IN ('samples', 'agent_status')")
+            .bind(&shard.database)
+            .fetch_one()
+            .await
+            .with_context(|| format!("ClickHouse at {} is not reachable", shard.url))?;
+        if n < 2 {
+            anyhow::bail!(
+                "database {} on {} lacks the samples/agent_status tables: run `spillway-ingester migrate` first",
+                shard.database,
+                shard.url
+            );
+        }
+    }
+    let mut producer_config = rdkafka::ClientConfig::new();
+    for (k, v) in &config.kafka.properties {
+        producer_config.set(k, v);
+    }
+    let producer: FutureProducer = producer_config
+        .set("bootstrap.servers", &config.kafka.brokers)
+        .set("acks", "all")
+        .set("enable.idempotence", "true")
+        .create()
+        .context("cannot create the dead-letter producer")?;
+    let dlq = dlq::DeadLetters::new(producer, config.kafka.dlq_topic());
+    let sink = ClickHouseSink::new(&config.clickhouse);
+    stats.set_ready(true);
+    info!(dead_letter_topic = %config.kafka.dlq_topic(), "spillway-ingester starting");
+    let result = consume::run(config, sink, dlq, stats.clone(), shutdown).await;
+    stats.set_ready(false);
+    http_shutdown.cancel();
+    result
+}

@@ -1,0 +1,494 @@
+//! The ingester's configuration: TOML file, environment overrides, flags.
+//! [`Config::validate`] reports every problem at once and never connects.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// The whole configuration.
+#[derive(Debug, Clone, PartialEq, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Where records come from.
+    pub kafka: KafkaConfig,
+    /// Where rows go.
+    pub clickhouse: ClickHouseConfig,
+    /// Batching.
+    pub batch: BatchConfig,
+    /// Bounds on work in flight.
+    pub pipeline: PipelineConfig,
+    /// The optional HTTP listener.
+    pub http: HttpConfig,
+    /// Logs.
+    pub log: LogConfig,
+}
+
+/// Kafka consumer settings.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct KafkaConfig {
+    /// Bootstrap servers.
+    pub brokers: String,
+    /// Topics to consume.
+    pub topics: Vec<String>,
+    /// Consumer group id; all instances of one deployment share it.
+    pub group_id: String,
+    /// Topic for records that cannot be ingested. Empty: the default
+    /// (`<first topic>.dlq`).
+    pub dead_letter_topic: String,
+    /// Consumer session timeout: how fast a dead member's partitions move.
+    #[serde(with = "humantime_serde")]
+    pub session_timeout: Duration,
+    /// How often the contiguous watermark is committed.
+    #[serde(with = "humantime_serde")]
+    pub commit_interval: Duration,
+    /// Extra librdkafka properties (TLS, SASL, `partition.assignment.strategy`, ...).
+    pub properties: BTreeMap<String, String>,
+}
+
+impl Default for KafkaConfig {
+    fn default() -> Self {
+        KafkaConfig {
+            brokers: "127.0.0.1:9092".into(),
+            topics: vec![spillway_shared::kafka::DEFAULT_TOPIC.into()],
+            group_id: "spillway-ingester".into(),
+            dead_letter_topic: String::new(),
+            session_timeout: Duration::from_secs(10),
+            commit_interval: Duration::from_secs(1),
+            properties: BTreeMap::new(),
+        }
+    }
+}
+
+impl KafkaConfig {
+    /// The dead-letter topic in force.
+    pub fn dlq_topic(&self) -> String {
+        if self.dead_letter_topic.is_empty() {
+            format!(
+                "{}.dlq",
+                self.topics.first().map_or("spillway", String::as_str)
+            )
+        } else {
+            self.dead_letter_topic.clone()
+        }
+    }
+}
+
+/// ClickHouse shards.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClickHouseConfig {
+    /// One entry per shard; a host's rows go to shard `xxh64(host_id) % N`.
+    pub shards: Vec<ShardConfig>,
+    /// Timeout of one INSERT.
+    #[serde(with = "humantime_serde")]
+    pub insert_timeout: Duration,
+}
+
+impl Default for ClickHouseConfig {
+    fn default() -> Self {
+        ClickHouseConfig {
+            shards: vec![ShardConfig::default()],
+            insert_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// One ClickHouse shard.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ShardConfig {
+    /// HTTP URL, e.g. `http://127.0.0.1:8123`.
+    pub url: String,
+    /// Database (created by `migrate`).
+    pub database: String,
+    /// User.
+    pub user: String,
+    /// Password. Prefer `password_file` or `SPILLWAY_CLICKHOUSE_PASSWORD`.
+    pub password: String,
+    /// A file holding the password (trailing newline ignored).
+    pub password_file: Option<std::path::PathBuf>,
+}
+
+impl Default for ShardConfig {
+    fn default() -> Self {
+        ShardConfig {
+            url: "http://127.0.0.1:8123".into(),
+            database: "spillway".into(),
+            user: "default".into(),
+            password: String::new(),
+            password_file: None,
+        }
+    }
+}
+
+/// When a batch is flushed: whichever limit comes first.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BatchConfig {
+    /// Rows per INSERT at most.
+    pub max_rows: usize,
+    /// Approximate bytes per INSERT at most.
+    pub max_bytes: usize,
+    /// Oldest row's wait at most; also the floor of the insert period under
+    /// light load, which keeps ClickHouse far from TOO_MANY_PARTS.
+    #[serde(with = "humantime_serde")]
+    pub max_age: Duration,
+}
+
+impl Default for BatchConfig {
+    fn default() -> Self {
+        BatchConfig {
+            max_rows: 200_000,
+            max_bytes: 64 * 1024 * 1024,
+            max_age: Duration::from_secs(1),
+        }
+    }
+}
+
+/// Bounds on work in flight.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PipelineConfig {
+    /// Bytes of consumed records not yet committed; above it the consumer
+    /// pauses its partitions.
+    pub memory_budget_bytes: usize,
+    /// Concurrent INSERTs per shard.
+    pub insert_concurrency: usize,
+    /// On SIGTERM, how long to flush and commit before leaving anyway.
+    #[serde(with = "humantime_serde")]
+    pub shutdown_timeout: Duration,
+}
+
+impl Default for PipelineConfig {
+    fn default() -> Self {
+        PipelineConfig {
+            memory_budget_bytes: 256 * 1024 * 1024,
+            insert_concurrency: 2,
+            shutdown_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// The optional HTTP listener.
+#[derive(Debug, Clone, PartialEq, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpConfig {
+    /// Address for `/health`, `/ready` and `/metrics`; absent: none.
+    pub listen: Option<std::net::SocketAddr>,
+}
+
+/// Log output.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// `text` or `json`.
+    pub format: String,
+    /// A tracing filter such as `info`.
+    pub level: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            format: "text".into(),
+            level: "info".into(),
+        }
+    }
+}
+
+/// Every problem found in a configuration.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{}", .0.join("\n"))]
+pub struct ConfigErrors(pub Vec<String>);
+
+/// Source of environment variables (injectable for tests).
+pub trait EnvSource {
+    /// The value of `name`, if set.
+    fn var(&self, name: &str) -> Option<String>;
+}
+
+/// The process environment.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ProcessEnv;
+
+impl EnvSource for ProcessEnv {
+    fn var(&self, name: &str) -> Option<String> {
+        std::env::var(name).ok()
+    }
+}
+
+impl<const N: usize> EnvSource for [(&str, &str); N] {
+    fn var(&self, name: &str) -> Option<String> {
+        self.iter()
+            .find(|(k, _)| *k == name)
+            .map(|(_, v)| (*v).to_owned())
+    }
+}
+
+impl Config {
+    /// Parses TOML.
+    pub fn from_toml(text: &str) -> Result<Config, ConfigErrors> {
+        toml::from_str(text).map_err(|e| ConfigErrors(vec![e.to_string().trim().to_owned()]))
+    }
+
+    /// Loads the file (or defaults), applies the environment, reads password
+    /// files, and validates.
+    pub fn load(path: Option<&Path>, env: &dyn EnvSource) -> Result<Config, ConfigErrors> {
+        let mut config = match path {
+            Some(p) => {
+                let text = std::fs::read_to_string(p).map_err(|e| {
+                    ConfigErrors(vec![format!(
+                        "cannot read config file {}: {e}",
+                        p.display()
+                    )])
+                })?;
+                Config::from_toml(&text).map_err(|e| {
+                    ConfigErrors(
+                        e.0.into_iter()
+                            .map(|m| format!("{}: {m}", p.display()))
+                            .collect(),
+                    )
+                })?
+            }
+            None => Config::default(),
+        };
+        let mut errors = config.apply_env(env);
+        for (i, shard) in config.clickhouse.shards.iter_mut().enumerate() {
+            if let Some(file) = &shard.password_file {
+                match std::fs::read_to_string(file) {
+                    Ok(p) => shard.password = p.trim_end_matches(['\r', '\n']).to_owned(),
+                    Err(e) => errors.push(format!(
+                        "clickhouse.shards[{i}].password_file {}: {e}",
+                        file.display()
+                    )),
+                }
+            }
+        }
+        if let Err(ConfigErrors(more)) = config.validate() {
+            errors.extend(more);
+        }
+        if errors.is_empty() {
+            Ok(config)
+        } else {
+            Err(ConfigErrors(errors))
+        }
+    }
+
+    /// Applies `SPILLWAY_*` overrides.
+    ///
+    /// | variable | key |
+    /// |---|---|
+    /// | `SPILLWAY_KAFKA_BROKERS` | `kafka.brokers` |
+    /// | `SPILLWAY_INGESTER_TOPICS` | `kafka.topics` (comma-separated) |
+    /// | `SPILLWAY_INGESTER_GROUP_ID` | `kafka.group_id` |
+    /// | `SPILLWAY_CLICKHOUSE_URLS` (or `SPILLWAY_CLICKHOUSE_URL`) | one shard per URL |
+    /// | `SPILLWAY_CLICKHOUSE_DATABASE` | every shard's database |
+    /// | `SPILLWAY_CLICKHOUSE_USER`, `SPILLWAY_CLICKHOUSE_PASSWORD` | every shard's credentials |
+    pub fn apply_env(&mut self, env: &dyn EnvSource) -> Vec<String> {
+        let errors = Vec::new();
+        if let Some(v) = env.var("SPILLWAY_KAFKA_BROKERS").filter(|v| !v.is_empty()) {
+            self.kafka.brokers = v;
+        }
+        if let Some(v) = env
+            .var("SPILLWAY_INGESTER_TOPICS")
+            .filter(|v| !v.is_empty())
+        {
+            self.kafka.topics = v.split(',').map(|s| s.trim().to_owned()).collect();
+        }
+        if let Some(v) = env
+            .var("SPILLWAY_INGESTER_GROUP_ID")
+            .filter(|v| !v.is_empty())
+        {
+            self.kafka.group_id = v;
+        }
+        let urls = env
+            .var("SPILLWAY_CLICKHOUSE_URLS")
+            .filter(|v| !v.is_empty())
+            .or_else(|| env.var("SPILLWAY_CLICKHOUSE_URL").filter(|v| !v.is_empty()));
+        if let Some(urls) = urls {
+            let template = self.clickhouse.shards.first().cloned().unwrap_or_default();
+            self.clickhouse.shards = urls
+                .split(',')
+                .map(|u| ShardConfig {
+                    url: u.trim().to_owned(),
+                    ..template.clone()
+                })
+                .collect();
+        }
+        for shard in &mut self.clickhouse.shards {
+            if let Some(v) = env
+                .var("SPILLWAY_CLICKHOUSE_DATABASE")
+                .filter(|v| !v.is_empty())
+            {
+                shard.database = v;
+            }
+            if let Some(v) = env
+                .var("SPILLWAY_CLICKHOUSE_USER")
+                .filter(|v| !v.is_empty())
+            {
+                shard.user = v;
+            }
+            if let Some(v) = env.var("SPILLWAY_CLICKHOUSE_PASSWORD") {
+                shard.password = v;
+            }
+        }
+        errors
+    }
+
+    /// Checks every rule; reports all problems at once.
+    pub fn validate(&self) -> Result<(), ConfigErrors> {
+        let mut e = Vec::new();
+        let k = &self.kafka;
+        if k.brokers.trim().is_empty() {
+            e.push("kafka.brokers must not be empty".to_owned());
+        }
+        if k.topics.is_empty() {
+            e.push("kafka.topics must name at least one topic".to_owned());
+        }
+        for t in k.topics.iter().chain(std::iter::once(&k.dlq_topic())) {
+            if !valid_topic(t) {
+                e.push(format!(
+                    "topic `{t}` is not a valid Kafka topic name ([A-Za-z0-9._-], 1 to 249)"
+                ));
+            }
+        }
+        if k.topics.contains(&k.dlq_topic()) {
+            e.push("kafka.dead_letter_topic must differ from the consumed topics".to_owned());
+        }
+        if k.group_id.is_empty() {
+            e.push("kafka.group_id must not be empty".to_owned());
+        }
+        if k.session_timeout < Duration::from_secs(1) {
+            e.push("kafka.session_timeout must be at least 1s".to_owned());
+        }
+        if k.commit_interval.is_zero() {
+            e.push("kafka.commit_interval must be above 0".to_owned());
+        }
+        for key in [
+            "bootstrap.servers",
+            "group.id",
+            "enable.auto.commit",
+            "enable.auto.offset.store",
+        ] {
+            if k.properties.contains_key(key) {
+                e.push(format!(
+                    "kafka.properties.{key} is set by the ingester and cannot be overridden"
+                ));
+            }
+        }
+        if self.clickhouse.shards.is_empty() {
+            e.push("clickhouse.shards must list at least one shard".to_owned());
+        }
+        for (i, s) in self.clickhouse.shards.iter().enumerate() {
+            if !(s.url.starts_with("http://") || s.url.starts_with("https://")) {
+                e.push(format!(
+                    "clickhouse.shards[{i}].url `{}` must start with http:// or https://",
+                    s.url
+                ));
+            }
+            if s.database.is_empty()
+                || !s
+                    .database
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'_')
+            {
+                e.push(format!(
+                    "clickhouse.shards[{i}].database `{}` must be [A-Za-z0-9_]+",
+                    s.database
+                ));
+            }
+        }
+        let b = &self.batch;
+        if b.max_rows == 0 {
+            e.push("batch.max_rows must be above 0".to_owned());
+        }
+        if b.max_bytes < 1024 {
+            e.push("batch.max_bytes must be at least 1024".to_owned());
+        }
+        if b.max_age.is_zero() {
+            e.push("batch.max_age must be above 0".to_owned());
+        }
+        let p = &self.pipeline;
+        if p.memory_budget_bytes < 1024 * 1024 {
+            e.push("pipeline.memory_budget_bytes must be at least 1 MiB".to_owned());
+        }
+        if p.insert_concurrency == 0 || p.insert_concurrency > 64 {
+            e.push("pipeline.insert_concurrency must be between 1 and 64".to_owned());
+        }
+        if !matches!(self.log.format.as_str(), "text" | "json") {
+            e.push(format!(
+                "log.format must be `text` or `json`, not `{}`",
+                self.log.format
+            ));
+        }
+        if e.is_empty() {
+            Ok(())
+        } else {
+            Err(ConfigErrors(e))
+        }
+    }
+}
+
+fn valid_topic(t: &str) -> bool {
+    !t.is_empty()
+        && t.len() <= 249
+        && t.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn example_config_parses_and_validates() {
+        let c = Config::from_toml(include_str!("../../config/ingester.example.toml")).unwrap();
+        c.validate().unwrap();
+        assert_eq!(c.clickhouse.shards.len(), 1);
+    }
+
+    #[test]
+    fn every_problem_is_reported() {
+        let c = Config::from_toml(
+            r#"
+            [kafka]
+            brokers = ""
+            topics = []
+            [[clickhouse.shards]]
+            url = "127.0.0.1:8123"
+            database = "bad-name"
+            [pipeline]
+            insert_concurrency = 0
+            "#,
+        )
+        .unwrap();
+        let err = c.validate().unwrap_err();
+        for needle in [
+            "kafka.brokers",
+            "kafka.topics",
+            "shards[0].url",
+            "shards[0].database",
+            "insert_concurrency",
+        ] {
+            assert!(
+                err.to_string().contains(needle),
+                "missing {needle} in {err}"
+            );
+        }
+    }
+
+    #[test]
+    fn environment_urls_make_one_shard_each() {
+        let mut c = Config::default();
+        c.apply_env(&[
+            ("SPILLWAY_CLICKHOUSE_URLS", "http://a:1, http://b:2"),
+            ("SPILLWAY_CLICKHOUSE_DATABASE", "db1"),
+        ]);
+        let urls: Vec<&str> = c.clickhouse.shards.iter().map(|s| s.url.as_str()).collect();
+        assert_eq!(urls, ["http://a:1", "http://b:2"]);
+        assert!(c.clickhouse.shards.iter().all(|s| s.database == "db1"));
+    }
+}

@@ -1,0 +1,139 @@
+//! The `spillway-ingester` binary: arguments, logging, signals.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use spillway_ingester::config::{Config, ConfigErrors, ProcessEnv};
+use tokio_util::sync::CancellationToken;
+
+/// Consumes Spillway agent records from Kafka into ClickHouse.
+#[derive(Debug, Parser)]
+#[command(name = "spillway-ingester", version = concat!(env!("CARGO_PKG_VERSION"), " (", env!("SPILLWAY_GIT_REVISION"), ")"))]
+struct Cli {
+    /// Configuration file (TOML). Without one, the defaults apply.
+    #[arg(short, long, global = true, env = "SPILLWAY_INGESTER_CONFIG")]
+    config: Option<PathBuf>,
+    /// Kafka bootstrap servers (overrides the file and the environment).
+    #[arg(long, global = true)]
+    brokers: Option<String>,
+    /// Consumer group id.
+    #[arg(long, global = true)]
+    group_id: Option<String>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Consume and insert until stopped (the default).
+    Run,
+    /// Apply the schema migrations to every shard, then exit.
+    Migrate,
+    /// Validate the configuration, print every problem, exit 2 if invalid.
+    CheckConfig,
+    /// Produce simulated agent records (for tests and benchmarks).
+    Loadgen(spillway_ingester::loadgen::LoadgenArgs),
+}
+
+fn load(cli: &Cli) -> Result<Config, ConfigErrors> {
+    let mut config = Config::load(cli.config.as_deref(), &ProcessEnv)?;
+    if let Some(b) = &cli.brokers {
+        config.kafka.brokers = b.clone();
+    }
+    if let Some(g) = &cli.group_id {
+        config.kafka.group_id = g.clone();
+    }
+    config.validate()?;
+    Ok(config)
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let config = match load(&cli) {
+        Ok(c) => c,
+        Err(errors) => {
+            eprintln!("spillway-ingester: invalid configuration:");
+            for e in &errors.0 {
+                eprintln!("  - {e}");
+            }
+            return ExitCode::from(2);
+        }
+    };
+    let command = cli.command.unwrap_or(Command::Run);
+    if let Command::CheckConfig = command {
+        println!("configuration is valid");
+        return ExitCode::SUCCESS;
+    }
+    spillway_ingester::telemetry::init_logging(&config.log.format, &config.log.level);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("spillway-ingester: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async move {
+        match command {
+            Command::Migrate => migrate(&config).await,
+            Command::Loadgen(args) => {
+                spillway_ingester::loadgen::run(&config.kafka.brokers, &args).await
+            }
+            Command::Run | Command::CheckConfig => {
+                let shutdown = CancellationToken::new();
+                tokio::spawn(stop_on_signal(shutdown.clone()));
+                spillway_ingester::run(config, shutdown).await
+            }
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("spillway-ingester: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn migrate(config: &Config) -> anyhow::Result<()> {
+    for shard in &config.clickhouse.shards {
+        let r = spillway_ingester::migrate::migrate_shard(shard).await?;
+        println!(
+            "shard {} (ClickHouse {}), database {}:",
+            r.url, r.server_version, shard.database
+        );
+        for m in &r.applied {
+            println!("  applied   {m}");
+        }
+        for m in &r.unchanged {
+            println!("  unchanged {m}");
+        }
+        for (m, why) in &r.skipped {
+            println!("  skipped   {m}: {why}");
+        }
+    }
+    Ok(())
+}
+
+async fn stop_on_signal(shutdown: CancellationToken) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        tracing::error!("cannot listen for SIGTERM/SIGINT");
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+    tracing::info!("signal received; stopping");
+    shutdown.cancel();
+    // A second signal, or a stuck shutdown, still ends the process.
+    tokio::time::sleep(Duration::from_secs(300)).await;
+}

@@ -1,0 +1,197 @@
+//! Records → table rows. One metrics record gives one `samples` row per
+//! sample; one status record gives one `agent_status` row.
+#![deny(clippy::unwrap_used, clippy::expect_used)]
+
+use serde::Serialize;
+use spillway_shared::{MetricKind, MetricsRecord, StatusRecord};
+
+/// The tables the ingester writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Table {
+    /// `samples`.
+    Samples,
+    /// `agent_status`.
+    AgentStatus,
+}
+
+impl Table {
+    /// The table name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Table::Samples => "samples",
+            Table::AgentStatus => "agent_status",
+        }
+    }
+}
+
+/// A row of `samples` (RowBinary; `ingested` takes its default).
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize, clickhouse::Row)]
+pub struct SampleRow {
+    /// Collection time, seconds.
+    pub time: u32,
+    /// Collection time, milliseconds.
+    pub time_ms: u64,
+    /// Host id.
+    pub host_id: String,
+    /// Host name.
+    pub hostname: String,
+    /// Metric name.
+    pub metric: String,
+    /// Labels as `k=v` pairs joined by `,`, sorted by key: one spelling per series.
+    pub labels: String,
+    /// Label keys, sorted.
+    pub label_keys: Vec<String>,
+    /// Label values, in key order.
+    pub label_values: Vec<String>,
+    /// The value.
+    pub value: f64,
+    /// `Enum8('gauge' = 1, 'counter' = 2)`.
+    pub kind: i8,
+    /// Unit.
+    pub unit: String,
+    /// Agent instance.
+    pub instance_id: String,
+    /// Tick number.
+    pub seq: u64,
+}
+
+/// A row of `agent_status`.
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize, clickhouse::Row)]
+pub struct StatusRow {
+    /// When the status was taken, seconds.
+    pub time: u32,
+    /// Same, milliseconds.
+    pub time_ms: u64,
+    /// Host id.
+    pub host_id: String,
+    /// Host name.
+    pub hostname: String,
+    /// Agent instance.
+    pub instance_id: String,
+    /// Agent version.
+    pub agent_version: String,
+    /// Uptime.
+    pub uptime_ms: u64,
+    /// Newest tick, or -1.
+    pub last_seq: i64,
+    /// Spool size.
+    pub spool_bytes: u64,
+    /// Spool records.
+    pub spool_records: u64,
+    /// Dropped ranges, first seqs.
+    pub dropped_first: Vec<u64>,
+    /// Dropped ranges, last seqs.
+    pub dropped_last: Vec<u64>,
+    /// Last publish error, or empty.
+    pub last_error: String,
+}
+
+fn secs(ms: u64) -> u32 {
+    u32::try_from(ms / 1000).unwrap_or(u32::MAX)
+}
+
+/// The rows of a metrics record. Labels are sorted by key so that a series
+/// has one spelling whatever order the producer used.
+pub fn sample_rows(m: &MetricsRecord, out: &mut Vec<SampleRow>) {
+    out.reserve(m.samples.len());
+    for s in &m.samples {
+        let mut labels: Vec<(&str, &str)> = s
+            .labels
+            .iter()
+            .map(|l| (l.key.as_str(), l.value.as_str()))
+            .collect();
+        labels.sort_unstable();
+        let mut joined = String::new();
+        for (i, (k, v)) in labels.iter().enumerate() {
+            if i > 0 {
+                joined.push(',');
+            }
+            joined.push_str(k);
+            joined.push('=');
+            joined.push_str(v);
+        }
+        out.push(SampleRow {
+            time: secs(m.time_ms),
+            time_ms: m.time_ms,
+            host_id: m.origin.host_id.clone(),
+            hostname: m.origin.hostname.clone(),
+            metric: s.name.clone(),
+            labels: joined,
+            label_keys: labels.iter().map(|(k, _)| (*k).to_owned()).collect(),
+            label_values: labels.iter().map(|(_, v)| (*v).to_owned()).collect(),
+            value: s.value,
+            kind: match s.kind {
+                MetricKind::Gauge => 1,
+                MetricKind::Counter => 2,
+            },
+            unit: s.unit.clone(),
+            instance_id: m.origin.instance_id.clone(),
+            seq: m.seq,
+        });
+    }
+}
+
+/// The row of a status record.
+pub fn status_row(s: &StatusRecord) -> StatusRow {
+    StatusRow {
+        time: secs(s.time_ms),
+        time_ms: s.time_ms,
+        host_id: s.origin.host_id.clone(),
+        hostname: s.origin.hostname.clone(),
+        instance_id: s.origin.instance_id.clone(),
+        agent_version: s.origin.agent_version.clone(),
+        uptime_ms: s.uptime_ms,
+        last_seq: s.last_seq.and_then(|x| i64::try_from(x).ok()).unwrap_or(-1),
+        spool_bytes: s.spool_bytes,
+        spool_records: s.spool_records,
+        dropped_first: s.dropped.iter().map(|r| r.first).collect(),
+        dropped_last: s.dropped.iter().map(|r| r.last).collect(),
+        last_error: s.last_error.clone().unwrap_or_default(),
+    }
+}
+
+/// Approximate RowBinary size of a row, for the byte limit of a batch.
+pub fn sample_row_size(r: &SampleRow) -> usize {
+    60 + r.host_id.len()
+        + r.hostname.len()
+        + r.metric.len()
+        + 2 * r.labels.len()
+        + r.unit.len()
+        + r.instance_id.len()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use spillway_shared::{Label, Origin, Sample};
+
+    #[test]
+    fn labels_are_sorted_into_one_spelling() {
+        let m = MetricsRecord {
+            origin: Origin {
+                host_id: "h".into(),
+                hostname: "n".into(),
+                instance_id: "i".into(),
+                agent_version: "v".into(),
+            },
+            seq: 3,
+            time_ms: 1_700_000_000_123,
+            interval_ms: 1000,
+            part: 0,
+            parts: 1,
+            samples: vec![Sample {
+                name: "m".into(),
+                value: 1.0,
+                kind: MetricKind::Counter,
+                unit: "By".into(),
+                labels: vec![Label::new("z", "1"), Label::new("a", "2")],
+            }],
+        };
+        let mut rows = Vec::new();
+        sample_rows(&m, &mut rows);
+        assert_eq!(rows[0].labels, "a=2,z=1");
+        assert_eq!(rows[0].label_keys, ["a", "z"]);
+        assert_eq!(rows[0].time, 1_700_000_000);
+        assert_eq!(rows[0].kind, 2);
+    }
+}

@@ -1,0 +1,176 @@
+//! Where batches go: ClickHouse over HTTP (RowBinary, LZ4), behind a trait so
+//! that component tests can fake it.
+#![deny(clippy::unwrap_used, clippy::expect_used)]
+
+use std::future::Future;
+use std::time::Duration;
+
+use crate::config::ClickHouseConfig;
+use crate::rows::{SampleRow, StatusRow, Table};
+
+/// Rows for one table.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Rows {
+    /// `samples` rows.
+    Samples(Vec<SampleRow>),
+    /// `agent_status` rows.
+    Status(Vec<StatusRow>),
+}
+
+impl Rows {
+    /// The table they go to.
+    pub fn table(&self) -> Table {
+        match self {
+            Rows::Samples(_) => Table::Samples,
+            Rows::Status(_) => Table::AgentStatus,
+        }
+    }
+
+    /// Number of rows.
+    pub fn len(&self) -> usize {
+        match self {
+            Rows::Samples(r) => r.len(),
+            Rows::Status(r) => r.len(),
+        }
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// An INSERT failed.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum SinkError {
+    /// Worth retrying: network faults, timeouts, server overload, a table
+    /// that is missing (a migration may be on its way).
+    #[error("retryable insert error: {0}")]
+    Retryable(String),
+    /// The server rejected the data itself; retrying the same rows cannot help.
+    #[error("insert rejected (ClickHouse code {code}): {message}")]
+    Data {
+        /// ClickHouse error code.
+        code: u32,
+        /// The server's message.
+        message: String,
+    },
+}
+
+impl SinkError {
+    /// Whether the same INSERT may succeed later.
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, SinkError::Retryable(_))
+    }
+}
+
+/// ClickHouse error codes that mean "this data is bad", not "try later".
+/// 6 CANNOT_PARSE_TEXT, 26/27 CANNOT_PARSE_*, 33 CANNOT_READ_ALL_DATA,
+/// 53 TYPE_MISMATCH, 69 ARGUMENT_OUT_OF_BOUND, 70 CANNOT_CONVERT_TYPE,
+/// 72 CANNOT_PARSE_NUMBER, 117 INCORRECT_DATA, 131 TOO_LARGE_STRING_SIZE.
+const DATA_ERROR_CODES: &[u32] = &[6, 26, 27, 33, 53, 69, 70, 72, 117, 131];
+
+/// Classifies a server message by its `Code: N`.
+pub fn classify(message: &str) -> SinkError {
+    let code = message
+        .split("Code: ")
+        .nth(1)
+        .and_then(|rest| rest.split(|c: char| !c.is_ascii_digit()).next())
+        .and_then(|digits| digits.parse::<u32>().ok());
+    match code {
+        Some(code) if DATA_ERROR_CODES.contains(&code) => SinkError::Data {
+            code,
+            message: message.to_owned(),
+        },
+        _ => SinkError::Retryable(message.to_owned()),
+    }
+}
+
+/// Inserts rows into a shard.
+pub trait Sink: Send + Sync + 'static {
+    /// Inserts all rows in one INSERT, or fails.
+    fn insert(
+        &self,
+        shard: usize,
+        rows: &Rows,
+    ) -> impl Future<Output = Result<(), SinkError>> + Send;
+}
+
+/// The real sink: one `clickhouse::Client` per shard.
+#[derive(Clone)]
+pub struct ClickHouseSink {
+    clients: Vec<clickhouse::Client>,
+    timeout: Duration,
+}
+
+/// A client for one shard, with schema validation off (ClickHouse 18.16
+/// lacks the format it needs).
+pub fn client(shard: &crate::config::ShardConfig) -> clickhouse::Client {
+    clickhouse::Client::default()
+        .with_url(&shard.url)
+        .with_user(&shard.user)
+        .with_password(&shard.password)
+        .with_database(&shard.database)
+        .with_validation(false)
+}
+
+impl ClickHouseSink {
+    /// Builds the clients (no connection yet).
+    pub fn new(config: &ClickHouseConfig) -> ClickHouseSink {
+        ClickHouseSink {
+            clients: config.shards.iter().map(client).collect(),
+            timeout: config.insert_timeout,
+        }
+    }
+
+    async fn insert_rows<R>(
+        &self,
+        shard: usize,
+        table: &str,
+        rows: &[R],
+    ) -> Result<(), clickhouse::error::Error>
+    where
+        R: clickhouse::RowOwned + clickhouse::RowWrite,
+    {
+        let client = &self.clients[shard];
+        let mut insert = client.insert::<R>(table).await?;
+        for row in rows {
+            insert.write(row).await?;
+        }
+        insert.end().await
+    }
+}
+
+impl Sink for ClickHouseSink {
+    async fn insert(&self, shard: usize, rows: &Rows) -> Result<(), SinkError> {
+        let table = rows.table().name();
+        let work = async {
+            match rows {
+                Rows::Samples(r) => self.insert_rows(shard, table, r).await,
+                Rows::Status(r) => self.insert_rows(shard, table, r).await,
+            }
+        };
+        match tokio::time::timeout(self.timeout, work).await {
+            Err(_) => Err(SinkError::Retryable(format!(
+                "insert into {table} timed out after {:?}",
+                self.timeout
+            ))),
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(classify(&e.to_string())),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn data_errors_are_not_retried() {
+        let e = classify("bad response: Code: 53, e.displayText() = DB::Exception: Type mismatch");
+        assert!(!e.is_retryable());
+        assert!(matches!(e, SinkError::Data { code: 53, .. }));
+        assert!(classify("Code: 252. DB::Exception: Too many parts").is_retryable());
+        assert!(classify("error trying to connect: Connection refused").is_retryable());
+    }
+}

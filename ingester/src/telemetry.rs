@@ -1,0 +1,245 @@
+//! The ingester's metrics (Prometheus text on `/metrics`), `/health` and
+//! `/ready`, and logging.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+use tokio_util::sync::CancellationToken;
+
+use crate::rows::Table;
+
+type Labels = Vec<(&'static str, String)>;
+
+/// Every metric the ingester exposes.
+pub struct Stats {
+    registry: Registry,
+    /// Records consumed.
+    pub records_in: Counter,
+    /// Record bytes consumed.
+    pub bytes_in: Counter,
+    /// Rows decoded from records.
+    pub rows_in: Counter,
+    /// Records that failed to decode.
+    pub decode_errors: Counter,
+    /// Consumer errors.
+    pub consumer_errors: Counter,
+    /// INSERT retries.
+    pub insert_retries: Counter,
+    /// Offset commits.
+    pub commits: Counter,
+    /// Failed commits.
+    pub commit_errors: Counter,
+    /// Bytes of records consumed and not yet durable.
+    pub in_flight_bytes: Gauge,
+    /// Partitions paused by the memory budget.
+    pub paused_partitions: Gauge,
+    inserted: Family<Labels, Counter>,
+    dead: Family<Labels, Counter>,
+    insert_seconds: Family<Labels, Histogram>,
+    batch_rows: Family<Labels, Histogram>,
+    ready: AtomicBool,
+}
+
+impl Default for Stats {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Stats {
+    /// Creates and registers every metric.
+    pub fn new() -> Stats {
+        let mut registry = Registry::with_prefix("spillway_ingester");
+        let s = Stats {
+            records_in: Counter::default(),
+            bytes_in: Counter::default(),
+            rows_in: Counter::default(),
+            decode_errors: Counter::default(),
+            consumer_errors: Counter::default(),
+            insert_retries: Counter::default(),
+            commits: Counter::default(),
+            commit_errors: Counter::default(),
+            in_flight_bytes: Gauge::default(),
+            paused_partitions: Gauge::default(),
+            inserted: Family::default(),
+            dead: Family::default(),
+            insert_seconds: Family::new_with_constructor(|| {
+                Histogram::new(exponential_buckets(0.005, 2.0, 14))
+            }),
+            batch_rows: Family::new_with_constructor(|| {
+                Histogram::new(exponential_buckets(1.0, 4.0, 12))
+            }),
+            ready: AtomicBool::new(false),
+            registry: Registry::default(),
+        };
+        registry.register("records", "Records consumed", s.records_in.clone());
+        registry.register("record_bytes", "Record bytes consumed", s.bytes_in.clone());
+        registry.register("rows", "Rows decoded from records", s.rows_in.clone());
+        registry.register(
+            "decode_errors",
+            "Records that failed to decode",
+            s.decode_errors.clone(),
+        );
+        registry.register(
+            "consumer_errors",
+            "Kafka consumer errors",
+            s.consumer_errors.clone(),
+        );
+        registry.register(
+            "insert_retries",
+            "INSERTs retried after a retryable error",
+            s.insert_retries.clone(),
+        );
+        registry.register("commits", "Offset commits", s.commits.clone());
+        registry.register(
+            "commit_errors",
+            "Failed offset commits",
+            s.commit_errors.clone(),
+        );
+        registry.register(
+            "in_flight_bytes",
+            "Bytes of records consumed, not yet durable",
+            s.in_flight_bytes.clone(),
+        );
+        registry.register(
+            "paused_partitions",
+            "Partitions paused by the memory budget",
+            s.paused_partitions.clone(),
+        );
+        registry.register(
+            "rows_inserted",
+            "Rows inserted per shard and table",
+            s.inserted.clone(),
+        );
+        registry.register(
+            "dead_letters",
+            "Records sent to the dead-letter topic, by error kind",
+            s.dead.clone(),
+        );
+        registry.register(
+            "insert_duration_seconds",
+            "INSERT latency per shard and table",
+            s.insert_seconds.clone(),
+        );
+        registry.register("batch_rows", "Rows per INSERT", s.batch_rows.clone());
+        Stats { registry, ..s }
+    }
+
+    /// Counts rows inserted.
+    pub fn rows_inserted(&self, shard: usize, table: Table, rows: u64) {
+        self.inserted
+            .get_or_create(&labels(shard, table))
+            .inc_by(rows);
+    }
+
+    /// Records one batch's insert.
+    pub fn batch_inserted(
+        &self,
+        shard: usize,
+        table: Table,
+        rows: usize,
+        _bytes: usize,
+        took: Duration,
+    ) {
+        let l = labels(shard, table);
+        self.insert_seconds
+            .get_or_create(&l)
+            .observe(took.as_secs_f64());
+        self.batch_rows.get_or_create(&l).observe(rows as f64);
+    }
+
+    /// Counts a dead letter.
+    pub fn dead_letters(&self, kind: &str) {
+        self.dead
+            .get_or_create(&vec![("kind", kind.to_owned())])
+            .inc();
+    }
+
+    /// Dead letters of one kind so far.
+    pub fn dead_letter_count(&self, kind: &str) -> u64 {
+        self.dead
+            .get_or_create(&vec![("kind", kind.to_owned())])
+            .get()
+    }
+
+    /// Marks the ingester ready (consuming, ClickHouse reachable).
+    pub fn set_ready(&self, ready: bool) {
+        self.ready.store(ready, Relaxed);
+    }
+
+    /// Renders the Prometheus text format.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        // Encoding into a String cannot fail.
+        if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {
+            out.clear();
+        }
+        out
+    }
+}
+
+fn labels(shard: usize, table: Table) -> Labels {
+    vec![
+        ("shard", shard.to_string()),
+        ("table", table.name().to_owned()),
+    ]
+}
+
+/// Serves `/health`, `/ready` and `/metrics` until `shutdown`.
+pub async fn serve_http(
+    addr: SocketAddr,
+    stats: Arc<Stats>,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
+    let app = Router::new()
+        .route("/metrics", get(metrics))
+        .route("/health", get(|| async { "ok" }))
+        .route("/ready", get(ready))
+        .with_state(stats);
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    tracing::info!(%addr, "http listener up");
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown.cancelled_owned())
+        .await
+}
+
+async fn metrics(State(stats): State<Arc<Stats>>) -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        stats.render(),
+    )
+}
+
+async fn ready(State(stats): State<Arc<Stats>>) -> impl IntoResponse {
+    if stats.ready.load(Relaxed) {
+        (StatusCode::OK, "ready")
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "not ready")
+    }
+}
+
+/// Sets up logging to stderr (`json` or `text`).
+pub fn init_logging(format: &str, level: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _already_set = if format == "json" {
+        builder.json().try_init()
+    } else {
+        builder.try_init()
+    };
+}
