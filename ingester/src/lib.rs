@@ -22,6 +22,7 @@ pub mod rows;
 pub mod shard;
 pub mod sink;
 pub mod telemetry;
+pub mod topics;
 
 use std::sync::Arc;
 
@@ -74,6 +75,14 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         .set("enable.idempotence", "true")
         .create()
         .context("cannot create the dead-letter producer")?;
+    let mut admin_config = rdkafka::ClientConfig::new();
+    for (k, v) in &config.kafka.properties {
+        admin_config.set(k, v);
+    }
+    admin_config.set("bootstrap.servers", &config.kafka.brokers);
+    topics::ensure_topic(&admin_config, &config.kafka.dlq_topic(), 1)
+        .await
+        .with_context(|| format!("dead-letter topic {}", config.kafka.dlq_topic()))?;
     let dlq = dlq::DeadLetters::new(producer, config.kafka.dlq_topic());
     let sink = ClickHouseSink::new(&config.clickhouse);
     stats.set_ready(true);

@@ -28,6 +28,9 @@ pub struct LoadgenArgs {
     /// Prefix of the host ids.
     #[arg(long, default_value = "sim")]
     pub host_prefix: String,
+    /// Partitions, if the topic has to be created.
+    #[arg(long, default_value_t = 4)]
+    pub partitions: i32,
     /// Time of the first tick, ms since the epoch (default: now).
     #[arg(long)]
     pub start_ms: Option<u64>,
@@ -66,8 +69,11 @@ pub fn record(args: &LoadgenArgs, h: usize, instance: &str, seq: u64, start_ms: 
 
 /// Produces `hosts × ticks` records and waits until all are acknowledged.
 pub async fn run(brokers: &str, args: &LoadgenArgs) -> anyhow::Result<()> {
-    let producer: FutureProducer = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
+    let mut base = ClientConfig::new();
+    base.set("bootstrap.servers", brokers);
+    crate::topics::ensure_topic(&base, &args.topic, args.partitions).await?;
+    let producer: FutureProducer = base
+        .clone()
         .set("acks", "all")
         .set("enable.idempotence", "true")
         .set("compression.type", "lz4")

@@ -165,6 +165,6 @@ pub fn unique_name(prefix: &str) -> String {
     format!("{prefix}_{}", &id[..12])
 }
 
-pub mod agent;
 pub mod broker;
 pub mod consume;
+pub mod process;

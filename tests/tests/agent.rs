@@ -5,9 +5,9 @@ use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, ensure};
-use spillway_e2e::agent::AgentProcess;
 use spillway_e2e::broker::{LocalBroker, free_port};
 use spillway_e2e::consume::{TopicReader, metrics_seqs};
+use spillway_e2e::process::AgentProcess;
 use spillway_e2e::{TestEnv, unique_name};
 use spillway_shared::{MetricsRecord, Record, SeqRange};
 

@@ -1,7 +1,9 @@
-//! Running the real `spillway-agent` binary as a child process.
+//! Running the real `spillway-agent` and `spillway-ingester` binaries as
+//! child processes.
 //!
-//! The binary is `SPILLWAY_AGENT_BIN`, else `target/debug/spillway-agent`
-//! (build it first: `cargo build --bins`; `scripts/test.sh` does).
+//! The binaries are `SPILLWAY_AGENT_BIN` / `SPILLWAY_INGESTER_BIN`, else
+//! `target/debug/...` (build them first: `cargo build --bins`;
+//! `scripts/test.sh` does).
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -20,29 +22,60 @@ pub fn bin_path(name: &str, env_var: &str) -> PathBuf {
     target.join("debug").join(name)
 }
 
-/// An agent process with its own config, spool and log files.
-pub struct AgentProcess {
+/// A Spillway process with its own config file and log in `dir`.
+pub struct Service {
     child: Option<Child>,
-    /// The directory holding its config, spool and log.
+    /// The directory holding its config, log (and the agent's spool).
     pub dir: PathBuf,
+    name: &'static str,
+    bin_env: &'static str,
+    args: Vec<String>,
 }
 
-impl AgentProcess {
+/// The agent process.
+pub type AgentProcess = Service;
+
+impl Service {
     /// Writes `config` (TOML) into `dir` and starts the agent on it.
-    pub fn start(dir: &Path, config: &str) -> Result<AgentProcess> {
-        std::fs::create_dir_all(dir)?;
-        std::fs::write(dir.join("agent.toml"), config)?;
-        let mut a = AgentProcess {
-            child: None,
-            dir: dir.to_owned(),
-        };
-        a.restart()?;
-        Ok(a)
+    pub fn start(dir: &Path, config: &str) -> Result<Service> {
+        Service::start_named("spillway-agent", "SPILLWAY_AGENT_BIN", dir, config, &[])
     }
 
-    /// Starts the agent again with the same config and spool.
+    /// Writes `config` into `dir` and starts the ingester on it with `args`
+    /// (a subcommand, or nothing for `run`).
+    pub fn ingester(dir: &Path, config: &str, args: &[&str]) -> Result<Service> {
+        Service::start_named(
+            "spillway-ingester",
+            "SPILLWAY_INGESTER_BIN",
+            dir,
+            config,
+            args,
+        )
+    }
+
+    fn start_named(
+        name: &'static str,
+        bin_env: &'static str,
+        dir: &Path,
+        config: &str,
+        args: &[&str],
+    ) -> Result<Service> {
+        std::fs::create_dir_all(dir)?;
+        std::fs::write(dir.join(format!("{name}.toml")), config)?;
+        let mut s = Service {
+            child: None,
+            dir: dir.to_owned(),
+            name,
+            bin_env,
+            args: args.iter().map(|a| (*a).to_owned()).collect(),
+        };
+        s.restart()?;
+        Ok(s)
+    }
+
+    /// Starts the process again with the same config (and spool).
     pub fn restart(&mut self) -> Result<()> {
-        let bin = bin_path("spillway-agent", "SPILLWAY_AGENT_BIN");
+        let bin = bin_path(self.name, self.bin_env);
         if !bin.exists() {
             bail!(
                 "{} does not exist: run `cargo build --bins` first",
@@ -52,7 +85,7 @@ impl AgentProcess {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
-            .open(self.dir.join("agent.log"))?;
+            .open(self.dir.join(format!("{}.log", self.name)))?;
         let mut command = Command::new(&bin);
         // The config file alone decides: no SPILLWAY_* override leaks in from
         // the test's own environment.
@@ -63,7 +96,8 @@ impl AgentProcess {
         }
         let child = command
             .arg("--config")
-            .arg(self.dir.join("agent.toml"))
+            .arg(self.dir.join(format!("{}.toml", self.name)))
+            .args(&self.args)
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
@@ -88,12 +122,12 @@ impl AgentProcess {
         Ok(())
     }
 
-    /// SIGTERM, then wait up to `timeout` for a clean exit; returns whether it exited 0.
-    pub fn terminate(&mut self, timeout: Duration) -> Result<bool> {
+    /// Waits up to `timeout` for the process to exit by itself; returns
+    /// whether it exited 0.
+    pub fn wait(&mut self, timeout: Duration) -> Result<bool> {
         let Some(mut c) = self.child.take() else {
             return Ok(false);
         };
-        signal(c.id(), "TERM")?;
         let deadline = Instant::now() + timeout;
         loop {
             if let Some(status) = c.try_wait()? {
@@ -102,15 +136,24 @@ impl AgentProcess {
             if Instant::now() > deadline {
                 c.kill()?;
                 c.wait()?;
-                bail!("agent did not exit within {timeout:?} of SIGTERM");
+                bail!("{} did not exit within {timeout:?}", self.name);
             }
             std::thread::sleep(Duration::from_millis(50));
         }
     }
 
-    /// The agent's log so far, for failure messages.
+    /// SIGTERM, then wait up to `timeout` for a clean exit; returns whether it exited 0.
+    pub fn terminate(&mut self, timeout: Duration) -> Result<bool> {
+        let Some(pid) = self.pid() else {
+            return Ok(false);
+        };
+        signal(pid, "TERM")?;
+        self.wait(timeout)
+    }
+
+    /// The log so far, for failure messages.
     pub fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.join("agent.log")).unwrap_or_default()
+        std::fs::read_to_string(self.dir.join(format!("{}.log", self.name))).unwrap_or_default()
     }
 }
 
@@ -126,7 +169,7 @@ pub fn signal(pid: u32, name: &str) -> Result<()> {
     Ok(())
 }
 
-impl Drop for AgentProcess {
+impl Drop for Service {
     fn drop(&mut self) {
         let _killed = self.kill9();
     }
