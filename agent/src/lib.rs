@@ -16,6 +16,7 @@
 
 pub mod collect;
 pub mod config;
+pub mod producer;
 pub mod publish;
 pub mod spool;
 pub mod telemetry;

@@ -27,13 +27,13 @@ use std::time::{Duration, Instant};
 
 use rdkafka::ClientConfig;
 use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
 use spillway_shared::SeqRange;
 use spillway_shared::kafka;
 use tokio::sync::mpsc;
 use tracing::{info, warn};
 
 use crate::config::Config;
+use crate::producer::{DeliveryOutcome, Producer};
 use crate::spool::{Entry, EntryKind, Pos, Spool};
 use crate::telemetry::AgentStats;
 
@@ -124,13 +124,13 @@ enum Source {
 struct InFlight {
     source: Source,
     started: Instant,
-    delivery: Option<DeliveryFuture>,
+    delivery: Option<tokio::sync::oneshot::Receiver<DeliveryOutcome>>,
     error: Option<String>,
 }
 
 /// The publisher: owns the producer, the memory queue and the spool.
 pub struct Publisher {
-    producer: FutureProducer,
+    producer: Producer,
     topic: String,
     key: String,
     memory: VecDeque<Entry>,
@@ -180,7 +180,7 @@ impl Publisher {
         stats: Arc<AgentStats>,
         drops: SharedDropLog,
     ) -> Result<Publisher, rdkafka::error::KafkaError> {
-        let producer: FutureProducer = producer_config(config).create()?;
+        let producer = Producer::new(&producer_config(config))?;
         stats.set_spool(spool.bytes(), spool.records());
         Ok(Publisher {
             producer,
@@ -271,7 +271,10 @@ impl Publisher {
         }
     }
 
-    fn send(&self, entry: &Entry) -> Result<DeliveryFuture, String> {
+    fn send(
+        &self,
+        entry: &Entry,
+    ) -> Result<tokio::sync::oneshot::Receiver<DeliveryOutcome>, String> {
         let mut headers = OwnedHeaders::new_with_capacity(3);
         let record_type = match entry.kind {
             EntryKind::Metrics => "metrics",
@@ -287,13 +290,8 @@ impl Publisher {
                 value: Some(value),
             });
         }
-        let record = FutureRecord::to(&self.topic)
-            .key(&self.key)
-            .payload(&entry.bytes)
-            .headers(headers);
         self.producer
-            .send_result(record)
-            .map_err(|(e, _)| e.to_string())
+            .send(&self.topic, &self.key, &entry.bytes, headers)
     }
 
     /// Starts deliveries until the window is full or nothing is waiting.
@@ -443,8 +441,8 @@ async fn next_settled(inflight: &mut VecDeque<InFlight>) -> InFlight {
         let outcome = delivery.await;
         front.delivery = None;
         front.error = match outcome {
-            Ok(Ok(_)) => None,
-            Ok(Err((e, _))) => Some(e.to_string()),
+            Ok(Ok(())) => None,
+            Ok(Err(e)) => Some(e),
             Err(_) => Some("producer shut down before delivery".to_owned()),
         };
     }

@@ -303,6 +303,7 @@ async fn broker_outage_loses_no_tick_even_across_agent_kill9() -> Result<()> {
     broker.kill()?;
     let outage_start = Instant::now();
     let delivered_before = before.records.clone();
+    let first_instance = instances(&delivered_before, &host).remove(0);
     drop(before);
 
     // Halfway through, kill -9 the agent, then start it again on the same spool.
@@ -354,11 +355,14 @@ async fn broker_outage_loses_no_tick_even_across_agent_kill9() -> Result<()> {
         agent.log()
     );
     let recovery = recovery_start.elapsed();
-    let inst = instances(&all, &host);
+    let second_instance = instances(&all, &host)
+        .into_iter()
+        .find(|i| *i != first_instance)
+        .context("no second instance")?;
     // The first instance's ticks published before the outage went down with
     // the broker's memory storage, but the test read them then.
     all.extend(delivered_before);
-    let first = metrics_seqs(&all, &inst[0]);
+    let first = metrics_seqs(&all, &first_instance);
     ensure!(
         first[0] == 0 && first.windows(2).all(|w| w[1] == w[0] + 1),
         "first instance has a gap: {first:?}"
@@ -372,7 +376,7 @@ async fn broker_outage_loses_no_tick_even_across_agent_kill9() -> Result<()> {
         "outage {outage:?}; instance 1 made {ticks_before_kill} ticks, spooled {spooled} records \
          (counted at kill -9), all of seqs 0..={first_last} arrived; instance 2 replayed {} ticks \
          contiguously; recovery took {recovery:?}",
-        metrics_seqs(&all, &inst[1]).len()
+        metrics_seqs(&all, &second_instance).len()
     );
     ensure!(
         agent.terminate(Duration::from_secs(10))?,

@@ -18,14 +18,22 @@ pub(crate) struct ProcessCollector {
     cpus: f64,
 }
 
-fn refresh_kind() -> ProcessRefreshKind {
-    ProcessRefreshKind::nothing().with_cpu().with_memory()
+/// Processes only, not their threads (sysinfo lists every thread as a task
+/// by default: hundreds of extra `/proc` reads on a busy server), and CPU and
+/// memory only when the top-N list needs them.
+fn refresh_kind(top: usize) -> ProcessRefreshKind {
+    let kind = ProcessRefreshKind::nothing().without_tasks();
+    if top == 0 {
+        kind
+    } else {
+        kind.with_cpu().with_memory()
+    }
 }
 
 impl ProcessCollector {
     pub(crate) fn new(top: usize) -> Self {
         let system = System::new().ok().map(|mut s| {
-            s.refresh_processes_specifics(ProcessesToUpdate::All, true, refresh_kind());
+            s.refresh_processes_specifics(ProcessesToUpdate::All, true, refresh_kind(top));
             s
         });
         let cpus = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
@@ -57,7 +65,7 @@ impl Collector for ProcessCollector {
                 "process information is not available on this system".into(),
             ));
         };
-        system.refresh_processes_specifics(ProcessesToUpdate::All, true, refresh_kind());
+        system.refresh_processes_specifics(ProcessesToUpdate::All, true, refresh_kind(self.top));
         let procs = system.processes();
 
         let mut by_state: BTreeMap<String, u64> = BTreeMap::new();
