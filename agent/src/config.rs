@@ -24,6 +24,29 @@ pub struct Config {
     pub http: HttpConfig,
     /// Logs.
     pub log: LogConfig,
+    /// OpenTelemetry export of the agent's own metrics.
+    pub telemetry: TelemetryConfig,
+}
+
+/// OpenTelemetry (OTLP over HTTP) export of the agent's self-metrics.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TelemetryConfig {
+    /// Base URL of an OTLP/HTTP collector, e.g. `http://127.0.0.1:4318`
+    /// (metrics go to `/v1/metrics`). Absent: no export.
+    pub otlp_endpoint: Option<String>,
+    /// Export interval.
+    #[serde(with = "humantime_serde")]
+    pub otlp_interval: Duration,
+}
+
+impl Default for TelemetryConfig {
+    fn default() -> Self {
+        TelemetryConfig {
+            otlp_endpoint: None,
+            otlp_interval: Duration::from_secs(60),
+        }
+    }
 }
 
 /// Identity and timing.
@@ -519,6 +542,16 @@ impl Config {
                 "buffer.spool_max_bytes must be at least twice buffer.spool_segment_bytes"
                     .to_owned(),
             );
+        }
+        if let Some(url) = &self.telemetry.otlp_endpoint
+            && !(url.starts_with("http://") || url.starts_with("https://"))
+        {
+            e.push(format!(
+                "telemetry.otlp_endpoint `{url}` must start with http:// or https://"
+            ));
+        }
+        if self.telemetry.otlp_interval < Duration::from_secs(1) {
+            e.push("telemetry.otlp_interval must be at least 1s".to_owned());
         }
         if b.spool_dir.as_os_str().is_empty() {
             e.push("buffer.spool_dir must not be empty".to_owned());

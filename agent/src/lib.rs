@@ -16,6 +16,7 @@
 
 pub mod collect;
 pub mod config;
+pub mod otlp;
 pub mod producer;
 pub mod publish;
 pub mod spool;
@@ -186,6 +187,8 @@ pub async fn run(
         });
     }
 
+    let otlp = otlp::start(&config.telemetry, &origin, stats.clone())?;
+
     let started = Instant::now();
     let mut seq: u64 = 0;
     let mut next_status = Instant::now();
@@ -289,6 +292,13 @@ pub async fn run(
     .await?;
     let spool = stop_publisher(running).await?;
     http_shutdown.cancel();
+    if let Some(provider) = otlp {
+        // The final export is a blocking HTTP call.
+        let flushed = tokio::task::spawn_blocking(move || provider.shutdown()).await;
+        if let Ok(Err(e)) = flushed {
+            warn!(error = %e, "OTLP exporter did not shut down cleanly");
+        }
+    }
     info!(spooled_records = spool.records(), "spillway-agent stopped");
     Ok(())
 }

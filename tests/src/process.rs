@@ -108,6 +108,12 @@ impl Service {
         Ok(())
     }
 
+    /// Replaces the config file (for a reload test).
+    pub fn write_config(&self, config: &str) -> Result<()> {
+        std::fs::write(self.dir.join(format!("{}.toml", self.name)), config)?;
+        Ok(())
+    }
+
     /// The process id, while running.
     pub fn pid(&self) -> Option<u32> {
         self.child.as_ref().map(Child::id)

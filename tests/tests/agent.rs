@@ -222,6 +222,58 @@ async fn agent_publishes_contiguous_complete_ticks_and_stops_cleanly() -> Result
     Ok(())
 }
 
+#[tokio::test]
+#[ignore = "needs the local stack"]
+async fn sighup_reloads_the_config_without_losing_a_tick() -> Result<()> {
+    let env = TestEnv::from_env();
+    let topic = unique_name("e2e_reload");
+    env.create_topic(&topic, 1).await?;
+    let dir = tempfile::tempdir()?;
+    let host = unique_name("host");
+    let spool = dir.path().join("spool");
+    let config = agent_config(&env.kafka_brokers, &topic, &host, &spool, "");
+    let agent = AgentProcess::start(dir.path(), &config)?;
+    let mut reader = TopicReader::new(&env.kafka_brokers, &topic)?;
+    ensure!(
+        reader
+            .read_until(Duration::from_secs(45), |r| metrics_of(r, &host).count()
+                >= 3)
+            .await?,
+        "no ticks; agent log:\n{}",
+        agent.log()
+    );
+    agent.write_config(&config.replace("interval = \"1s\"", "interval = \"2s\""))?;
+    spillway_e2e::process::signal(agent.pid().context("agent not running")?, "HUP")?;
+    let reloaded = reader
+        .read_until(Duration::from_secs(30), |r| {
+            metrics_of(r, &host)
+                .filter(|m| m.interval_ms == 2000)
+                .count()
+                >= 2
+        })
+        .await?;
+    ensure!(
+        reloaded,
+        "no tick at the new interval after SIGHUP; agent log:\n{}",
+        agent.log()
+    );
+    let inst = instances(&reader.records, &host);
+    ensure!(
+        inst.len() == 1,
+        "the agent restarted instead of reloading: {inst:?}"
+    );
+    let seqs = metrics_seqs(&reader.records, &inst[0]);
+    ensure!(
+        seqs.iter().copied().eq(0..seqs.len() as u64),
+        "ticks lost across the reload: {seqs:?}"
+    );
+    ensure!(
+        agent.log().contains("configuration reloaded"),
+        "no reload in the log"
+    );
+    Ok(())
+}
+
 /// Reads the agent's own `/metrics` value of `name`.
 async fn agent_metric(port: u16, name: &str) -> Result<f64> {
     let body = tokio::task::spawn_blocking(move || -> Result<String> {
