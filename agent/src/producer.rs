@@ -48,7 +48,7 @@ impl ProducerContext for DeliveryContext {
     }
 }
 
-/// The producer. Dropping it stops its polling thread within [`POLL_WINDOW`].
+/// The producer. Dropping it stops its polling thread within the poll window (10 s).
 pub struct Producer {
     inner: Arc<BaseProducer<DeliveryContext>>,
     stop: Arc<AtomicBool>,
