@@ -152,8 +152,8 @@ impl Default for BatchConfig {
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct PipelineConfig {
-    /// Bytes of consumed records not yet committed; above it the consumer
-    /// pauses its partitions.
+    /// Bytes of consumed records not yet durable; above it the consumer stops
+    /// taking records until half of it is free.
     pub memory_budget_bytes: usize,
     /// Concurrent INSERTs per shard.
     pub insert_concurrency: usize,

@@ -69,6 +69,18 @@ impl Watermarks {
         out
     }
 
+    /// One past the highest offset consumed, per partition: where fetching
+    /// must continue.
+    pub fn positions(&self) -> Vec<(String, i32, i64)> {
+        let mut out: Vec<(String, i32, i64)> = self
+            .parts
+            .iter()
+            .filter_map(|((t, p), s)| s.next.map(|n| (t.clone(), *p, n)))
+            .collect();
+        out.sort();
+        out
+    }
+
     /// Records in flight in all partitions.
     pub fn in_flight(&self) -> usize {
         self.parts.values().map(|p| p.pending.len()).sum()

@@ -166,5 +166,7 @@ pub fn unique_name(prefix: &str) -> String {
 }
 
 pub mod broker;
+pub mod clickhouse_server;
 pub mod consume;
+pub mod ingest;
 pub mod process;

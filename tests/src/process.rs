@@ -98,7 +98,10 @@ impl Service {
             .arg("--config")
             .arg(self.dir.join(format!("{}.toml", self.name)))
             .args(&self.args)
-            .env("RUST_LOG", "info")
+            .env(
+                "RUST_LOG",
+                std::env::var("SPILLWAY_E2E_LOG").unwrap_or_else(|_| "info".into()),
+            )
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)

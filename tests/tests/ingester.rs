@@ -10,93 +10,10 @@ use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::Headers;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use serde::Deserialize;
+use spillway_e2e::ingest::{count, ingester_config, migrate, total_rows, wait_rows};
 use spillway_e2e::process::Service;
 use spillway_e2e::{TestEnv, unique_name};
 use spillway_shared::{Label, MetricKind, MetricsRecord, Origin, Record, Sample, encode};
-
-fn ingester_config(env: &TestEnv, topic: &str, group: &str, db: &str) -> String {
-    let shards: String = env
-        .clickhouse_urls
-        .iter()
-        .map(|url| {
-            format!(
-                "[[clickhouse.shards]]\nurl = \"{url}\"\ndatabase = \"{db}\"\nuser = \"{}\"\npassword = \"{}\"\n",
-                env.clickhouse_user, env.clickhouse_password
-            )
-        })
-        .collect();
-    format!(
-        r#"
-[kafka]
-brokers = "{brokers}"
-topics = ["{topic}"]
-group_id = "{group}"
-session_timeout = "6s"
-
-[batch]
-max_age = "300ms"
-
-{shards}
-"#,
-        brokers = env.kafka_brokers
-    )
-}
-
-async fn count(env: &TestEnv, shard: usize, db: &str, sql: &str) -> Result<u64> {
-    Ok(env
-        .clickhouse(shard)
-        .with_database(db)
-        .query(sql)
-        .fetch_one::<u64>()
-        .await?)
-}
-
-async fn total_rows(env: &TestEnv, db: &str) -> Result<u64> {
-    let mut n = 0;
-    for shard in 0..env.clickhouse_urls.len() {
-        n += count(env, shard, db, "SELECT count() FROM samples").await?;
-    }
-    Ok(n)
-}
-
-async fn wait_rows(
-    env: &TestEnv,
-    db: &str,
-    expected: u64,
-    timeout: Duration,
-    log: impl Fn() -> String,
-) -> Result<()> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        let n = total_rows(env, db).await?;
-        if n >= expected {
-            ensure!(
-                n == expected,
-                "{n} rows in ClickHouse, expected exactly {expected}"
-            );
-            return Ok(());
-        }
-        ensure!(
-            Instant::now() < deadline,
-            "only {n} of {expected} rows after {timeout:?}; ingester log:\n{}",
-            log()
-        );
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
-}
-
-/// Runs `spillway-ingester migrate` and returns its output.
-fn migrate(env: &TestEnv, dir: &std::path::Path, topic: &str, db: &str) -> Result<String> {
-    let mut m = Service::ingester(
-        dir,
-        &ingester_config(env, topic, "unused", db),
-        &["migrate"],
-    )?;
-    let ok = m.wait(Duration::from_secs(60))?;
-    let log = m.log();
-    ensure!(ok, "migrate failed:\n{log}");
-    Ok(log)
-}
 
 #[derive(Debug, Deserialize, clickhouse::Row)]
 struct HostSeqs {

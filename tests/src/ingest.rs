@@ -1,0 +1,111 @@
+//! Helpers for tests that run the ingester: its config, migrations, and
+//! counting what reached ClickHouse.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{Result, ensure};
+
+use crate::TestEnv;
+use crate::process::Service;
+
+/// The ingester's config for `topic`, `group` and database `db` on every
+/// ClickHouse server of `env` (one shard each).
+pub fn ingester_config(env: &TestEnv, topic: &str, group: &str, db: &str) -> String {
+    let shards: String = env
+        .clickhouse_urls
+        .iter()
+        .map(|url| {
+            format!(
+                "[[clickhouse.shards]]\nurl = \"{url}\"\ndatabase = \"{db}\"\nuser = \"{}\"\npassword = \"{}\"\n",
+                env.clickhouse_user, env.clickhouse_password
+            )
+        })
+        .collect();
+    format!(
+        r#"
+[kafka]
+brokers = "{brokers}"
+topics = ["{topic}"]
+group_id = "{group}"
+session_timeout = "6s"
+
+[batch]
+max_age = "300ms"
+
+{shards}
+"#,
+        brokers = env.kafka_brokers
+    )
+}
+
+pub async fn count(env: &TestEnv, shard: usize, db: &str, sql: &str) -> Result<u64> {
+    Ok(env
+        .clickhouse(shard)
+        .with_database(db)
+        .query(sql)
+        .fetch_one::<u64>()
+        .await?)
+}
+
+pub async fn total_rows(env: &TestEnv, db: &str) -> Result<u64> {
+    let mut n = 0;
+    for shard in 0..env.clickhouse_urls.len() {
+        n += count(env, shard, db, "SELECT count() FROM samples").await?;
+    }
+    Ok(n)
+}
+
+pub async fn wait_rows(
+    env: &TestEnv,
+    db: &str,
+    expected: u64,
+    timeout: Duration,
+    log: impl Fn() -> String,
+) -> Result<()> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let n = total_rows(env, db).await?;
+        if n >= expected {
+            ensure!(
+                n == expected,
+                "{n} rows in ClickHouse, expected exactly {expected}"
+            );
+            return Ok(());
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "only {n} of {expected} rows after {timeout:?}; ingester log:\n{}",
+            log()
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// Runs `spillway-ingester migrate` and returns its output.
+pub fn migrate(env: &TestEnv, dir: &std::path::Path, topic: &str, db: &str) -> Result<String> {
+    let mut m = Service::ingester(
+        dir,
+        &ingester_config(env, topic, "unused", db),
+        &["migrate"],
+    )?;
+    let ok = m.wait(Duration::from_secs(60))?;
+    let log = m.log();
+    ensure!(ok, "migrate failed:\n{log}");
+    Ok(log)
+}
+
+/// Distinct (instance, seq, metric, labels) rows over all shards: duplicates
+/// from redelivery count once.
+pub async fn distinct_rows(env: &TestEnv, db: &str) -> Result<u64> {
+    let mut n = 0;
+    for shard in 0..env.clickhouse_urls.len() {
+        n += count(
+            env,
+            shard,
+            db,
+            "SELECT count() FROM (SELECT DISTINCT instance_id, seq, metric, labels FROM samples)",
+        )
+        .await?;
+    }
+    Ok(n)
+}
