@@ -91,6 +91,16 @@ impl Producer {
         Ok(rx)
     }
 
+    /// librdkafka's fatal error, if it raised one: the instance can no longer
+    /// deliver (e.g. the idempotent producer's state was lost when the
+    /// broker came back empty) and must be replaced.
+    pub fn fatal_error(&self) -> Option<String> {
+        self.inner
+            .client()
+            .fatal_error()
+            .map(|(code, reason)| format!("{code}: {reason}"))
+    }
+
     /// Messages queued in librdkafka and not yet delivered.
     pub fn in_flight(&self) -> i32 {
         self.inner.in_flight_count()

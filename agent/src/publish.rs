@@ -42,6 +42,8 @@ use crate::telemetry::AgentStats;
 const WINDOW: usize = 32;
 const BACKOFF_MIN: Duration = Duration::from_millis(200);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
+/// A producer still failing this long after it was built is replaced.
+const PRODUCER_MAX_FAILING: Duration = Duration::from_secs(20);
 
 /// Sequence ranges dropped at the spool cap, kept until a status record that
 /// reports them has been *delivered*: a status record can itself wait in the
@@ -145,6 +147,10 @@ pub struct Publisher {
     backoff: Duration,
     /// Whether the last delivery failed (to log transitions only).
     failing: bool,
+    /// To build a fresh producer when the current one is wedged.
+    client_config: ClientConfig,
+    /// When the current producer was built.
+    producer_since: Instant,
 }
 
 /// Builds the librdkafka producer configuration.
@@ -180,7 +186,8 @@ impl Publisher {
         stats: Arc<AgentStats>,
         drops: SharedDropLog,
     ) -> Result<Publisher, rdkafka::error::KafkaError> {
-        let producer = Producer::new(&producer_config(config))?;
+        let client_config = producer_config(config);
+        let producer = Producer::new(&client_config)?;
         stats.set_spool(spool.bytes(), spool.records());
         Ok(Publisher {
             producer,
@@ -196,6 +203,8 @@ impl Publisher {
             retry_at: None,
             backoff: BACKOFF_MIN,
             failing: false,
+            client_config,
+            producer_since: Instant::now(),
         })
     }
 
@@ -342,6 +351,7 @@ impl Publisher {
                     info!("delivery works again");
                     self.failing = false;
                 }
+                self.producer_since = Instant::now();
                 let status_token = match source {
                     Source::Memory(e) if e.kind == EntryKind::Status => Some(e.seq),
                     Source::Spool { status_token, .. } => *status_token,
@@ -391,9 +401,30 @@ impl Publisher {
                 }
                 self.epoch += 1;
                 self.spool.rewind();
+                self.replace_producer_if_wedged();
                 self.retry_at = Some(tokio::time::Instant::now() + self.backoff);
                 self.backoff = (self.backoff * 2).min(BACKOFF_MAX);
             }
+        }
+    }
+
+    /// A producer that raised a fatal error never delivers again, and one
+    /// that kept failing for a long time may hold state the broker forgot
+    /// (a broker that came back empty): build a new one. Records are safe in
+    /// the spool meanwhile.
+    fn replace_producer_if_wedged(&mut self) {
+        let fatal = self.producer.fatal_error();
+        let stale = self.producer_since.elapsed() >= PRODUCER_MAX_FAILING;
+        if fatal.is_none() && !stale {
+            return;
+        }
+        match Producer::new(&self.client_config) {
+            Ok(p) => {
+                warn!(fatal = fatal.as_deref(), "replacing the Kafka producer");
+                self.producer = p;
+                self.producer_since = Instant::now();
+            }
+            Err(e) => warn!(error = %e, "cannot build a new Kafka producer; keeping the old one"),
         }
     }
 
