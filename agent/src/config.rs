@@ -334,40 +334,12 @@ pub const COLLECTORS: &[&str] = &[
     "agent",
 ];
 
-/// A source of environment variables, injectable so tests never touch the
-/// process environment.
-pub trait EnvSource {
-    /// The value of `name`, if set.
-    fn var(&self, name: &str) -> Option<String>;
-}
-
-/// The real process environment.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct ProcessEnv;
-
-impl EnvSource for ProcessEnv {
-    fn var(&self, name: &str) -> Option<String> {
-        std::env::var(name).ok()
-    }
-}
-
-impl<const N: usize> EnvSource for [(&str, &str); N] {
-    fn var(&self, name: &str) -> Option<String> {
-        self.iter()
-            .find(|(k, _)| *k == name)
-            .map(|(_, v)| (*v).to_owned())
-    }
-}
-
-/// A problem found while loading or validating the configuration.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{}", .0.join("\n"))]
-pub struct ConfigErrors(pub Vec<String>);
+pub use spillway_shared::settings::{ConfigErrors, EnvSource, ProcessEnv};
 
 impl Config {
     /// Parses TOML text.
     pub fn from_toml(text: &str) -> Result<Config, ConfigErrors> {
-        toml::from_str(text).map_err(|e| ConfigErrors(vec![e.to_string().trim().to_owned()]))
+        spillway_shared::settings::parse_toml(text)
     }
 
     /// Loads a file (or the defaults when `path` is `None`), applies the
@@ -376,24 +348,7 @@ impl Config {
         path: Option<&std::path::Path>,
         env: &dyn EnvSource,
     ) -> Result<Config, ConfigErrors> {
-        let mut config = match path {
-            Some(p) => {
-                let text = std::fs::read_to_string(p).map_err(|e| {
-                    ConfigErrors(vec![format!(
-                        "cannot read config file {}: {e}",
-                        p.display()
-                    )])
-                })?;
-                Config::from_toml(&text).map_err(|e| {
-                    ConfigErrors(
-                        e.0.into_iter()
-                            .map(|m| format!("{}: {m}", p.display()))
-                            .collect(),
-                    )
-                })?
-            }
-            None => Config::default(),
-        };
+        let mut config: Config = spillway_shared::settings::read_toml(path)?;
         let mut errors = config.apply_env(env);
         if let Err(ConfigErrors(more)) = config.validate() {
             errors.extend(more);

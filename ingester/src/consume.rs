@@ -236,14 +236,14 @@ pub async fn run<S: Sink + Clone>(
                 in_flight_bytes = state.in_flight_bytes,
                 "memory budget full: consumption paused"
             );
-            stats.paused_partitions.set(1);
+            stats.consumption_paused.set(1);
             state.paused = true;
         } else if state.paused && state.in_flight_bytes < budget / 2 {
             info!(
                 in_flight_bytes = state.in_flight_bytes,
                 "consumption resumed"
             );
-            stats.paused_partitions.set(0);
+            stats.consumption_paused.set(0);
             state.paused = false;
         }
         tokio::select! {

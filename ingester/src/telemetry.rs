@@ -43,8 +43,8 @@ pub struct Stats {
     pub commit_errors: Counter,
     /// Bytes of records consumed and not yet durable.
     pub in_flight_bytes: Gauge,
-    /// Partitions paused by the memory budget.
-    pub paused_partitions: Gauge,
+    /// 1 while the memory budget stops consumption.
+    pub consumption_paused: Gauge,
     inserted: Family<Labels, Counter>,
     dead: Family<Labels, Counter>,
     insert_seconds: Family<Labels, Histogram>,
@@ -72,7 +72,7 @@ impl Stats {
             commits: Counter::default(),
             commit_errors: Counter::default(),
             in_flight_bytes: Gauge::default(),
-            paused_partitions: Gauge::default(),
+            consumption_paused: Gauge::default(),
             inserted: Family::default(),
             dead: Family::default(),
             insert_seconds: Family::new_with_constructor(|| {
@@ -114,9 +114,9 @@ impl Stats {
             s.in_flight_bytes.clone(),
         );
         registry.register(
-            "paused_partitions",
-            "Partitions paused by the memory budget",
-            s.paused_partitions.clone(),
+            "consumption_paused",
+            "1 while the memory budget stops consumption",
+            s.consumption_paused.clone(),
         );
         registry.register(
             "rows_inserted",

@@ -9,12 +9,15 @@
 //! - [`codec`]: MessagePack encoding and validating decoding, with [`Limits`]
 //!   and the typed [`DecodeError`].
 //! - [`kafka`]: message key, headers and the default topic.
+//! - [`settings`]: configuration plumbing shared by the two binaries.
 //!
-//! This crate does no I/O and depends on no Kafka or ClickHouse client.
+//! Apart from reading configuration files ([`settings`]), this crate does no
+//! I/O, and it depends on no Kafka or ClickHouse client.
 
 pub mod codec;
 pub mod kafka;
 pub mod record;
+pub mod settings;
 
 pub use codec::{
     DecodeError, EncodeError, Limits, SplitError, Wire, decode, encode, encode_into, encode_split,
