@@ -89,6 +89,8 @@ start_clickhouse() {
   sed -e "s#@DIR@#$dir#g" \
       -e "s#@HTTP_PORT@#$(ch_http_port "$n")#g" \
       -e "s#@TCP_PORT@#$(ch_tcp_port "$n")#g" \
+      -e "s#@SHARD0_TCP_PORT@#$(ch_tcp_port 0)#g" \
+      -e "s#@SHARD1_TCP_PORT@#$(ch_tcp_port 1)#g" \
       "$ROOT/scripts/stack/clickhouse-config.xml.in" >"$dir/config.xml"
   cp "$ROOT/scripts/stack/clickhouse-users.xml" "$dir/users.xml"
   log "starting clickhouse-$n on 127.0.0.1:$(ch_http_port "$n")"

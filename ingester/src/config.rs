@@ -19,10 +19,16 @@ pub struct Config {
     pub batch: BatchConfig,
     /// Bounds on work in flight.
     pub pipeline: PipelineConfig,
+    /// Data accounting (`ingest_quality`).
+    pub quality: QualityConfig,
+    /// How long data is kept.
+    pub retention: RetentionConfig,
     /// The optional HTTP listener.
     pub http: HttpConfig,
     /// Logs.
     pub log: LogConfig,
+    /// OpenTelemetry export.
+    pub telemetry: TelemetryConfig,
 }
 
 /// Kafka consumer settings.
@@ -85,6 +91,11 @@ pub struct ClickHouseConfig {
     /// Timeout of one INSERT.
     #[serde(with = "humantime_serde")]
     pub insert_timeout: Duration,
+    /// A cluster defined in the servers' `remote_servers` whose shards are
+    /// these shards. When set, `migrate` also creates `samples_all`,
+    /// `samples_1m_all`, `agent_status_all` and `ingest_quality_all`
+    /// (Distributed tables) for fleet-wide queries.
+    pub cluster: Option<String>,
 }
 
 impl Default for ClickHouseConfig {
@@ -92,6 +103,7 @@ impl Default for ClickHouseConfig {
         ClickHouseConfig {
             shards: vec![ShardConfig::default()],
             insert_timeout: Duration::from_secs(30),
+            cluster: None,
         }
     }
 }
@@ -157,6 +169,13 @@ pub struct PipelineConfig {
     pub memory_budget_bytes: usize,
     /// Concurrent INSERTs per shard.
     pub insert_concurrency: usize,
+    /// Decoder threads (records → rows).
+    pub decode_threads: usize,
+    /// On a rebalance, how long to wait for a revoked partition's records to
+    /// become durable so that its final offset can be committed. Past it, the
+    /// records still in flight are read again by the next owner.
+    #[serde(with = "humantime_serde")]
+    pub rebalance_timeout: Duration,
     /// On SIGTERM, how long to flush and commit before leaving anyway.
     #[serde(with = "humantime_serde")]
     pub shutdown_timeout: Duration,
@@ -167,9 +186,83 @@ impl Default for PipelineConfig {
         PipelineConfig {
             memory_budget_bytes: 256 * 1024 * 1024,
             insert_concurrency: 2,
+            decode_threads: 2,
+            rebalance_timeout: Duration::from_secs(10),
             shutdown_timeout: Duration::from_secs(30),
         }
     }
+}
+
+/// Data accounting: tick gaps, duplicates and freshness per agent instance.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct QualityConfig {
+    /// How often a summary row per agent instance goes to `ingest_quality`.
+    #[serde(with = "humantime_serde")]
+    pub interval: Duration,
+    /// This ingester's name in `ingest_quality`. Empty: `<hostname>-<pid>`.
+    pub ingester_id: String,
+}
+
+impl Default for QualityConfig {
+    fn default() -> Self {
+        QualityConfig {
+            interval: Duration::from_secs(60),
+            ingester_id: String::new(),
+        }
+    }
+}
+
+impl QualityConfig {
+    /// The name in force.
+    pub fn ingester_id(&self) -> String {
+        if self.ingester_id.is_empty() {
+            let host = rustix::system::uname()
+                .nodename()
+                .to_string_lossy()
+                .into_owned();
+            format!("{host}-{}", std::process::id())
+        } else {
+            self.ingester_id.clone()
+        }
+    }
+}
+
+/// How long data is kept, in days; 0 keeps it forever. The ingester drops
+/// whole daily (monthly for `ingest_quality`) partitions once they are
+/// entirely older than this.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RetentionConfig {
+    /// `samples`.
+    pub samples_days: u32,
+    /// `samples_1m` (the rollup).
+    pub rollup_days: u32,
+    /// `ingest_quality`.
+    pub quality_days: u32,
+    /// How often partitions are checked.
+    #[serde(with = "humantime_serde")]
+    pub check_interval: Duration,
+}
+
+impl Default for RetentionConfig {
+    fn default() -> Self {
+        RetentionConfig {
+            samples_days: 30,
+            rollup_days: 400,
+            quality_days: 90,
+            check_interval: Duration::from_secs(3600),
+        }
+    }
+}
+
+/// OpenTelemetry export (OTLP over HTTP, protobuf).
+#[derive(Debug, Clone, PartialEq, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct TelemetryConfig {
+    /// Collector base URL, e.g. `http://127.0.0.1:4318`; absent: no export.
+    /// Traces (one span per INSERT) go to `/v1/traces`, metrics to `/v1/metrics`.
+    pub otlp_endpoint: Option<String>,
 }
 
 /// The optional HTTP listener.
@@ -373,6 +466,30 @@ impl Config {
         }
         if p.insert_concurrency == 0 || p.insert_concurrency > 64 {
             e.push("pipeline.insert_concurrency must be between 1 and 64".to_owned());
+        }
+        if p.decode_threads == 0 || p.decode_threads > 64 {
+            e.push("pipeline.decode_threads must be between 1 and 64".to_owned());
+        }
+        if p.rebalance_timeout < Duration::from_secs(1) {
+            e.push("pipeline.rebalance_timeout must be at least 1s".to_owned());
+        }
+        if self.quality.interval < Duration::from_secs(1) {
+            e.push("quality.interval must be at least 1s".to_owned());
+        }
+        if self.retention.check_interval < Duration::from_secs(1) {
+            e.push("retention.check_interval must be at least 1s".to_owned());
+        }
+        if let Some(c) = &self.clickhouse.cluster
+            && (c.is_empty() || !c.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_'))
+        {
+            e.push(format!("clickhouse.cluster `{c}` must be [A-Za-z0-9_]+"));
+        }
+        if let Some(url) = &self.telemetry.otlp_endpoint
+            && !(url.starts_with("http://") || url.starts_with("https://"))
+        {
+            e.push(format!(
+                "telemetry.otlp_endpoint `{url}` must start with http:// or https://"
+            ));
         }
         if !matches!(self.log.format.as_str(), "text" | "json") {
             e.push(format!(

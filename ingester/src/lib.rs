@@ -12,12 +12,17 @@
 //! - [`migrate`]: schema migrations.
 //! - [`telemetry`]: metrics, `/health`, `/ready`, logs.
 
+mod batch;
 pub mod config;
 pub mod consume;
+mod decode;
 pub mod dlq;
+mod insert;
 pub mod loadgen;
 pub mod migrate;
 pub mod offsets;
+mod poll;
+pub mod quality;
 pub mod rows;
 pub mod shard;
 pub mod sink;
@@ -52,14 +57,14 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     for shard in &config.clickhouse.shards {
         let client = sink::client(shard);
         let n: u64 = client
-            .query("SELECT count() FROM system.tables WHERE database = ? AND name IN ('samples', 'agent_status')")
+            .query("SELECT count() FROM system.tables WHERE database = ? AND name IN ('samples', 'agent_status', 'ingest_quality')")
             .bind(&shard.database)
             .fetch_one()
             .await
             .with_context(|| format!("ClickHouse at {} is not reachable", shard.url))?;
-        if n < 2 {
+        if n < 3 {
             anyhow::bail!(
-                "database {} on {} lacks the samples/agent_status tables: run `spillway-ingester migrate` first",
+                "database {} on {} lacks the samples/agent_status/ingest_quality tables: run `spillway-ingester migrate` first",
                 shard.database,
                 shard.url
             );

@@ -101,7 +101,8 @@ fn main() -> ExitCode {
 
 async fn migrate(config: &Config) -> anyhow::Result<()> {
     for shard in &config.clickhouse.shards {
-        let r = spillway_ingester::migrate::migrate_shard(shard).await?;
+        let cluster = config.clickhouse.cluster.as_deref();
+        let r = spillway_ingester::migrate::migrate_shard(shard, cluster).await?;
         println!(
             "shard {} (ClickHouse {}), database {}:",
             r.url, r.server_version, shard.database
@@ -114,6 +115,12 @@ async fn migrate(config: &Config) -> anyhow::Result<()> {
         }
         for (m, why) in &r.skipped {
             println!("  skipped   {m}: {why}");
+        }
+        for t in &r.distributed {
+            println!(
+                "  distributed table {t} over cluster {}",
+                cluster.unwrap_or_default()
+            );
         }
     }
     Ok(())

@@ -36,6 +36,10 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "0003_samples_1m.sql",
         sql: include_str!("../../migrations/0003_samples_1m.sql"),
     },
+    Migration {
+        name: "0004_ingest_quality.sql",
+        sql: include_str!("../../migrations/0004_ingest_quality.sql"),
+    },
 ];
 
 /// Migration failed.
@@ -81,7 +85,13 @@ pub struct ShardReport {
     pub skipped: Vec<(String, String)>,
     /// Files that were already applied (or skipped) before.
     pub unchanged: Vec<String>,
+    /// Distributed tables created (or re-created after a schema change).
+    pub distributed: Vec<String>,
 }
+
+/// The tables that get a Distributed `<name>_all` twin when a cluster is
+/// configured.
+pub const DISTRIBUTED: &[&str] = &["samples", "samples_1m", "agent_status", "ingest_quality"];
 
 /// A stable checksum of a file's text.
 pub fn checksum(sql: &str) -> String {
@@ -146,7 +156,13 @@ struct NewRow<'a> {
 }
 
 /// Applies every migration to one shard.
-pub async fn migrate_shard(shard: &ShardConfig) -> Result<ShardReport, MigrateError> {
+/// With `cluster`, also creates a Distributed `<table>_all` over the
+/// cluster for each of [`DISTRIBUTED`], re-created when a migration ran so
+/// that it follows the schema.
+pub async fn migrate_shard(
+    shard: &ShardConfig,
+    cluster: Option<&str>,
+) -> Result<ShardReport, MigrateError> {
     let url = shard.url.clone();
     let err = |context: &str| {
         let url = url.clone();
@@ -232,6 +248,27 @@ pub async fn migrate_shard(shard: &ShardConfig) -> Result<ShardReport, MigrateEr
             .map_err(err("record migration"))?;
         insert.end().await.map_err(err("record migration"))?;
         report.applied.push(m.name.to_owned());
+    }
+    if let Some(cluster) = cluster {
+        for table in DISTRIBUTED {
+            let all = format!("{table}_all");
+            if !report.applied.is_empty() {
+                db.query(&format!("DROP TABLE IF EXISTS {all}"))
+                    .execute()
+                    .await
+                    .map_err(err(&format!("drop {all}")))?;
+            }
+            let sql = format!(
+                "CREATE TABLE IF NOT EXISTS {all} AS {table} \
+                 ENGINE = Distributed({cluster}, {db}, {table})",
+                db = shard.database
+            );
+            db.query(&sql)
+                .execute()
+                .await
+                .map_err(err(&format!("create {all}")))?;
+            report.distributed.push(all);
+        }
     }
     Ok(report)
 }

@@ -20,16 +20,25 @@ struct PartitionState {
     committed: Option<i64>,
 }
 
-/// Watermarks of every assigned partition, keyed by (topic, partition).
+/// Watermarks of every assigned partition, by topic then partition (looked
+/// up by `&str`, so the per-record calls do not allocate).
 #[derive(Debug, Default)]
 pub struct Watermarks {
-    parts: HashMap<(String, i32), PartitionState>,
+    topics: HashMap<String, HashMap<i32, PartitionState>>,
 }
 
 impl Watermarks {
+    fn get_mut(&mut self, topic: &str, partition: i32) -> Option<&mut PartitionState> {
+        self.topics.get_mut(topic)?.get_mut(&partition)
+    }
+
     /// A record was consumed and is now in flight.
     pub fn consumed(&mut self, topic: &str, partition: i32, offset: i64) {
-        let p = self.parts.entry((topic.to_owned(), partition)).or_default();
+        let parts = match self.topics.get_mut(topic) {
+            Some(parts) => parts,
+            None => self.topics.entry(topic.to_owned()).or_default(),
+        };
+        let p = parts.entry(partition).or_default();
         p.pending.insert(offset);
         p.next = Some(p.next.map_or(offset + 1, |n| n.max(offset + 1)));
     }
@@ -37,15 +46,21 @@ impl Watermarks {
     /// A record is durable (or dead-lettered). Unknown partitions (revoked
     /// meanwhile) are ignored.
     pub fn finished(&mut self, topic: &str, partition: i32, offset: i64) {
-        if let Some(p) = self.parts.get_mut(&(topic.to_owned(), partition)) {
+        if let Some(p) = self.get_mut(topic, partition) {
             p.pending.remove(&offset);
         }
     }
 
-    /// The partition was revoked: forget it, so that nothing is committed
-    /// for it by this member.
-    pub fn revoke(&mut self, topic: &str, partition: i32) {
-        self.parts.remove(&(topic.to_owned(), partition));
+    /// The partition was revoked: forget it, so that nothing more is
+    /// committed for it by this member. Returns its watermark, the last
+    /// offset this member may commit for it.
+    pub fn revoke(&mut self, topic: &str, partition: i32) -> Option<i64> {
+        let parts = self.topics.get_mut(topic)?;
+        let p = parts.remove(&partition)?;
+        if parts.is_empty() {
+            self.topics.remove(topic);
+        }
+        Self::watermark(&p)
     }
 
     /// The offset to commit for one partition: the lowest pending offset, or
@@ -57,33 +72,43 @@ impl Watermarks {
     /// Watermarks that moved since the last call, to commit now.
     pub fn to_commit(&mut self) -> Vec<(String, i32, i64)> {
         let mut out = Vec::new();
-        for ((topic, partition), p) in &mut self.parts {
-            if let Some(w) = Self::watermark(p)
-                && p.committed != Some(w)
-            {
-                p.committed = Some(w);
-                out.push((topic.clone(), *partition, w));
+        for (topic, parts) in &mut self.topics {
+            for (partition, p) in parts {
+                if let Some(w) = Self::watermark(p)
+                    && p.committed != Some(w)
+                {
+                    p.committed = Some(w);
+                    out.push((topic.clone(), *partition, w));
+                }
             }
         }
         out.sort();
         out
     }
 
-    /// One past the highest offset consumed, per partition: where fetching
-    /// must continue.
-    pub fn positions(&self) -> Vec<(String, i32, i64)> {
-        let mut out: Vec<(String, i32, i64)> = self
-            .parts
-            .iter()
-            .filter_map(|((t, p), s)| s.next.map(|n| (t.clone(), *p, n)))
-            .collect();
-        out.sort();
-        out
+    /// The last [`to_commit`](Self::to_commit) was not sent: hand every
+    /// watermark out again next time.
+    pub fn forget_committed(&mut self) {
+        for p in self.topics.values_mut().flat_map(HashMap::values_mut) {
+            p.committed = None;
+        }
     }
 
     /// Records in flight in all partitions.
     pub fn in_flight(&self) -> usize {
-        self.parts.values().map(|p| p.pending.len()).sum()
+        self.topics
+            .values()
+            .flat_map(HashMap::values)
+            .map(|p| p.pending.len())
+            .sum()
+    }
+
+    /// Records in flight in one partition.
+    pub fn in_flight_of(&self, topic: &str, partition: i32) -> usize {
+        self.topics
+            .get(topic)
+            .and_then(|parts| parts.get(&partition))
+            .map_or(0, |p| p.pending.len())
     }
 }
 
@@ -116,9 +141,13 @@ mod tests {
     fn revoked_partitions_are_never_committed() {
         let mut w = Watermarks::default();
         w.consumed("t", 1, 5);
-        w.revoke("t", 1);
+        w.consumed("t", 1, 6);
+        w.finished("t", 1, 6);
+        assert_eq!(w.in_flight_of("t", 1), 1);
+        assert_eq!(w.revoke("t", 1), Some(5), "never past the unfinished 5");
         w.finished("t", 1, 5);
         assert!(w.to_commit().is_empty());
+        assert_eq!(w.in_flight(), 0);
     }
 
     proptest! {

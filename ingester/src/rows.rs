@@ -12,6 +12,8 @@ pub enum Table {
     Samples,
     /// `agent_status`.
     AgentStatus,
+    /// `ingest_quality`.
+    IngestQuality,
 }
 
 impl Table {
@@ -20,6 +22,7 @@ impl Table {
         match self {
             Table::Samples => "samples",
             Table::AgentStatus => "agent_status",
+            Table::IngestQuality => "ingest_quality",
         }
     }
 }

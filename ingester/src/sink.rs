@@ -6,6 +6,7 @@ use std::future::Future;
 use std::time::Duration;
 
 use crate::config::ClickHouseConfig;
+use crate::quality::QualityRow;
 use crate::rows::{SampleRow, StatusRow, Table};
 
 /// Rows for one table.
@@ -15,6 +16,8 @@ pub enum Rows {
     Samples(Vec<SampleRow>),
     /// `agent_status` rows.
     Status(Vec<StatusRow>),
+    /// `ingest_quality` rows.
+    Quality(Vec<QualityRow>),
 }
 
 impl Rows {
@@ -23,6 +26,16 @@ impl Rows {
         match self {
             Rows::Samples(_) => Table::Samples,
             Rows::Status(_) => Table::AgentStatus,
+            Rows::Quality(_) => Table::IngestQuality,
+        }
+    }
+
+    /// No rows, for `table`.
+    pub fn empty(table: Table) -> Rows {
+        match table {
+            Table::Samples => Rows::Samples(Vec::new()),
+            Table::AgentStatus => Rows::Status(Vec::new()),
+            Table::IngestQuality => Rows::Quality(Vec::new()),
         }
     }
 
@@ -31,6 +44,32 @@ impl Rows {
         match self {
             Rows::Samples(r) => r.len(),
             Rows::Status(r) => r.len(),
+            Rows::Quality(r) => r.len(),
+        }
+    }
+
+    /// Moves `other`'s rows to the end; rows of another table are a bug and
+    /// are ignored (batches are keyed by table).
+    pub fn append(&mut self, other: Rows) {
+        match (self, other) {
+            (Rows::Samples(a), Rows::Samples(mut b)) => a.append(&mut b),
+            (Rows::Status(a), Rows::Status(mut b)) => a.append(&mut b),
+            (Rows::Quality(a), Rows::Quality(mut b)) => a.append(&mut b),
+            (me, other) => debug_assert!(
+                false,
+                "rows for {} appended to {}",
+                other.table().name(),
+                me.table().name()
+            ),
+        }
+    }
+
+    /// Splits off the rows from `at` on.
+    pub fn split_off(&mut self, at: usize) -> Rows {
+        match self {
+            Rows::Samples(r) => Rows::Samples(r.split_off(at)),
+            Rows::Status(r) => Rows::Status(r.split_off(at)),
+            Rows::Quality(r) => Rows::Quality(r.split_off(at)),
         }
     }
 
@@ -148,6 +187,7 @@ impl Sink for ClickHouseSink {
             match rows {
                 Rows::Samples(r) => self.insert_rows(shard, table, r).await,
                 Rows::Status(r) => self.insert_rows(shard, table, r).await,
+                Rows::Quality(r) => self.insert_rows(shard, table, r).await,
             }
         };
         match tokio::time::timeout(self.timeout, work).await {

@@ -45,11 +45,29 @@ pub struct Stats {
     pub in_flight_bytes: Gauge,
     /// 1 while the memory budget stops consumption.
     pub consumption_paused: Gauge,
+    /// Partitions assigned to this member.
+    pub assigned_partitions: Gauge,
+    /// Fetches repeated from further back over an offset gap.
+    pub fetch_rewinds: Counter,
+    /// Tick numbers skipped (per agent instance).
+    pub seq_gaps: Counter,
+    /// Skipped ticks that arrived later.
+    pub seq_late: Counter,
+    /// Ticks made durable more than once.
+    pub seq_duplicates: Counter,
+    /// Ticks the agents report they dropped.
+    pub agent_dropped: Counter,
+    freshness: Histogram,
+    shard_up: Family<Vec<(&'static str, String)>, Gauge>,
+    /// Whether this member has joined the group (had an assignment).
+    pub joined: AtomicBool,
     inserted: Family<Labels, Counter>,
     dead: Family<Labels, Counter>,
     insert_seconds: Family<Labels, Histogram>,
     batch_rows: Family<Labels, Histogram>,
     ready: AtomicBool,
+    shard_down: AtomicBool,
+    shards_down: std::sync::Mutex<std::collections::BTreeSet<usize>>,
 }
 
 impl Default for Stats {
@@ -73,6 +91,15 @@ impl Stats {
             commit_errors: Counter::default(),
             in_flight_bytes: Gauge::default(),
             consumption_paused: Gauge::default(),
+            assigned_partitions: Gauge::default(),
+            fetch_rewinds: Counter::default(),
+            seq_gaps: Counter::default(),
+            seq_late: Counter::default(),
+            seq_duplicates: Counter::default(),
+            agent_dropped: Counter::default(),
+            freshness: Histogram::new(exponential_buckets(0.05, 2.0, 14)),
+            shard_up: Family::default(),
+            joined: AtomicBool::new(false),
             inserted: Family::default(),
             dead: Family::default(),
             insert_seconds: Family::new_with_constructor(|| {
@@ -82,6 +109,8 @@ impl Stats {
                 Histogram::new(exponential_buckets(1.0, 4.0, 12))
             }),
             ready: AtomicBool::new(false),
+            shard_down: AtomicBool::new(false),
+            shards_down: std::sync::Mutex::default(),
             registry: Registry::default(),
         };
         registry.register("records", "Records consumed", s.records_in.clone());
@@ -134,6 +163,46 @@ impl Stats {
             s.insert_seconds.clone(),
         );
         registry.register("batch_rows", "Rows per INSERT", s.batch_rows.clone());
+        registry.register(
+            "assigned_partitions",
+            "Partitions assigned to this member",
+            s.assigned_partitions.clone(),
+        );
+        registry.register(
+            "fetch_rewinds",
+            "Fetches repeated from further back because the broker skipped offsets",
+            s.fetch_rewinds.clone(),
+        );
+        registry.register(
+            "seq_gaps",
+            "Agent ticks skipped (gaps in tick numbers)",
+            s.seq_gaps.clone(),
+        );
+        registry.register(
+            "seq_late",
+            "Skipped agent ticks that arrived later",
+            s.seq_late.clone(),
+        );
+        registry.register(
+            "seq_duplicates",
+            "Agent ticks made durable more than once",
+            s.seq_duplicates.clone(),
+        );
+        registry.register(
+            "agent_dropped_ticks",
+            "Ticks the agents report they dropped (full spool)",
+            s.agent_dropped.clone(),
+        );
+        registry.register(
+            "freshness_seconds",
+            "Collection to durable in ClickHouse",
+            s.freshness.clone(),
+        );
+        registry.register(
+            "shard_up",
+            "1 while the shard answers (last insert or probe succeeded)",
+            s.shard_up.clone(),
+        );
         Stats { registry, ..s }
     }
 
@@ -174,9 +243,37 @@ impl Stats {
             .get()
     }
 
-    /// Marks the ingester ready (consuming, ClickHouse reachable).
+    /// Marks the ingester started (or stopping).
     pub fn set_ready(&self, ready: bool) {
         self.ready.store(ready, Relaxed);
+    }
+
+    /// Ready: started, joined the group, and every shard answers.
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Relaxed) && self.joined.load(Relaxed) && !self.shard_down.load(Relaxed)
+    }
+
+    /// Records whether a shard answered.
+    pub fn shard_up(&self, shard: usize, up: bool) {
+        self.shard_up
+            .get_or_create(&vec![("shard", shard.to_string())])
+            .set(i64::from(up));
+        let mut mask = self.shards_down.lock().unwrap_or_else(|p| p.into_inner());
+        if up {
+            mask.remove(&shard);
+        } else {
+            mask.insert(shard);
+        }
+        self.shard_down.store(!mask.is_empty(), Relaxed);
+    }
+
+    /// Counts what the data accounting saw of one durable record.
+    pub fn observed(&self, seen: &crate::quality::Observed, freshness_ms: u64) {
+        self.seq_gaps.inc_by(seen.gaps);
+        self.seq_late.inc_by(seen.late);
+        self.seq_duplicates.inc_by(seen.duplicates);
+        self.agent_dropped.inc_by(seen.agent_dropped);
+        self.freshness.observe(freshness_ms as f64 / 1000.0);
     }
 
     /// Renders the Prometheus text format.
@@ -223,7 +320,7 @@ async fn metrics(State(stats): State<Arc<Stats>>) -> impl IntoResponse {
 }
 
 async fn ready(State(stats): State<Arc<Stats>>) -> impl IntoResponse {
-    if stats.ready.load(Relaxed) {
+    if stats.is_ready() {
         (StatusCode::OK, "ready")
     } else {
         (StatusCode::SERVICE_UNAVAILABLE, "not ready")

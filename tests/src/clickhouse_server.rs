@@ -29,7 +29,10 @@ impl LocalClickHouse {
         let config = template
             .replace("@DIR@", &dir.display().to_string())
             .replace("@HTTP_PORT@", &http_port.to_string())
-            .replace("@TCP_PORT@", &tcp_port.to_string());
+            .replace("@TCP_PORT@", &tcp_port.to_string())
+            // A cluster of this one server: the template names two shards.
+            .replace("@SHARD0_TCP_PORT@", &tcp_port.to_string())
+            .replace("@SHARD1_TCP_PORT@", &tcp_port.to_string());
         std::fs::write(dir.join("config.xml"), config)?;
         std::fs::copy(root.join("clickhouse-users.xml"), dir.join("users.xml"))?;
         let mut s = LocalClickHouse {

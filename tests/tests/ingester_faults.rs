@@ -289,8 +289,9 @@ async fn a_backlog_far_over_the_budget_pauses_and_drains_with_bounded_memory() -
         peak_paused / 1024,
         peak / 1024
     );
-    // The budget counts record bytes; decoded rows of the batches in flight,
-    // librdkafka's prefetch (a quarter of the budget) and the allocator come on top.
+    // The budget counts record bytes and their decoded rows; librdkafka's
+    // prefetch (a quarter of the budget, at least 1 MiB), the chunks between
+    // the poll and decoder threads and the allocator come on top.
     ensure!(
         peak < 160 * 1024,
         "peak RSS {} MiB is not bounded",

@@ -1,0 +1,170 @@
+//! Insert workers: per shard, a fixed pool takes flushed batches from a
+//! bounded queue and makes them durable. Retryable errors are retried with
+//! exponential backoff and jitter; a batch rejected for its data is split by
+//! source record until the bad records are isolated and dead-lettered.
+#![deny(clippy::unwrap_used, clippy::expect_used)]
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tracing::{error, warn};
+
+use crate::batch::{Batch, Source};
+use crate::dlq::{DeadLetter, DeadLetters};
+use crate::rows::Table;
+use crate::sink::{Sink, SinkError};
+use crate::telemetry::Stats;
+
+/// What an insert worker reports: these sources are durable (inserted or
+/// dead-lettered). Sources missing from a batch were given up on at shutdown.
+pub(crate) struct Done {
+    pub(crate) sources: Vec<Source>,
+    pub(crate) rows: usize,
+    pub(crate) shard: usize,
+    pub(crate) table: Table,
+}
+
+/// Everything a worker needs besides its queue.
+#[derive(Clone)]
+pub(crate) struct Worker<S> {
+    pub(crate) sink: S,
+    pub(crate) dlq: DeadLetters,
+    pub(crate) done: mpsc::Sender<Done>,
+    pub(crate) stats: Arc<Stats>,
+    pub(crate) shutdown: CancellationToken,
+}
+
+impl<S: Sink> Worker<S> {
+    /// Takes batches until the queue closes.
+    pub(crate) async fn run(self, queue: Arc<tokio::sync::Mutex<mpsc::Receiver<Batch>>>) {
+        loop {
+            let batch = {
+                let mut queue = queue.lock().await;
+                match queue.recv().await {
+                    Some(b) => b,
+                    None => return,
+                }
+            };
+            let table = batch.rows.table();
+            let rows = batch.rows.len();
+            let shard = batch.shard;
+            let payload = batch.payload_bytes();
+            let started = Instant::now();
+            let sources = self.insert_isolating(batch).await;
+            self.stats
+                .batch_inserted(shard, table, rows, payload, started.elapsed());
+            let done = Done {
+                sources,
+                rows,
+                shard,
+                table,
+            };
+            if self.done.send(done).await.is_err() {
+                return;
+            }
+        }
+    }
+
+    /// Inserts a batch; on a data error splits it in halves by source
+    /// record. Returns every source now durable.
+    #[tracing::instrument(skip_all, fields(shard = batch.shard, table = batch.rows.table().name(), rows = batch.rows.len()))]
+    async fn insert_isolating(&self, batch: Batch) -> Vec<Source> {
+        let mut stack = vec![batch];
+        let mut finished = Vec::new();
+        while let Some(b) = stack.pop() {
+            match self.insert_with_retry(&b).await {
+                Ok(()) => finished.extend(b.sources),
+                Err(SinkError::Data { code, message }) if b.sources.len() <= 1 => {
+                    let reason = format!("ClickHouse code {code}: {message}");
+                    match b.sources.first() {
+                        Some(s) => {
+                            dead_letter(&self.dlq, s, "insert_rejected", &reason, &self.stats).await
+                        }
+                        // Summary rows come from no record: nothing to keep.
+                        None => warn!(error = %reason, "summary rows rejected; dropped"),
+                    }
+                    finished.extend(b.sources);
+                }
+                Err(SinkError::Data { .. }) => {
+                    let (left, right) = b.split();
+                    stack.push(right);
+                    stack.push(left);
+                }
+                Err(SinkError::Retryable(_)) => {
+                    // Only when shutting down: the records stay uncommitted
+                    // and are read again by whoever owns the partition next.
+                    return finished;
+                }
+            }
+        }
+        finished
+    }
+
+    async fn insert_with_retry(&self, b: &Batch) -> Result<(), SinkError> {
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            match self.sink.insert(b.shard, &b.rows).await {
+                Ok(()) => {
+                    self.stats.shard_up(b.shard, true);
+                    return Ok(());
+                }
+                Err(e) if e.is_retryable() => {
+                    self.stats.insert_retries.inc();
+                    self.stats.shard_up(b.shard, false);
+                    warn!(shard = b.shard, table = b.rows.table().name(), rows = b.rows.len(), error = %e,
+                          retry_in = ?backoff, "insert failed; retrying");
+                    let jitter = Duration::from_millis(rand::random_range(
+                        0..=backoff.as_millis() as u64 / 2,
+                    ));
+                    tokio::select! {
+                        _ = tokio::time::sleep(backoff + jitter) => {}
+                        _ = self.shutdown.cancelled() => return Err(e),
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(10));
+                }
+                Err(e) => {
+                    warn!(shard = b.shard, table = b.rows.table().name(), rows = b.rows.len(), error = %e,
+                          "batch rejected for its data; isolating the bad records");
+                    return Err(e);
+                }
+            }
+        }
+    }
+}
+
+/// Writes a record to the dead-letter topic, retrying until it is there:
+/// its offset is committed only once the letter is safe.
+pub(crate) async fn dead_letter(
+    dlq: &DeadLetters,
+    s: &Source,
+    kind: &str,
+    error: &str,
+    stats: &Stats,
+) {
+    let raw = &s.raw;
+    warn!(topic = %raw.topic, partition = raw.partition, offset = raw.offset, kind, error,
+          "record dead-lettered");
+    let letter = DeadLetter {
+        topic: &raw.topic,
+        partition: raw.partition,
+        offset: raw.offset,
+        key: raw.key.as_deref(),
+        payload: &raw.payload,
+        kind,
+        error,
+    };
+    let mut backoff = Duration::from_millis(200);
+    loop {
+        match dlq.send(&letter).await {
+            Ok(()) => break,
+            Err(e) => {
+                error!(error = %e, "cannot write to the dead-letter topic; retrying");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(10));
+            }
+        }
+    }
+    stats.dead_letters(kind);
+}

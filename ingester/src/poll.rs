@@ -1,0 +1,482 @@
+//! The Kafka side of the pipeline: one dedicated thread owns the consumer.
+//!
+//! It polls, hands records in chunks to the decoder threads, applies the
+//! pipeline's pause/resume wish to the assigned partitions, commits the
+//! offsets the pipeline sends it, and runs the rebalance handshake:
+//!
+//! - On **revoke**, librdkafka calls us on this thread before the partitions
+//!   go. We send [`Event::Revoke`] through the same path as records, and wait
+//!   (up to `pipeline.rebalance_timeout`) for the pipeline to make every
+//!   record of those partitions durable and reply with their watermarks,
+//!   which we commit synchronously before returning. The next owner then
+//!   starts where we stopped: no loss, and no duplicate in the normal case.
+//! - On **assign**, partitions join paused if the pipeline is paused.
+//!
+//! Polling never stops while the pipeline is full: pausing the partitions
+//! (rather than not polling) keeps rebalances served and the member inside
+//! `max.poll.interval.ms`, however long ClickHouse is away.
+#![deny(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{Receiver, SyncSender, TryRecvError};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
+use rdkafka::error::KafkaResult;
+use rdkafka::message::Message;
+use rdkafka::{ClientContext, Offset, TopicPartitionList};
+use tokio::sync::mpsc;
+use tracing::{debug, info, warn};
+
+use crate::decode::{Chunk, Raw};
+use crate::telemetry::Stats;
+
+/// An offset to commit: (topic, partition, next offset to read).
+pub(crate) type CommitOffset = (String, i32, i64);
+
+/// What the pipeline hears from the Kafka side, in order.
+pub(crate) enum Event {
+    /// A chunk of decoded records; `seq` numbers chunks from 0 in poll
+    /// order (decoders may finish them out of order).
+    Decoded {
+        seq: u64,
+        records: Vec<crate::decode::Decoded>,
+    },
+    /// These partitions are being revoked. Once every record of theirs among
+    /// the first `chunks` chunks is durable (or at the deadline), reply with
+    /// their watermarks.
+    Revoke {
+        partitions: Vec<(String, i32)>,
+        chunks: u64,
+        reply: SyncSender<Vec<CommitOffset>>,
+    },
+}
+
+/// What the pipeline asks of the Kafka side.
+pub(crate) enum Command {
+    /// Commit these watermarks (asynchronously).
+    Commit(Vec<CommitOffset>),
+    /// Commit these synchronously, leave the group and stop.
+    Close(Vec<CommitOffset>),
+}
+
+/// State shared by the poll loop and the rebalance callbacks (both run on
+/// the poll thread; the mutex is never contended).
+/// What became of a polled record.
+enum Fed {
+    Taken,
+    /// Fetch this partition again from this offset.
+    Seek(String, i32, i64),
+    /// The decoders are gone.
+    Gone,
+}
+
+/// How far back the first fetch of a rewind starts; each further one goes
+/// four times as far.
+const REWIND_STEP: i64 = 64;
+
+/// A partition being fetched again from further back.
+struct Rewind {
+    step: i64,
+    from: i64,
+    /// A record below the expected offset arrived since the seek.
+    reached_below: bool,
+}
+
+struct Feed {
+    /// Partitions being fetched again from further back.
+    rewinds: HashMap<String, HashMap<i32, Rewind>>,
+    /// Per topic and partition, one past the last offset handed on: where
+    /// fetching must continue after a pause.
+    positions: HashMap<String, HashMap<i32, i64>>,
+    chunk: Chunk,
+    /// Chunks handed to decoders so far.
+    sent: u64,
+    next_decoder: usize,
+    decoders: Vec<SyncSender<Chunk>>,
+}
+
+impl Feed {
+    const MAX_RECORDS: usize = 256;
+    const MAX_BYTES: usize = 512 * 1024;
+
+    /// Takes a polled record in offset order. A record handed on already
+    /// (librdkafka fetches again from an older position after a pause) is
+    /// dropped. A record past the expected offset starts a rewind: a broker
+    /// asked to fetch from the middle of a record batch must return that
+    /// batch, but some (tansu 0.6) return the next one, which would skip
+    /// records; fetching again from further back recovers them. A gap that
+    /// survives a fetch from below it is real (compaction, transactions).
+    fn push(&mut self, raw: Raw) -> Fed {
+        let key = (raw.topic.as_str(), raw.partition);
+        let expected = self
+            .positions
+            .get(key.0)
+            .and_then(|p| p.get(&key.1))
+            .copied()
+            .unwrap_or(raw.offset);
+        let rewind = self.rewinds.get_mut(key.0).and_then(|r| r.get_mut(&key.1));
+        if raw.offset < expected {
+            if let Some(r) = rewind {
+                r.reached_below = true;
+            }
+            return Fed::Taken;
+        }
+        if raw.offset > expected {
+            match rewind {
+                Some(r) if r.reached_below || r.from == 0 => {
+                    warn!(topic = %raw.topic, partition = raw.partition, first_missing = expected,
+                          next = raw.offset, "offsets missing from the partition (compacted or aborted)");
+                }
+                Some(r) => {
+                    r.step = r.step.saturating_mul(4);
+                    r.from = expected.saturating_sub(r.step).max(0);
+                    return Fed::Seek(raw.topic, raw.partition, r.from);
+                }
+                None => {
+                    debug!(topic = %raw.topic, partition = raw.partition, offset = raw.offset,
+                           expected, "offset gap; fetching again from further back");
+                    let from = expected.saturating_sub(REWIND_STEP).max(0);
+                    let r = Rewind {
+                        step: REWIND_STEP,
+                        from,
+                        reached_below: false,
+                    };
+                    self.rewinds
+                        .entry(raw.topic.clone())
+                        .or_default()
+                        .insert(raw.partition, r);
+                    return Fed::Seek(raw.topic, raw.partition, from);
+                }
+            }
+        }
+        if let Some(r) = self.rewinds.get_mut(key.0) {
+            r.remove(&key.1);
+        }
+        match self.positions.get_mut(key.0) {
+            Some(p) => {
+                p.insert(raw.partition, raw.offset + 1);
+            }
+            None => {
+                self.positions
+                    .entry(raw.topic.clone())
+                    .or_default()
+                    .insert(raw.partition, raw.offset + 1);
+            }
+        }
+        self.chunk.bytes += raw.payload.len();
+        self.chunk.records.push(raw);
+        if self.chunk.records.len() >= Self::MAX_RECORDS || self.chunk.bytes >= Self::MAX_BYTES {
+            return self.send();
+        }
+        Fed::Taken
+    }
+
+    /// Hands the open chunk to the next decoder.
+    fn send(&mut self) -> Fed {
+        if self.chunk.records.is_empty() {
+            return Fed::Taken;
+        }
+        let mut chunk = std::mem::take(&mut self.chunk);
+        chunk.seq = self.sent;
+        let n = self.decoders.len();
+        let target = self.next_decoder % n;
+        self.next_decoder = self.next_decoder.wrapping_add(1);
+        if self.decoders[target].send(chunk).is_err() {
+            return Fed::Gone;
+        }
+        self.sent += 1;
+        Fed::Taken
+    }
+}
+
+pub(crate) struct Ctx {
+    feed: Mutex<Feed>,
+    events: mpsc::Sender<Event>,
+    /// Whether the assigned partitions are paused now.
+    paused: AtomicBool,
+    /// Set when closing: revocations then need no handshake.
+    closing: AtomicBool,
+    rebalance_timeout: Duration,
+    stats: Arc<Stats>,
+}
+
+impl ClientContext for Ctx {}
+
+impl ConsumerContext for Ctx {
+    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        let Rebalance::Revoke(tpl) = rebalance else {
+            return;
+        };
+        let partitions: Vec<(String, i32)> = tpl
+            .elements()
+            .iter()
+            .map(|e| (e.topic().to_owned(), e.partition()))
+            .collect();
+        info!(partitions = partitions.len(), "partitions revoked");
+        {
+            let mut feed = lock(&self.feed);
+            for (topic, partition) in &partitions {
+                if let Some(p) = feed.positions.get_mut(topic.as_str()) {
+                    p.remove(partition);
+                }
+                if let Some(r) = feed.rewinds.get_mut(topic.as_str()) {
+                    r.remove(partition);
+                }
+            }
+        }
+        self.stats
+            .assigned_partitions
+            .dec_by(partitions.len() as i64);
+        if self.closing.load(Ordering::Relaxed) || partitions.is_empty() {
+            return;
+        }
+        let chunks = {
+            let mut feed = lock(&self.feed);
+            feed.send();
+            feed.sent
+        };
+        let (reply, replied) = std::sync::mpsc::sync_channel(1);
+        let event = Event::Revoke {
+            partitions,
+            chunks,
+            reply,
+        };
+        if self.events.blocking_send(event).is_err() {
+            return;
+        }
+        // The pipeline keeps its own deadline; this one only guards against
+        // a pipeline that is gone.
+        match replied.recv_timeout(self.rebalance_timeout + Duration::from_secs(5)) {
+            Ok(offsets) => commit(consumer, &offsets, CommitMode::Sync, &self.stats),
+            Err(_) => {
+                warn!("revoked partitions were not drained; their records will be read again")
+            }
+        }
+    }
+
+    fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Assign(tpl) = rebalance {
+            info!(partitions = tpl.count(), "partitions assigned");
+            self.stats.assigned_partitions.inc_by(tpl.count() as i64);
+            self.stats.joined.store(true, Ordering::Relaxed);
+            // Start from the committed offsets, so that a broker that skips
+            // part of the first batch is caught (see `Feed::push`).
+            match consumer.committed_offsets((*tpl).clone(), Duration::from_secs(10)) {
+                Ok(committed) => {
+                    let mut feed = lock(&self.feed);
+                    for e in committed.elements() {
+                        if let Offset::Offset(o) = e.offset() {
+                            feed.positions
+                                .entry(e.topic().to_owned())
+                                .or_default()
+                                .insert(e.partition(), o);
+                        }
+                    }
+                }
+                Err(e) => warn!(error = %e, "cannot read the committed offsets"),
+            }
+            if self.paused.load(Ordering::Relaxed)
+                && let Err(e) = consumer.pause(tpl)
+            {
+                warn!(error = %e, "cannot pause newly assigned partitions");
+            }
+        }
+    }
+
+    fn commit_callback(&self, result: KafkaResult<()>, offsets: &TopicPartitionList) {
+        // Async commits report here; a failure is repaired by the next
+        // commit, which carries the same or a later watermark.
+        if let Err(e) = result {
+            warn!(error = %e, partitions = offsets.count(), "offset commit failed");
+            self.stats.commit_errors.inc();
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Handles to the poll thread.
+pub(crate) struct Poller {
+    pub(crate) commands: SyncSender<Command>,
+    pub(crate) pause: Arc<AtomicBool>,
+    pub(crate) thread: std::thread::JoinHandle<()>,
+}
+
+/// Creates the consumer, subscribes, and starts the poll thread.
+pub(crate) fn start(
+    config: rdkafka::ClientConfig,
+    topics: &[String],
+    decoders: Vec<SyncSender<Chunk>>,
+    events: mpsc::Sender<Event>,
+    rebalance_timeout: Duration,
+    stats: Arc<Stats>,
+) -> anyhow::Result<Poller> {
+    let ctx = Ctx {
+        feed: Mutex::new(Feed {
+            rewinds: HashMap::new(),
+            positions: HashMap::new(),
+            chunk: Chunk::default(),
+            sent: 0,
+            next_decoder: 0,
+            decoders,
+        }),
+        events,
+        paused: AtomicBool::new(false),
+        closing: AtomicBool::new(false),
+        rebalance_timeout,
+        stats: stats.clone(),
+    };
+    let consumer: BaseConsumer<Ctx> = config.create_with_context(ctx)?;
+    let topics: Vec<&str> = topics.iter().map(String::as_str).collect();
+    consumer.subscribe(&topics)?;
+    let (commands, command_rx) = std::sync::mpsc::sync_channel(16);
+    let pause = Arc::new(AtomicBool::new(false));
+    let wish = pause.clone();
+    let thread = std::thread::Builder::new()
+        .name("kafka-poll".into())
+        .spawn(move || poll_loop(consumer, command_rx, wish, stats))?;
+    Ok(Poller {
+        commands,
+        pause,
+        thread,
+    })
+}
+
+fn poll_loop(
+    consumer: BaseConsumer<Ctx>,
+    commands: Receiver<Command>,
+    pause: Arc<AtomicBool>,
+    stats: Arc<Stats>,
+) {
+    let ctx = consumer.context();
+    loop {
+        loop {
+            match commands.try_recv() {
+                Ok(Command::Commit(offsets)) => {
+                    commit(&consumer, &offsets, CommitMode::Async, &stats);
+                }
+                Ok(Command::Close(offsets)) => {
+                    close(&consumer, &offsets, &stats);
+                    return;
+                }
+                Err(TryRecvError::Empty) => break,
+                Err(TryRecvError::Disconnected) => {
+                    close(&consumer, &[], &stats);
+                    return;
+                }
+            }
+        }
+        let wanted = pause.load(Ordering::Relaxed);
+        if wanted != ctx.paused.load(Ordering::Relaxed) {
+            set_paused(&consumer, wanted);
+        }
+        let fed = match consumer.poll(Duration::from_millis(50)) {
+            None => lock(&ctx.feed).send(),
+            Some(Err(e)) => {
+                warn!(error = %e, "consumer error");
+                stats.consumer_errors.inc();
+                Fed::Taken
+            }
+            Some(Ok(m)) => lock(&ctx.feed).push(Raw {
+                topic: m.topic().to_owned(),
+                partition: m.partition(),
+                offset: m.offset(),
+                key: m.key().map(<[u8]>::to_vec),
+                payload: m.payload().map(<[u8]>::to_vec).unwrap_or_default(),
+            }),
+        };
+        match fed {
+            Fed::Taken => {}
+            Fed::Seek(topic, partition, offset) => {
+                stats.fetch_rewinds.inc();
+                if let Err(e) = consumer.seek(
+                    &topic,
+                    partition,
+                    Offset::Offset(offset),
+                    Duration::from_secs(5),
+                ) {
+                    warn!(%topic, partition, offset, error = %e, "cannot seek back over an offset gap");
+                }
+            }
+            Fed::Gone => {
+                // The pipeline stopped without closing us.
+                close(&consumer, &[], &stats);
+                return;
+            }
+        }
+    }
+}
+
+fn set_paused(consumer: &BaseConsumer<Ctx>, paused: bool) {
+    let assignment = match consumer.assignment() {
+        Ok(a) => a,
+        Err(e) => {
+            warn!(error = %e, "cannot read the assignment to pause or resume it");
+            return;
+        }
+    };
+    let result = if paused {
+        consumer.pause(&assignment)
+    } else {
+        consumer.resume(&assignment)
+    };
+    match result {
+        Ok(()) => {
+            consumer.context().paused.store(paused, Ordering::Relaxed);
+            info!(
+                partitions = assignment.count(),
+                "{}",
+                if paused {
+                    "memory budget full: consumption paused (partitions paused)"
+                } else {
+                    "consumption resumed (partitions resumed)"
+                }
+            );
+        }
+        Err(e) => warn!(error = %e, paused, "cannot pause or resume partitions"),
+    }
+}
+
+fn close(consumer: &BaseConsumer<Ctx>, offsets: &[CommitOffset], stats: &Stats) {
+    commit(consumer, offsets, CommitMode::Sync, stats);
+    consumer.context().closing.store(true, Ordering::Relaxed);
+    consumer.unsubscribe();
+    // Serve the revocation and leave the group before the consumer drops.
+    for _ in 0..20 {
+        if consumer.poll(Duration::from_millis(50)).is_none()
+            && consumer.assignment().map_or(true, |a| a.count() == 0)
+        {
+            break;
+        }
+    }
+    info!("left the consumer group");
+}
+
+fn commit(consumer: &BaseConsumer<Ctx>, offsets: &[CommitOffset], mode: CommitMode, stats: &Stats) {
+    if offsets.is_empty() {
+        return;
+    }
+    let mut tpl = TopicPartitionList::new();
+    for (topic, partition, offset) in offsets {
+        if let Err(e) = tpl.add_partition_offset(topic, *partition, Offset::Offset(*offset)) {
+            warn!(error = %e, "cannot build the commit list");
+            return;
+        }
+    }
+    match consumer.commit(&tpl, mode) {
+        Ok(()) => {
+            debug!(partitions = offsets.len(), ?mode, "committed");
+            stats.commits.inc();
+        }
+        Err(e) => {
+            // The next commit carries the same or a later watermark.
+            warn!(error = %e, "commit failed");
+            stats.commit_errors.inc();
+        }
+    }
+}
