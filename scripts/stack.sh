@@ -89,8 +89,8 @@ start_clickhouse() {
   sed -e "s#@DIR@#$dir#g" \
       -e "s#@HTTP_PORT@#$(ch_http_port "$n")#g" \
       -e "s#@TCP_PORT@#$(ch_tcp_port "$n")#g" \
-      -e "s#@SHARD0_TCP_PORT@#$(ch_tcp_port 0)#g" \
-      -e "s#@SHARD1_TCP_PORT@#$(ch_tcp_port 1)#g" \
+      -e "s#@SHARD0_TCP_PORT@#$(ch_tcp_port 1)#g" \
+      -e "s#@SHARD1_TCP_PORT@#$(ch_tcp_port 2)#g" \
       "$ROOT/scripts/stack/clickhouse-config.xml.in" >"$dir/config.xml"
   cp "$ROOT/scripts/stack/clickhouse-users.xml" "$dir/users.xml"
   log "starting clickhouse-$n on 127.0.0.1:$(ch_http_port "$n")"
@@ -148,6 +148,7 @@ print_env() {
 export SPILLWAY_KAFKA_BROKERS=127.0.0.1:$KAFKA_PORT
 export SPILLWAY_CLICKHOUSE_URL=$(ch_url 1)
 export SPILLWAY_CLICKHOUSE_URLS=$urls
+export SPILLWAY_CLICKHOUSE_CLUSTER=spillway
 export SPILLWAY_CLICKHOUSE_USER=default
 export SPILLWAY_CLICKHOUSE_PASSWORD=
 EOF

@@ -334,6 +334,7 @@ impl Config {
     /// | `SPILLWAY_INGESTER_TOPICS` | `kafka.topics` (comma-separated) |
     /// | `SPILLWAY_INGESTER_GROUP_ID` | `kafka.group_id` |
     /// | `SPILLWAY_CLICKHOUSE_URLS` (or `SPILLWAY_CLICKHOUSE_URL`) | one shard per URL |
+    /// | `SPILLWAY_CLICKHOUSE_CLUSTER` | `clickhouse.cluster` |
     /// | `SPILLWAY_CLICKHOUSE_DATABASE` | every shard's database |
     /// | `SPILLWAY_CLICKHOUSE_USER`, `SPILLWAY_CLICKHOUSE_PASSWORD` | every shard's credentials |
     pub fn apply_env(&mut self, env: &dyn EnvSource) -> Vec<String> {
@@ -366,6 +367,12 @@ impl Config {
                     ..template.clone()
                 })
                 .collect();
+        }
+        if let Some(v) = env
+            .var("SPILLWAY_CLICKHOUSE_CLUSTER")
+            .filter(|v| !v.is_empty())
+        {
+            self.clickhouse.cluster = Some(v);
         }
         for shard in &mut self.clickhouse.shards {
             if let Some(v) = env

@@ -97,6 +97,7 @@ pub async fn run<S: Sink + Clone>(
     sink: S,
     dlq: DeadLetters,
     stats: Arc<Stats>,
+    tracer: Option<opentelemetry_sdk::trace::SdkTracer>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     let shards = config.clickhouse.shards.len();
@@ -130,6 +131,7 @@ pub async fn run<S: Sink + Clone>(
                 done: done_tx.clone(),
                 stats: stats.clone(),
                 shutdown: shutdown.clone(),
+                tracer: tracer.clone(),
             };
             workers.spawn(worker.run(rx.clone()));
         }

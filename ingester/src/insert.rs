@@ -7,6 +7,8 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use opentelemetry::KeyValue;
+use opentelemetry::trace::{Span as _, SpanKind, Status, Tracer as _};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, warn};
@@ -34,6 +36,8 @@ pub(crate) struct Worker<S> {
     pub(crate) done: mpsc::Sender<Done>,
     pub(crate) stats: Arc<Stats>,
     pub(crate) shutdown: CancellationToken,
+    /// Makes one span per batch when OTLP export is on.
+    pub(crate) tracer: Option<opentelemetry_sdk::trace::SdkTracer>,
 }
 
 impl<S: Sink> Worker<S> {
@@ -51,8 +55,31 @@ impl<S: Sink> Worker<S> {
             let rows = batch.rows.len();
             let shard = batch.shard;
             let payload = batch.payload_bytes();
+            let records = batch.sources.len();
             let started = Instant::now();
-            let sources = self.insert_isolating(batch).await;
+            let span = self.tracer.as_ref().map(|t| {
+                t.span_builder("clickhouse.insert")
+                    .with_kind(SpanKind::Client)
+                    .with_attributes([
+                        KeyValue::new("db.system.name", "clickhouse"),
+                        KeyValue::new("db.operation.name", "INSERT"),
+                        KeyValue::new("db.collection.name", table.name()),
+                        KeyValue::new("spillway.shard", shard as i64),
+                        KeyValue::new("spillway.rows", rows as i64),
+                        KeyValue::new("spillway.records", records as i64),
+                        KeyValue::new("spillway.payload_bytes", payload as i64),
+                    ])
+                    .start(t)
+            });
+            let mut retries = 0;
+            let sources = self.insert_isolating(batch, &mut retries).await;
+            if let Some(mut span) = span {
+                span.set_attribute(KeyValue::new("spillway.retries", i64::from(retries)));
+                if sources.len() < records {
+                    span.set_status(Status::error("gave up at shutdown"));
+                }
+                span.end();
+            }
             self.stats
                 .batch_inserted(shard, table, rows, payload, started.elapsed());
             let done = Done {
@@ -70,11 +97,11 @@ impl<S: Sink> Worker<S> {
     /// Inserts a batch; on a data error splits it in halves by source
     /// record. Returns every source now durable.
     #[tracing::instrument(skip_all, fields(shard = batch.shard, table = batch.rows.table().name(), rows = batch.rows.len()))]
-    async fn insert_isolating(&self, batch: Batch) -> Vec<Source> {
+    async fn insert_isolating(&self, batch: Batch, retries: &mut u32) -> Vec<Source> {
         let mut stack = vec![batch];
         let mut finished = Vec::new();
         while let Some(b) = stack.pop() {
-            match self.insert_with_retry(&b).await {
+            match self.insert_with_retry(&b, retries).await {
                 Ok(()) => finished.extend(b.sources),
                 Err(SinkError::Data { code, message }) if b.sources.len() <= 1 => {
                     let reason = format!("ClickHouse code {code}: {message}");
@@ -102,7 +129,7 @@ impl<S: Sink> Worker<S> {
         finished
     }
 
-    async fn insert_with_retry(&self, b: &Batch) -> Result<(), SinkError> {
+    async fn insert_with_retry(&self, b: &Batch, retries: &mut u32) -> Result<(), SinkError> {
         let mut backoff = Duration::from_millis(100);
         loop {
             match self.sink.insert(b.shard, &b.rows).await {
@@ -112,6 +139,7 @@ impl<S: Sink> Worker<S> {
                 }
                 Err(e) if e.is_retryable() => {
                     self.stats.insert_retries.inc();
+                    *retries += 1;
                     self.stats.shard_up(b.shard, false);
                     warn!(shard = b.shard, table = b.rows.table().name(), rows = b.rows.len(), error = %e,
                           retry_in = ?backoff, "insert failed; retrying");

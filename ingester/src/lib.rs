@@ -21,8 +21,10 @@ mod insert;
 pub mod loadgen;
 pub mod migrate;
 pub mod offsets;
+pub mod otlp;
 mod poll;
 pub mod quality;
+pub mod retention;
 pub mod rows;
 pub mod shard;
 pub mod sink;
@@ -30,6 +32,7 @@ pub mod telemetry;
 pub mod topics;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
 use rdkafka::producer::FutureProducer;
@@ -90,10 +93,57 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         .with_context(|| format!("dead-letter topic {}", config.kafka.dlq_topic()))?;
     let dlq = dlq::DeadLetters::new(producer, config.kafka.dlq_topic());
     let sink = ClickHouseSink::new(&config.clickhouse);
+    let otlp = otlp::start(
+        &config.telemetry,
+        &config.quality.ingester_id(),
+        stats.clone(),
+        Duration::from_secs(30),
+    )?;
+    let background = shutdown.child_token();
+    tokio::spawn(probe_shards(
+        config.clickhouse.shards.clone(),
+        stats.clone(),
+        background.clone(),
+    ));
+    tokio::spawn(retention::run(
+        config.clickhouse.shards.clone(),
+        config.retention.clone(),
+        background.clone(),
+    ));
     stats.set_ready(true);
     info!(dead_letter_topic = %config.kafka.dlq_topic(), "spillway-ingester starting");
-    let result = consume::run(config, sink, dlq, stats.clone(), shutdown).await;
+    let tracer = otlp.as_ref().map(otlp::Otlp::tracer);
+    let result = consume::run(config, sink, dlq, stats.clone(), tracer, shutdown).await;
     stats.set_ready(false);
+    background.cancel();
     http_shutdown.cancel();
+    if let Some(otlp) = otlp {
+        let _joined = tokio::task::spawn_blocking(move || otlp.shutdown()).await;
+    }
     result
+}
+
+/// Asks every shard `SELECT 1` every 5 s, for `/ready` and `shard_up`:
+/// inserts only tell when there is data to insert.
+async fn probe_shards(
+    shards: Vec<config::ShardConfig>,
+    stats: Arc<Stats>,
+    shutdown: CancellationToken,
+) {
+    let clients: Vec<clickhouse::Client> = shards.iter().map(sink::client).collect();
+    let mut every = tokio::time::interval(Duration::from_secs(5));
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = every.tick() => {}
+        }
+        for (i, client) in clients.iter().enumerate() {
+            let probe = client.query("SELECT 1").fetch_one::<u8>();
+            let up = matches!(
+                tokio::time::timeout(Duration::from_secs(3), probe).await,
+                Ok(Ok(1))
+            );
+            stats.shard_up(i, up);
+        }
+    }
 }

@@ -33,6 +33,10 @@ enum Command {
     Migrate,
     /// Validate the configuration, print every problem, exit 2 if invalid.
     CheckConfig,
+    /// Drop the partitions older than the `[retention]` settings on every
+    /// shard once, print them, then exit (the running ingester does this
+    /// every `retention.check_interval`).
+    Prune,
     /// Produce simulated agent records (for tests and benchmarks).
     Loadgen(spillway_ingester::loadgen::LoadgenArgs),
 }
@@ -80,6 +84,7 @@ fn main() -> ExitCode {
     let result = runtime.block_on(async move {
         match command {
             Command::Migrate => migrate(&config).await,
+            Command::Prune => prune(&config).await,
             Command::Loadgen(args) => {
                 spillway_ingester::loadgen::run(&config.kafka.brokers, &args).await
             }
@@ -121,6 +126,22 @@ async fn migrate(config: &Config) -> anyhow::Result<()> {
                 "  distributed table {t} over cluster {}",
                 cluster.unwrap_or_default()
             );
+        }
+    }
+    Ok(())
+}
+
+async fn prune(config: &Config) -> anyhow::Result<()> {
+    for shard in &config.clickhouse.shards {
+        let dropped = spillway_ingester::retention::prune_shard(shard, &config.retention).await?;
+        println!(
+            "shard {}, database {}: {} partition(s) dropped",
+            shard.url,
+            shard.database,
+            dropped.len()
+        );
+        for d in dropped {
+            println!("  dropped {} partition {}", d.table, d.partition_id);
         }
     }
     Ok(())

@@ -47,6 +47,10 @@ pub struct Stats {
     pub consumption_paused: Gauge,
     /// Partitions assigned to this member.
     pub assigned_partitions: Gauge,
+    /// Rows inserted, all shards and tables.
+    pub rows_inserted_total: Counter,
+    /// Dead letters, all kinds.
+    pub dead_letters_total: Counter,
     /// Fetches repeated from further back over an offset gap.
     pub fetch_rewinds: Counter,
     /// Tick numbers skipped (per agent instance).
@@ -93,6 +97,8 @@ impl Stats {
             consumption_paused: Gauge::default(),
             assigned_partitions: Gauge::default(),
             fetch_rewinds: Counter::default(),
+            rows_inserted_total: Counter::default(),
+            dead_letters_total: Counter::default(),
             seq_gaps: Counter::default(),
             seq_late: Counter::default(),
             seq_duplicates: Counter::default(),
@@ -211,6 +217,7 @@ impl Stats {
         self.inserted
             .get_or_create(&labels(shard, table))
             .inc_by(rows);
+        self.rows_inserted_total.inc_by(rows);
     }
 
     /// Records one batch's insert.
@@ -234,6 +241,7 @@ impl Stats {
         self.dead
             .get_or_create(&vec![("kind", kind.to_owned())])
             .inc();
+        self.dead_letters_total.inc();
     }
 
     /// Dead letters of one kind so far.

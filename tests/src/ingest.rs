@@ -21,6 +21,11 @@ pub fn ingester_config(env: &TestEnv, topic: &str, group: &str, db: &str) -> Str
             )
         })
         .collect();
+    let cluster = env
+        .clickhouse_cluster
+        .as_ref()
+        .map(|c| format!("[clickhouse]\ncluster = \"{c}\"\n"))
+        .unwrap_or_default();
     format!(
         r#"
 [kafka]
@@ -32,6 +37,7 @@ session_timeout = "6s"
 [batch]
 max_age = "300ms"
 
+{cluster}
 {shards}
 "#,
         brokers = env.kafka_brokers

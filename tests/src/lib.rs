@@ -38,6 +38,10 @@ pub struct TestEnv {
     pub clickhouse_user: String,
     /// ClickHouse password.
     pub clickhouse_password: String,
+    /// A cluster (in the servers' `remote_servers`) made of exactly the
+    /// shards above, for the Distributed tables; the stack defines
+    /// `spillway`. Without one, tests do not check Distributed tables.
+    pub clickhouse_cluster: Option<String>,
 }
 
 impl TestEnv {
@@ -56,6 +60,9 @@ impl TestEnv {
             clickhouse_urls: urls.split(',').map(|s| s.trim().to_owned()).collect(),
             clickhouse_user: var("SPILLWAY_CLICKHOUSE_USER", "default"),
             clickhouse_password: std::env::var("SPILLWAY_CLICKHOUSE_PASSWORD").unwrap_or_default(),
+            clickhouse_cluster: std::env::var("SPILLWAY_CLICKHOUSE_CLUSTER")
+                .ok()
+                .filter(|v| !v.is_empty()),
         }
     }
 

@@ -44,7 +44,7 @@ async fn migrations_apply_twice_without_change() -> Result<()> {
         "second run applied something:\n{second}"
     );
     ensure!(
-        second.matches("unchanged 0003_samples_1m.sql").count() == env.clickhouse_urls.len(),
+        second.matches("unchanged 0004_ingest_quality.sql").count() == env.clickhouse_urls.len(),
         "{second}"
     );
     for shard in 0..env.clickhouse_urls.len() {
@@ -53,11 +53,74 @@ async fn migrations_apply_twice_without_change() -> Result<()> {
             shard,
             &db,
             "SELECT count() FROM system.tables WHERE database = currentDatabase() \
-             AND name IN ('samples', 'agent_status', 'samples_1m', 'samples_1m_mv', 'schema_migrations')",
+             AND name IN ('samples', 'agent_status', 'samples_1m', 'samples_1m_mv', 'ingest_quality', \
+             'schema_migrations')",
         )
         .await?;
-        ensure!(tables == 5, "shard {shard} has {tables} of the 5 tables");
+        ensure!(tables == 6, "shard {shard} has {tables} of the 6 tables");
     }
+    Ok(())
+}
+
+/// `check-config` lists every problem of a broken file at once and exits 2;
+/// `run` refuses the same file the same way, before touching the network.
+#[test]
+fn check_config_rejects_a_broken_config_listing_every_problem() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let path = dir.path().join("broken.toml");
+    std::fs::write(
+        &path,
+        r#"
+[kafka]
+brokers = ""
+topics = ["bad topic"]
+[[clickhouse.shards]]
+url = "127.0.0.1:8123"
+database = "no-dashes"
+[pipeline]
+insert_concurrency = 0
+[batch]
+max_age = "0s"
+"#,
+    )?;
+    let bin = spillway_e2e::process::bin_path("spillway-ingester", "SPILLWAY_INGESTER_BIN");
+    for command in ["check-config", "run"] {
+        let out = std::process::Command::new(&bin)
+            .args(["--config", path.to_str().context("path")?, command])
+            .env_remove("SPILLWAY_KAFKA_BROKERS")
+            .env_remove("SPILLWAY_CLICKHOUSE_URLS")
+            .env_remove("SPILLWAY_CLICKHOUSE_URL")
+            .output()?;
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        ensure!(
+            out.status.code() == Some(2),
+            "{command}: exit {:?}\n{stderr}",
+            out.status
+        );
+        for needle in [
+            "kafka.brokers",
+            "`bad topic`",
+            "shards[0].url",
+            "shards[0].database",
+            "insert_concurrency",
+            "batch.max_age",
+        ] {
+            ensure!(
+                stderr.contains(needle),
+                "{command}: `{needle}` not reported:\n{stderr}"
+            );
+        }
+    }
+    // An unknown key is named too.
+    std::fs::write(&path, "[kafka]\nbrokerz = \"x\"\n")?;
+    let out = std::process::Command::new(&bin)
+        .args(["--config", path.to_str().context("path")?, "check-config"])
+        .output()?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    ensure!(
+        out.status.code() == Some(2) && stderr.contains("brokerz"),
+        "{stderr}"
+    );
     Ok(())
 }
 
@@ -170,6 +233,57 @@ async fn simulated_fleet_lands_complete_with_each_host_on_one_shard() -> Result<
         "ingester exited non-zero:\n{}",
         ingester.log()
     );
+
+    // The accounting (its last period is written on shutdown): every tick
+    // of every host once, no gap, no duplicate.
+    let mut quality = Quality::default();
+    for shard in 0..env.clickhouse_urls.len() {
+        let q: Quality = env
+            .clickhouse(shard)
+            .with_database(&db)
+            .query(
+                "SELECT sum(records) AS records, sum(gaps) AS gaps, sum(duplicates) AS duplicates, \
+                 uniqExact(host_id) AS hosts FROM ingest_quality",
+            )
+            .fetch_one()
+            .await?;
+        quality.records += q.records;
+        quality.gaps += q.gaps;
+        quality.duplicates += q.duplicates;
+        quality.hosts += q.hosts;
+    }
+    ensure!(
+        quality
+            == Quality {
+                records: hosts * ticks,
+                gaps: 0,
+                duplicates: 0,
+                hosts
+            },
+        "ingest_quality says {quality:?}"
+    );
+
+    // With a cluster, one query on one server sees the whole fleet.
+    if let Some(cluster) = &env.clickhouse_cluster {
+        let all = count(&env, 0, &db, "SELECT count() FROM samples_all").await?;
+        ensure!(
+            all == expected,
+            "samples_all over cluster {cluster} has {all} rows"
+        );
+        let hosts_all = count(
+            &env,
+            0,
+            &db,
+            "SELECT uniqExact(host_id) FROM ingest_quality_all",
+        )
+        .await?;
+        ensure!(
+            hosts_all == hosts,
+            "ingest_quality_all has {hosts_all} hosts"
+        );
+    } else {
+        println!("Distributed tables not checked: SPILLWAY_CLICKHOUSE_CLUSTER is not set");
+    }
     let mut again = Service::ingester(
         &dir.path().join("again"),
         &ingester_config(&env, &topic, &group, &db),
@@ -185,6 +299,14 @@ async fn simulated_fleet_lands_complete_with_each_host_on_one_shard() -> Result<
         "rows were inserted twice after a clean restart"
     );
     Ok(())
+}
+
+#[derive(Debug, Default, PartialEq, serde::Deserialize, clickhouse::Row)]
+struct Quality {
+    records: u64,
+    gaps: u64,
+    duplicates: u64,
+    hosts: u64,
 }
 
 fn good_record(host: &str, seq: u64) -> Record {

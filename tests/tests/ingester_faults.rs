@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, ensure};
 use spillway_e2e::clickhouse_server::LocalClickHouse;
 use spillway_e2e::ingest::{distinct_rows, ingester_config, migrate, total_rows, wait_rows};
-use spillway_e2e::process::Service;
+use spillway_e2e::process::{Service, free_port, http_get};
 use spillway_e2e::{TestEnv, unique_name};
 
 /// Produces `hosts × ticks` simulated records of 40 samples with the
@@ -147,13 +147,18 @@ async fn clickhouse_down_for_20s_loses_nothing_and_recovers_by_itself() -> Resul
     );
     env.create_topic(&topic, 2).await?;
     migrate(&env, dir.path(), &topic, &db)?;
-    let mut ingester = Service::ingester(
-        &dir.path().join("ingester"),
-        &ingester_config(&env, &topic, &group, &db),
-        &[],
-    )?;
+    let port = free_port()?;
+    let config = format!(
+        "{}\n[http]\nlisten = \"127.0.0.1:{port}\"\n",
+        ingester_config(&env, &topic, &group, &db)
+    );
+    let mut ingester = Service::ingester(&dir.path().join("ingester"), &config, &[])?;
     let first = loadgen(&env, dir.path(), &topic, "before", 50, 2)?;
     wait_rows(&env, &db, first, Duration::from_secs(60), || ingester.log()).await?;
+    ensure!(
+        ready(port) == Some(200),
+        "not ready while consuming with ClickHouse up"
+    );
 
     ch.kill()?;
     let down = Instant::now();
@@ -164,10 +169,15 @@ async fn clickhouse_down_for_20s_loses_nothing_and_recovers_by_itself() -> Resul
         "ingester died:\n{}",
         ingester.log()
     );
+    // The shard probe runs every 5 s: long past by now.
+    ensure!(
+        ready(port) == Some(503),
+        "/ready did not report ClickHouse down"
+    );
     ch.restart()?;
     let up = Instant::now();
     let deadline = up + Duration::from_secs(90);
-    while distinct_rows(&env, &db).await? < first + second {
+    while distinct_rows(&env, &db).await? < first + second || ready(port) != Some(200) {
         ensure!(
             Instant::now() < deadline,
             "no recovery after ClickHouse came back:\n{}",
@@ -193,6 +203,10 @@ async fn clickhouse_down_for_20s_loses_nothing_and_recovers_by_itself() -> Resul
         "ingester exited non-zero"
     );
     Ok(())
+}
+
+fn ready(port: u16) -> Option<u16> {
+    http_get(port, "/ready").map(|(status, _)| status)
 }
 
 /// RSS of a process in KiB.
