@@ -56,6 +56,8 @@ pub fn consumer_config(config: &Config) -> ClientConfig {
         .set("auto.offset.reset", "earliest")
         // A topic created after start-up is picked up within 30 s.
         .set("topic.metadata.refresh.interval.ms", "30000")
+        // Per-partition lag for the metrics.
+        .set("statistics.interval.ms", "5000")
         .set(
             "session.timeout.ms",
             k.session_timeout.as_millis().to_string(),

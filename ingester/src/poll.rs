@@ -203,7 +203,21 @@ pub(crate) struct Ctx {
     stats: Arc<Stats>,
 }
 
-impl ClientContext for Ctx {}
+impl ClientContext for Ctx {
+    /// librdkafka's statistics (every 5 s): the lag of each assigned
+    /// partition behind its committed offset.
+    fn stats(&self, statistics: rdkafka::Statistics) {
+        let mut lags = Vec::new();
+        for (topic, t) in &statistics.topics {
+            for (partition, p) in &t.partitions {
+                if *partition >= 0 && p.consumer_lag >= 0 {
+                    lags.push((topic.clone(), *partition, p.consumer_lag));
+                }
+            }
+        }
+        self.stats.set_consumer_lag(&lags);
+    }
+}
 
 impl ConsumerContext for Ctx {
     fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {

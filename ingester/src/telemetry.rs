@@ -63,6 +63,8 @@ pub struct Stats {
     pub agent_dropped: Counter,
     freshness: Histogram,
     shard_up: Family<Vec<(&'static str, String)>, Gauge>,
+    consumer_lag: Family<Vec<(&'static str, String)>, Gauge>,
+    lag_series: std::sync::Mutex<Vec<Vec<(&'static str, String)>>>,
     /// Whether this member has joined the group (had an assignment).
     pub joined: AtomicBool,
     inserted: Family<Labels, Counter>,
@@ -105,6 +107,8 @@ impl Stats {
             agent_dropped: Counter::default(),
             freshness: Histogram::new(exponential_buckets(0.05, 2.0, 14)),
             shard_up: Family::default(),
+            consumer_lag: Family::default(),
+            lag_series: std::sync::Mutex::default(),
             joined: AtomicBool::new(false),
             inserted: Family::default(),
             dead: Family::default(),
@@ -205,6 +209,11 @@ impl Stats {
             s.freshness.clone(),
         );
         registry.register(
+            "consumer_lag",
+            "Records between the committed offset and the end of each assigned partition",
+            s.consumer_lag.clone(),
+        );
+        registry.register(
             "shard_up",
             "1 while the shard answers (last insert or probe succeeded)",
             s.shard_up.clone(),
@@ -273,6 +282,23 @@ impl Stats {
             mask.insert(shard);
         }
         self.shard_down.store(!mask.is_empty(), Relaxed);
+    }
+
+    /// Replaces the per-partition lag series with `lags` (topic, partition,
+    /// records); partitions no longer listed disappear.
+    pub fn set_consumer_lag(&self, lags: &[(String, i32, i64)]) {
+        let mut series = self.lag_series.lock().unwrap_or_else(|p| p.into_inner());
+        let fresh: Vec<Vec<(&'static str, String)>> = lags
+            .iter()
+            .map(|(t, p, _)| vec![("topic", t.clone()), ("partition", p.to_string())])
+            .collect();
+        for old in series.iter().filter(|s| !fresh.contains(s)) {
+            self.consumer_lag.remove(old);
+        }
+        for (labels, (_, _, lag)) in fresh.iter().zip(lags) {
+            self.consumer_lag.get_or_create(labels).set(*lag);
+        }
+        *series = fresh;
     }
 
     /// Counts what the data accounting saw of one durable record.

@@ -47,6 +47,18 @@ fn loadgen(
 #[tokio::test]
 #[ignore = "needs the local stack"]
 async fn a_member_leaving_hands_its_partitions_over_without_loss() -> Result<()> {
+    handover(None).await
+}
+
+#[tokio::test]
+#[ignore = "needs the local stack"]
+async fn a_member_leaving_hands_over_with_cooperative_sticky_assignment() -> Result<()> {
+    handover(Some("cooperative-sticky")).await
+}
+
+/// Two members share the partitions; one leaves with SIGTERM mid-stream
+/// and the other takes over, with the given assignment strategy.
+async fn handover(strategy: Option<&str>) -> Result<()> {
     let env = TestEnv::from_env();
     let dir = tempfile::tempdir()?;
     let (topic, group, db) = (
@@ -56,7 +68,12 @@ async fn a_member_leaving_hands_its_partitions_over_without_loss() -> Result<()>
     );
     env.create_topic(&topic, 4).await?;
     migrate(&env, dir.path(), &topic, &db)?;
-    let config = ingester_config(&env, &topic, &group, &db);
+    let mut config = ingester_config(&env, &topic, &group, &db);
+    if let Some(s) = strategy {
+        config.push_str(&format!(
+            "\n[kafka.properties]\n\"partition.assignment.strategy\" = \"{s}\"\n"
+        ));
+    }
     let mut a = Service::ingester(&dir.path().join("a"), &config, &[])?;
     let mut b = Service::ingester(&dir.path().join("b"), &config, &[])?;
     // Let both join before data arrives, so that both own partitions.
@@ -104,7 +121,8 @@ async fn a_member_leaving_hands_its_partitions_over_without_loss() -> Result<()>
         first + second
     );
     println!(
-        "handover: {} rows expected, {distinct} distinct, {} duplicates; B caught up {:?} after A left",
+        "handover ({}): {} rows expected, {distinct} distinct, {} duplicates; B caught up {:?} after A left",
+        strategy.unwrap_or("default assignor"),
         first + second,
         total - distinct,
         started.elapsed()
@@ -184,6 +202,16 @@ async fn clickhouse_down_for_20s_loses_nothing_and_recovers_by_itself() -> Resul
             ingester.log()
         );
         tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let (_, metrics) = http_get(port, "/metrics").context("no /metrics")?;
+    for family in [
+        "spillway_ingester_consumer_lag{",
+        "spillway_ingester_rows_inserted_total{",
+        "spillway_ingester_freshness_seconds_bucket",
+        "spillway_ingester_insert_retries_total",
+        "spillway_ingester_shard_up{shard=\"0\"} 1",
+    ] {
+        ensure!(metrics.contains(family), "/metrics lacks {family}:\n{metrics}");
     }
     let retries = ingester.log().matches("insert failed; retrying").count();
     ensure!(retries > 0, "no retry was logged while ClickHouse was down");
