@@ -211,7 +211,10 @@ async fn clickhouse_down_for_20s_loses_nothing_and_recovers_by_itself() -> Resul
         "spillway_ingester_insert_retries_total",
         "spillway_ingester_shard_up{shard=\"0\"} 1",
     ] {
-        ensure!(metrics.contains(family), "/metrics lacks {family}:\n{metrics}");
+        ensure!(
+            metrics.contains(family),
+            "/metrics lacks {family}:\n{metrics}"
+        );
     }
     let retries = ingester.log().matches("insert failed; retrying").count();
     ensure!(retries > 0, "no retry was logged while ClickHouse was down");
