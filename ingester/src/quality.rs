@@ -169,7 +169,7 @@ struct Period {
     freshness_ms: Vec<u32>,
 }
 
-/// Totals of what [`Quality::observe`] saw, for the metrics.
+/// What one durable record told the accounting, for the metrics.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Observed {
     /// Ticks skipped.
