@@ -37,6 +37,14 @@ cleanup() {
 }
 trap cleanup EXIT
 
+if ! command -v docker-compose >/dev/null 2>&1; then
+  step "apt-get install docker-compose (validates docker-compose.yml offline; no engine needed)"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq docker-compose >/dev/null
+fi
+step "docker-compose config -q (the compose file is valid)"
+docker-compose -f docker-compose.yml config -q
+
 step "cargo fmt --check"
 cargo fmt --all --check
 

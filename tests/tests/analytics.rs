@@ -1,0 +1,280 @@
+//! The SQL users run: every query in docs/queries.md and every panel of the
+//! Grafana dashboard, against a real ClickHouse holding data from a real
+//! agent that went through the real broker and ingester, plus a few
+//! synthetic hosts for the questions a healthy fleet does not raise.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail, ensure};
+use spillway_e2e::ingest::{count, ingester_config, migrate};
+use spillway_e2e::process::Service;
+use spillway_e2e::{TestEnv, unique_name};
+
+/// A documented query and what its result must contain.
+struct Documented {
+    title: String,
+    expect: String,
+    sql: String,
+}
+
+/// Reads every ```sql block of docs/queries.md with the `<!-- expect: X -->`
+/// line before it: `rows` (some shard returns a row) or a string that must
+/// appear in the results.
+fn documented_queries() -> Result<Vec<Documented>> {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/queries.md");
+    let text = std::fs::read_to_string(path)?;
+    let mut out = Vec::new();
+    let (mut title, mut expect) = (String::new(), None::<String>);
+    let mut lines = text.lines();
+    while let Some(line) = lines.next() {
+        if let Some(t) = line.strip_prefix("## ") {
+            title = t.to_owned();
+        } else if let Some(e) = line
+            .strip_prefix("<!-- expect: ")
+            .and_then(|e| e.strip_suffix(" -->"))
+        {
+            expect = Some(e.to_owned());
+        } else if line == "```sql" {
+            let sql: Vec<&str> = lines.by_ref().take_while(|l| *l != "```").collect();
+            let Some(expect) = expect.take() else {
+                bail!("query `{title}` has no <!-- expect: --> line");
+            };
+            out.push(Documented {
+                title: title.clone(),
+                expect,
+                sql: sql.join("\n"),
+            });
+        }
+    }
+    Ok(out)
+}
+
+/// The Grafana ClickHouse plugin's macros, expanded as the plugin does for
+/// the last hour, and the `host` variable.
+fn expand_panel_sql(sql: &str, host: &str) -> Result<String> {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_secs();
+    let mut out = sql.replace("${host}", host);
+    while let Some(start) = out.find("$__timeFilter(") {
+        let rest = &out[start + "$__timeFilter(".len()..];
+        let end = rest.find(')').context("unclosed $__timeFilter")?;
+        let column = rest[..end].to_owned();
+        let expanded = format!(
+            "{column} >= toDateTime({}) AND {column} <= toDateTime({now})",
+            now - 3600
+        );
+        out.replace_range(start..start + "$__timeFilter(".len() + end + 1, &expanded);
+    }
+    ensure!(!out.contains('$'), "unexpanded macro in panel SQL:\n{out}");
+    Ok(out)
+}
+
+/// Runs `sql` on every shard; returns the shards' TSV results.
+async fn run_everywhere(env: &TestEnv, db: &str, sql: &str) -> Result<Vec<String>> {
+    let mut out = Vec::new();
+    for shard in 0..env.clickhouse_urls.len() {
+        let bytes = env
+            .clickhouse(shard)
+            .with_database(db)
+            .query(sql)
+            .fetch_bytes("TSV")?
+            .collect()
+            .await
+            .with_context(|| format!("shard {shard}:\n{sql}"))?;
+        out.push(String::from_utf8_lossy(&bytes).into_owned());
+    }
+    Ok(out)
+}
+
+/// Synthetic rows: a filesystem filling up, a host gone silent an hour ago,
+/// an agent with missing ticks.
+async fn load_synthetic(env: &TestEnv, db: &str) -> Result<()> {
+    let ch = env.clickhouse(0).with_database(db);
+    let fs = |ago: u64, state: &str, value: f64| {
+        format!(
+            "(now() - {ago}, 0, 'disk-filling-host', 'disk-filling-host', 'system.filesystem.usage', \
+             'system.filesystem.mountpoint=/data,system.filesystem.state={state}', \
+             ['system.filesystem.mountpoint', 'system.filesystem.state'], ['/data', '{state}'], \
+             {value}, 'gauge', 'By', 'i', 0)"
+        )
+    };
+    let rows = [
+        fs(3 * 3600, "used", 100e9),
+        fs(3 * 3600, "free", 10e9),
+        fs(60, "used", 105e9),
+        fs(60, "free", 5e9),
+    ]
+    .join(", ");
+    ch.query(&format!(
+        "INSERT INTO samples (time, time_ms, host_id, hostname, metric, labels, label_keys, \
+         label_values, value, kind, unit, instance_id, seq) VALUES {rows}"
+    ))
+    .execute()
+    .await?;
+    ch.query(
+        "INSERT INTO samples (time, time_ms, host_id, hostname, metric, value, kind, unit, seq) \
+         VALUES (now() - 3600, 0, 'silent-host', 'silent-host', 'system.uptime', 1, 'gauge', 's', 0)",
+    )
+    .execute()
+    .await?;
+    ch.query(
+        "INSERT INTO ingest_quality (period_start, period_end, ingester, host_id, instance_id, \
+         records, first_seq, last_seq, gaps, late, duplicates, agent_dropped, freshness_p50_ms, \
+         freshness_p99_ms, freshness_max_ms) \
+         VALUES (now() - 120, now() - 60, 'e2e', 'gappy-host', 'i', 57, 0, 59, 3, 0, 0, 0, 900, 1500, 1700)",
+    )
+    .execute()
+    .await?;
+    Ok(())
+}
+
+#[tokio::test]
+#[ignore = "needs the local stack"]
+async fn documented_queries_and_dashboard_panels_run_on_real_data() -> Result<()> {
+    let env = TestEnv::from_env();
+    env.require_kafka()?;
+    let dir = tempfile::tempdir()?;
+    let (topic, group, db) = (
+        unique_name("e2e_sql"),
+        unique_name("g"),
+        unique_name("e2e_sql"),
+    );
+    env.create_topic(&topic, 2).await?;
+    migrate(&env, dir.path(), &topic, &db)?;
+    let mut config = ingester_config(&env, &topic, &group, &db);
+    config.push_str("\n[quality]\ninterval = \"2s\"\n");
+    let mut ingester = Service::ingester(&dir.path().join("ingester"), &config, &[])?;
+    let host = unique_name("sql-host");
+    let agent_config = format!(
+        r#"
+[agent]
+interval = "1s"
+host_id = "{host}"
+status_interval = "2s"
+[collect]
+top_processes = 5
+[kafka]
+brokers = "{brokers}"
+topic = "{topic}"
+[buffer]
+spool_dir = "{spool}"
+"#,
+        brokers = env.kafka_brokers,
+        spool = dir.path().join("spool").display()
+    );
+    let mut agent = Service::start(&dir.path().join("agent"), &agent_config)?;
+    // A few ticks and a quality period or two.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let mut ticks = 0;
+        let mut periods = 0;
+        for shard in 0..env.clickhouse_urls.len() {
+            ticks += count(
+                &env,
+                shard,
+                &db,
+                "SELECT uniqExact(seq) FROM samples WHERE metric = 'system.uptime'",
+            )
+            .await?;
+            periods += count(&env, shard, &db, "SELECT count() FROM ingest_quality").await?;
+        }
+        if ticks >= 5 && periods >= 2 {
+            break;
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "only {ticks} ticks and {periods} quality rows after 60 s:\n{}\n{}",
+            agent.log(),
+            ingester.log()
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let hostname = run_everywhere(&env, &db, "SELECT any(hostname) FROM samples")
+        .await?
+        .into_iter()
+        .map(|s| s.trim().to_owned())
+        .find(|s| !s.is_empty())
+        .unwrap_or_default();
+    ensure!(!hostname.is_empty(), "no hostname in samples");
+    load_synthetic(&env, &db).await?;
+
+    let queries = documented_queries()?;
+    ensure!(
+        queries.len() >= 8,
+        "only {} documented queries",
+        queries.len()
+    );
+    for q in &queries {
+        let results = run_everywhere(&env, &db, &q.sql).await?;
+        let all = results.concat();
+        match q.expect.as_str() {
+            "rows" => ensure!(!all.trim().is_empty(), "`{}` returned no rows", q.title),
+            needle => ensure!(
+                all.contains(needle),
+                "`{}` did not find {needle}:\n{all}",
+                q.title
+            ),
+        }
+        println!("query ok: {} ({} bytes of results)", q.title, all.len());
+    }
+
+    let path =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/grafana/dashboards/spillway.json");
+    let dashboard: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(path)?)?;
+    let mut sqls = Vec::new();
+    for panel in dashboard["panels"].as_array().context("no panels")? {
+        for target in panel["targets"].as_array().into_iter().flatten() {
+            let title = panel["title"].as_str().unwrap_or("?").to_owned();
+            sqls.push((
+                title,
+                target["rawSql"].as_str().context("rawSql")?.to_owned(),
+            ));
+        }
+    }
+    for variable in dashboard["templating"]["list"]
+        .as_array()
+        .into_iter()
+        .flatten()
+    {
+        sqls.push((
+            format!("variable {}", variable["name"]),
+            variable["query"]
+                .as_str()
+                .context("variable query")?
+                .to_owned(),
+        ));
+    }
+    ensure!(sqls.len() >= 12, "only {} panel queries", sqls.len());
+    let mut empty = Vec::new();
+    for (title, sql) in &sqls {
+        let results = run_everywhere(&env, &db, &expand_panel_sql(sql, &hostname)?).await?;
+        if results.concat().trim().is_empty() {
+            empty.push(title.clone());
+        }
+    }
+    // Agent spools are empty and nothing is missing on a healthy run; every
+    // other panel shows this host's data.
+    let allowed_empty = ["Agents reporting drops or errors"];
+    let unexpected: Vec<&String> = empty
+        .iter()
+        .filter(|t| !allowed_empty.contains(&t.as_str()))
+        .collect();
+    ensure!(unexpected.is_empty(), "panels without data: {unexpected:?}");
+    println!(
+        "{} documented queries and {} dashboard queries ran",
+        queries.len(),
+        sqls.len()
+    );
+
+    ensure!(
+        agent.terminate(Duration::from_secs(15))?,
+        "agent exited non-zero"
+    );
+    ensure!(
+        ingester.terminate(Duration::from_secs(30))?,
+        "ingester exited non-zero"
+    );
+    Ok(())
+}
