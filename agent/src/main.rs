@@ -11,7 +11,16 @@ use tokio_util::sync::CancellationToken;
 
 /// Collects host metrics and publishes them to Kafka for Spillway.
 #[derive(Debug, Parser)]
-#[command(name = "spillway-agent", version = concat!(env!("CARGO_PKG_VERSION"), " (", env!("SPILLWAY_GIT_REVISION"), ")"))]
+#[command(
+    name = "spillway-agent",
+    version = concat!(env!("CARGO_PKG_VERSION"), " (", env!("SPILLWAY_GIT_REVISION"), ")"),
+    after_help = "Getting started:\n  \
+        spillway-agent -c agent.toml check-config   # every problem at once, exit 2 if any\n  \
+        spillway-agent -c agent.toml once           # collect one tick and print it, publish nothing\n  \
+        spillway-agent -c agent.toml                # run; SIGHUP reloads, SIGTERM stops\n\n\
+        Every key with its default: config/agent.example.toml; environment variables:\n\
+        docs/configuration.md; what is collected: docs/metrics.md."
+)]
 struct Cli {
     /// Configuration file (TOML). Without one, the defaults apply.
     #[arg(short, long, global = true, env = "SPILLWAY_AGENT_CONFIG")]

@@ -10,7 +10,16 @@ use tokio_util::sync::CancellationToken;
 
 /// Consumes Spillway agent records from Kafka into ClickHouse.
 #[derive(Debug, Parser)]
-#[command(name = "spillway-ingester", version = concat!(env!("CARGO_PKG_VERSION"), " (", env!("SPILLWAY_GIT_REVISION"), ")"))]
+#[command(
+    name = "spillway-ingester",
+    version = concat!(env!("CARGO_PKG_VERSION"), " (", env!("SPILLWAY_GIT_REVISION"), ")"),
+    after_help = "Getting started:\n  \
+        spillway-ingester -c ingester.toml check-config   # every problem at once, exit 2 if any\n  \
+        spillway-ingester -c ingester.toml migrate        # create the tables on every shard\n  \
+        spillway-ingester -c ingester.toml                # consume until SIGTERM\n\n\
+        Every key with its default: config/ingester.example.toml; environment variables and\n\
+        operations: docs/configuration.md, docs/operations.md, docs/troubleshooting.md."
+)]
 struct Cli {
     /// Configuration file (TOML). Without one, the defaults apply.
     #[arg(short, long, global = true, env = "SPILLWAY_INGESTER_CONFIG")]
@@ -33,9 +42,9 @@ enum Command {
     Migrate,
     /// Validate the configuration, print every problem, exit 2 if invalid.
     CheckConfig,
-    /// Drop the partitions older than the `[retention]` settings on every
-    /// shard once, print them, then exit (the running ingester does this
-    /// every `retention.check_interval`).
+    /// Drop partitions older than the [retention] settings, once, then exit.
+    ///
+    /// The running ingester does the same every `retention.check_interval`.
     Prune,
     /// Produce simulated agent records (for tests and benchmarks).
     Loadgen(spillway_ingester::loadgen::LoadgenArgs),
