@@ -50,6 +50,32 @@ fn documented_queries() -> Result<Vec<Documented>> {
     Ok(out)
 }
 
+/// The query over the Distributed `_all` tables.
+fn fleet_wide(sql: &str) -> String {
+    let mut out = String::with_capacity(sql.len() + 16);
+    let mut word = String::new();
+    let flush = |word: &mut String, out: &mut String| {
+        out.push_str(word);
+        if matches!(
+            word.as_str(),
+            "samples" | "samples_1m" | "agent_status" | "ingest_quality"
+        ) {
+            out.push_str("_all");
+        }
+        word.clear();
+    };
+    for c in sql.chars() {
+        if c.is_ascii_alphanumeric() || c == '_' {
+            word.push(c);
+        } else {
+            flush(&mut word, &mut out);
+            out.push(c);
+        }
+    }
+    flush(&mut word, &mut out);
+    out
+}
+
 /// The Grafana ClickHouse plugin's macros, expanded as the plugin does for
 /// the last hour, and the `host` variable.
 fn expand_panel_sql(sql: &str, host: &str) -> Result<String> {
@@ -218,6 +244,32 @@ spool_dir = "{spool}"
             ),
         }
         println!("query ok: {} ({} bytes of results)", q.title, all.len());
+        // Fleet-wide, as users of a sharded setup run it: the `_all` tables
+        // on one server must give the same kind of answer.
+        if env.clickhouse_cluster.is_some() {
+            let sql = fleet_wide(&q.sql);
+            let bytes = env
+                .clickhouse(0)
+                .with_database(&db)
+                .query(&sql)
+                .fetch_bytes("TSV")?
+                .collect()
+                .await
+                .with_context(|| format!("fleet-wide `{}`:\n{sql}", q.title))?;
+            let fleet = String::from_utf8_lossy(&bytes);
+            match q.expect.as_str() {
+                "rows" => ensure!(
+                    !fleet.trim().is_empty(),
+                    "fleet-wide `{}`: no rows",
+                    q.title
+                ),
+                needle => ensure!(
+                    fleet.contains(needle),
+                    "fleet-wide `{}`: no {needle}",
+                    q.title
+                ),
+            }
+        }
     }
 
     let path =
