@@ -36,7 +36,7 @@ use crate::dlq::DeadLetters;
 use crate::insert::{Done, Worker, dead_letter};
 use crate::offsets::Watermarks;
 use crate::poll::{self, Command, CommitOffset, Event};
-use crate::quality::Quality;
+use crate::quality::{IngesterStatusRow, Quality};
 use crate::rows::Table;
 use crate::shard::shard_for;
 use crate::sink::{Rows, Sink};
@@ -145,6 +145,7 @@ pub async fn run<S: Sink + Clone>(
 
     let now = now_ms();
     let mut state = State {
+        last_counters: Counters::default(),
         batches: HashMap::new(),
         ready: (0..shards).map(|_| VecDeque::new()).collect(),
         letters: VecDeque::new(),
@@ -215,7 +216,7 @@ pub async fn run<S: Sink + Clone>(
                     last_commit = Instant::now();
                 }
                 if last_summary.elapsed() >= config.quality.interval {
-                    state.summarize();
+                    state.summarize(&stats, paused);
                     last_summary = Instant::now();
                 }
                 stats.in_flight_bytes.set(state.in_flight_bytes as i64);
@@ -227,7 +228,7 @@ pub async fn run<S: Sink + Clone>(
     info!("shutting down: flushing batches");
     poller.pause.store(true, Ordering::Relaxed);
     let deadline = tokio::time::Instant::now() + config.pipeline.shutdown_timeout;
-    state.summarize();
+    state.summarize(&stats, true);
     state.flush_all();
     while state.watermarks.in_flight() > 0 || state.has_queued() {
         state.dispatch(&shard_txs, &letters_tx);
@@ -286,7 +287,28 @@ fn now_ms() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
+/// Counters sampled at the end of each accounting period.
+#[derive(Debug, Default, Clone, Copy)]
+struct Counters {
+    records: u64,
+    rows_inserted: u64,
+    dead_letters: u64,
+    insert_retries: u64,
+}
+
+impl Counters {
+    fn read(stats: &Stats) -> Counters {
+        Counters {
+            records: stats.records_in.get(),
+            rows_inserted: stats.rows_inserted_total.get(),
+            dead_letters: stats.dead_letters_total.get(),
+            insert_retries: stats.insert_retries.get(),
+        }
+    }
+}
+
 struct State {
+    last_counters: Counters,
     batches: HashMap<(usize, Table), Batch>,
     ready: Vec<VecDeque<Batch>>,
     letters: VecDeque<Letter>,
@@ -451,9 +473,26 @@ impl State {
     }
 
     /// Ends the accounting period and queues its summary rows, each on the
-    /// shard of its host.
-    fn summarize(&mut self) {
-        let rows = self.quality.summarize(now_ms());
+    /// shard of its host, and this ingester's own row on the first shard.
+    fn summarize(&mut self, stats: &Stats, paused: bool) {
+        let now = now_ms();
+        let counters = Counters::read(stats);
+        let delta = |f: fn(&Counters) -> u64| f(&counters).saturating_sub(f(&self.last_counters));
+        let status = IngesterStatusRow {
+            time: u32::try_from(now / 1000).unwrap_or(u32::MAX),
+            ingester: self.quality.ingester().to_owned(),
+            records: delta(|c| c.records),
+            rows_inserted: delta(|c| c.rows_inserted),
+            dead_letters: delta(|c| c.dead_letters),
+            insert_retries: delta(|c| c.insert_retries),
+            consumer_lag: stats.total_lag.load(Ordering::Relaxed),
+            assigned_partitions: stats.assigned_partitions.get(),
+            in_flight_bytes: self.in_flight_bytes as i64,
+            paused: u8::from(paused),
+        };
+        self.last_counters = counters;
+        self.ready[0].push_back(Batch::of(0, Rows::IngesterStatus(vec![status])));
+        let rows = self.quality.summarize(now);
         if rows.is_empty() {
             return;
         }

@@ -60,14 +60,14 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     for shard in &config.clickhouse.shards {
         let client = sink::client(shard);
         let n: u64 = client
-            .query("SELECT count() FROM system.tables WHERE database = ? AND name IN ('samples', 'agent_status', 'ingest_quality')")
+            .query("SELECT count() FROM system.tables WHERE database = ? AND name IN ('samples', 'agent_status', 'ingest_quality', 'ingester_status')")
             .bind(&shard.database)
             .fetch_one()
             .await
             .with_context(|| format!("ClickHouse at {} is not reachable", shard.url))?;
-        if n < 3 {
+        if n < 4 {
             anyhow::bail!(
-                "database {} on {} lacks the samples/agent_status/ingest_quality tables: run `spillway-ingester migrate` first",
+                "database {} on {} lacks the samples/agent_status/ingest_quality/ingester_status tables: run `spillway-ingester migrate` first",
                 shard.database,
                 shard.url
             );

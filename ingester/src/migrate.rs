@@ -40,6 +40,10 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "0004_ingest_quality.sql",
         sql: include_str!("../../migrations/0004_ingest_quality.sql"),
     },
+    Migration {
+        name: "0005_ingester_status.sql",
+        sql: include_str!("../../migrations/0005_ingester_status.sql"),
+    },
 ];
 
 /// Migration failed.
@@ -91,7 +95,13 @@ pub struct ShardReport {
 
 /// The tables that get a Distributed `<name>_all` twin when a cluster is
 /// configured.
-pub const DISTRIBUTED: &[&str] = &["samples", "samples_1m", "agent_status", "ingest_quality"];
+pub const DISTRIBUTED: &[&str] = &[
+    "samples",
+    "samples_1m",
+    "agent_status",
+    "ingest_quality",
+    "ingester_status",
+];
 
 /// A stable checksum of a file's text.
 pub fn checksum(sql: &str) -> String {

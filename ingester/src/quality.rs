@@ -147,6 +147,31 @@ pub struct QualityRow {
     pub freshness_max_ms: u32,
 }
 
+/// A row of `ingester_status`: the pipeline's own counters over one period.
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize, clickhouse::Row)]
+pub struct IngesterStatusRow {
+    /// End of the period, seconds.
+    pub time: u32,
+    /// The ingester.
+    pub ingester: String,
+    /// Records consumed in the period.
+    pub records: u64,
+    /// Rows inserted in the period.
+    pub rows_inserted: u64,
+    /// Records dead-lettered in the period.
+    pub dead_letters: u64,
+    /// INSERTs retried in the period.
+    pub insert_retries: u64,
+    /// Records behind the committed offsets, all assigned partitions.
+    pub consumer_lag: i64,
+    /// Partitions assigned.
+    pub assigned_partitions: i64,
+    /// Bytes consumed, not yet durable.
+    pub in_flight_bytes: i64,
+    /// 1 while consumption is paused.
+    pub paused: u8,
+}
+
 #[derive(Debug, Default)]
 struct Instance {
     window: SeqWindow,
@@ -199,6 +224,11 @@ impl Quality {
             period_start_ms: now_ms,
             instances: HashMap::new(),
         }
+    }
+
+    /// The ingester's name in the summaries.
+    pub fn ingester(&self) -> &str {
+        &self.ingester
     }
 
     /// A record became durable at `now_ms`.

@@ -14,6 +14,8 @@ pub enum Table {
     AgentStatus,
     /// `ingest_quality`.
     IngestQuality,
+    /// `ingester_status`.
+    IngesterStatus,
 }
 
 impl Table {
@@ -23,6 +25,7 @@ impl Table {
             Table::Samples => "samples",
             Table::AgentStatus => "agent_status",
             Table::IngestQuality => "ingest_quality",
+            Table::IngesterStatus => "ingester_status",
         }
     }
 }

@@ -6,7 +6,7 @@ use std::future::Future;
 use std::time::Duration;
 
 use crate::config::ClickHouseConfig;
-use crate::quality::QualityRow;
+use crate::quality::{IngesterStatusRow, QualityRow};
 use crate::rows::{SampleRow, StatusRow, Table};
 
 /// Rows for one table.
@@ -18,6 +18,8 @@ pub enum Rows {
     Status(Vec<StatusRow>),
     /// `ingest_quality` rows.
     Quality(Vec<QualityRow>),
+    /// `ingester_status` rows.
+    IngesterStatus(Vec<IngesterStatusRow>),
 }
 
 impl Rows {
@@ -27,6 +29,7 @@ impl Rows {
             Rows::Samples(_) => Table::Samples,
             Rows::Status(_) => Table::AgentStatus,
             Rows::Quality(_) => Table::IngestQuality,
+            Rows::IngesterStatus(_) => Table::IngesterStatus,
         }
     }
 
@@ -36,6 +39,7 @@ impl Rows {
             Table::Samples => Rows::Samples(Vec::new()),
             Table::AgentStatus => Rows::Status(Vec::new()),
             Table::IngestQuality => Rows::Quality(Vec::new()),
+            Table::IngesterStatus => Rows::IngesterStatus(Vec::new()),
         }
     }
 
@@ -45,6 +49,7 @@ impl Rows {
             Rows::Samples(r) => r.len(),
             Rows::Status(r) => r.len(),
             Rows::Quality(r) => r.len(),
+            Rows::IngesterStatus(r) => r.len(),
         }
     }
 
@@ -55,6 +60,7 @@ impl Rows {
             (Rows::Samples(a), Rows::Samples(mut b)) => a.append(&mut b),
             (Rows::Status(a), Rows::Status(mut b)) => a.append(&mut b),
             (Rows::Quality(a), Rows::Quality(mut b)) => a.append(&mut b),
+            (Rows::IngesterStatus(a), Rows::IngesterStatus(mut b)) => a.append(&mut b),
             (me, other) => debug_assert!(
                 false,
                 "rows for {} appended to {}",
@@ -70,6 +76,7 @@ impl Rows {
             Rows::Samples(r) => Rows::Samples(r.split_off(at)),
             Rows::Status(r) => Rows::Status(r.split_off(at)),
             Rows::Quality(r) => Rows::Quality(r.split_off(at)),
+            Rows::IngesterStatus(r) => Rows::IngesterStatus(r.split_off(at)),
         }
     }
 
@@ -188,6 +195,7 @@ impl Sink for ClickHouseSink {
                 Rows::Samples(r) => self.insert_rows(shard, table, r).await,
                 Rows::Status(r) => self.insert_rows(shard, table, r).await,
                 Rows::Quality(r) => self.insert_rows(shard, table, r).await,
+                Rows::IngesterStatus(r) => self.insert_rows(shard, table, r).await,
             }
         };
         match tokio::time::timeout(self.timeout, work).await {

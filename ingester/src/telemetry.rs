@@ -65,6 +65,8 @@ pub struct Stats {
     shard_up: Family<Vec<(&'static str, String)>, Gauge>,
     consumer_lag: Family<Vec<(&'static str, String)>, Gauge>,
     lag_series: std::sync::Mutex<Vec<Vec<(&'static str, String)>>>,
+    /// Sum of the per-partition lag last reported.
+    pub total_lag: std::sync::atomic::AtomicI64,
     /// Whether this member has joined the group (had an assignment).
     pub joined: AtomicBool,
     inserted: Family<Labels, Counter>,
@@ -109,6 +111,7 @@ impl Stats {
             shard_up: Family::default(),
             consumer_lag: Family::default(),
             lag_series: std::sync::Mutex::default(),
+            total_lag: std::sync::atomic::AtomicI64::new(0),
             joined: AtomicBool::new(false),
             inserted: Family::default(),
             dead: Family::default(),
@@ -299,6 +302,8 @@ impl Stats {
             self.consumer_lag.get_or_create(labels).set(*lag);
         }
         *series = fresh;
+        self.total_lag
+            .store(lags.iter().map(|(_, _, l)| *l).sum(), Relaxed);
     }
 
     /// Counts what the data accounting saw of one durable record.

@@ -44,7 +44,7 @@ async fn migrations_apply_twice_without_change() -> Result<()> {
         "second run applied something:\n{second}"
     );
     ensure!(
-        second.matches("unchanged 0004_ingest_quality.sql").count() == env.clickhouse_urls.len(),
+        second.matches("unchanged 0005_ingester_status.sql").count() == env.clickhouse_urls.len(),
         "{second}"
     );
     for shard in 0..env.clickhouse_urls.len() {
@@ -54,10 +54,10 @@ async fn migrations_apply_twice_without_change() -> Result<()> {
             &db,
             "SELECT count() FROM system.tables WHERE database = currentDatabase() \
              AND name IN ('samples', 'agent_status', 'samples_1m', 'samples_1m_mv', 'ingest_quality', \
-             'schema_migrations')",
+             'ingester_status', 'schema_migrations')",
         )
         .await?;
-        ensure!(tables == 6, "shard {shard} has {tables} of the 6 tables");
+        ensure!(tables == 7, "shard {shard} has {tables} of the 7 tables");
     }
     Ok(())
 }
@@ -514,6 +514,19 @@ async fn poison_goes_to_the_dead_letter_topic_and_ingestion_continues() -> Resul
     ensure!(
         ingester.terminate(Duration::from_secs(30))?,
         "ingester exited non-zero"
+    );
+    // The pipeline's own account (written at shutdown) agrees.
+    let dead = count(
+        &env,
+        0,
+        &db,
+        "SELECT toUInt64(sum(dead_letters)) FROM ingester_status",
+    )
+    .await?;
+    ensure!(
+        dead == sent_poison.len() as u64,
+        "ingester_status counts {dead} dead letters, {} were sent",
+        sent_poison.len()
     );
     Ok(())
 }
