@@ -24,8 +24,11 @@ command -v prometheus-node-exporter >/dev/null || {
 }
 scripts/stack.sh status >/dev/null || { echo "start the stack first: scripts/stack.sh up" >&2; exit 1; }
 eval "$(scripts/stack.sh env)"
-cargo build --release -p spillway-agent --quiet
-AGENT=$ROOT/target/release/spillway-agent
+# BENCH_PROFILE=debug (CI's smoke run) skips the release build.
+profile=${BENCH_PROFILE:-release}
+flag=--release; [ "$profile" = debug ] && flag=
+cargo build $flag -p spillway-agent --quiet
+AGENT=$ROOT/target/$profile/spillway-agent
 work=$(mktemp -d)
 trap 'kill $ne_pid $agent_pid 2>/dev/null || true; rm -rf "$work"' EXIT
 
@@ -83,7 +86,7 @@ cpu_ratio=$(awk -v a="$ag_ms" -v b="$ne_ms" 'BEGIN {printf "%.2f", (b>0 ? a/b : 
 agent_samples=$(curl -fsS "127.0.0.1:$AGENT_PORT/metrics" | awk '/^spillway_agent_records_published_total / {print $2}')
 
 out=bench/results/$(date -u +%Y-%m-%d)-agent-footprint.md
-[ "$SECS" -ge 30 ] || out=$work/smoke.md
+[ "$SECS" -ge 30 ] && [ "$profile" = release ] || out=$work/smoke.md
 cat >"$out" <<MD
 # Agent footprint vs node_exporter ($(date -u +%Y-%m-%dT%H:%MZ))
 

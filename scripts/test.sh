@@ -59,3 +59,7 @@ cargo build --workspace --bins --locked
 
 step "cargo test (unit, component and end-to-end)"
 cargo test --workspace --locked -- --include-ignored
+
+step "benchmark smoke runs (they must run; their figures are not checked)"
+BENCH_PROFILE=debug bench/ingest-drain.sh 20000 100
+BENCH_PROFILE=debug bench/agent-footprint.sh 5
