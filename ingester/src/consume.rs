@@ -352,7 +352,7 @@ impl State {
                 return;
             }
         };
-        let cost = raw.payload.len() + body.row_bytes;
+        let cost = raw.payload.len() + body.mem_bytes;
         self.in_flight_bytes += cost;
         stats.rows_in.inc_by(body.rows.len() as u64);
         let key = (body.shard, body.rows.table());

@@ -12,7 +12,7 @@ use spillway_shared::{Limits, Record, SeqRange, decode};
 use tokio::sync::mpsc;
 
 use crate::poll::Event;
-use crate::rows::{sample_row_size, sample_rows, status_row};
+use crate::rows::{sample_row_mem, sample_row_size, sample_rows, status_row};
 use crate::shard::shard_for;
 use crate::sink::Rows;
 
@@ -65,6 +65,8 @@ pub(crate) struct Body {
     pub(crate) rows: Rows,
     /// Approximate RowBinary size of the rows.
     pub(crate) row_bytes: usize,
+    /// Approximate memory the rows hold.
+    pub(crate) mem_bytes: usize,
     pub(crate) meta: Meta,
 }
 
@@ -84,28 +86,36 @@ pub(crate) fn decode_record(raw: Raw, limits: &Limits, shards: usize) -> Decoded
         Ok(record) => {
             let origin = record.origin();
             let shard = shard_for(&origin.host_id, shards);
-            let (rows, row_bytes, time_ms, tick) = match &record {
+            let (rows, row_bytes, mem_bytes, time_ms, tick) = match &record {
                 Record::Metrics(m) => {
                     let mut rows = Vec::with_capacity(m.samples.len());
                     sample_rows(m, &mut rows);
                     let bytes = rows.iter().map(sample_row_size).sum();
+                    let mem = rows.iter().map(sample_row_mem).sum();
                     let tick = Tick::Metrics {
                         seq: m.seq,
                         part: m.part,
                     };
-                    (Rows::Samples(rows), bytes, m.time_ms, tick)
+                    (Rows::Samples(rows), bytes, mem, m.time_ms, tick)
                 }
                 Record::Status(s) => {
                     let tick = Tick::Status {
                         dropped: s.dropped.clone(),
                     };
-                    (Rows::Status(vec![status_row(s)]), 256, s.time_ms, tick)
+                    (
+                        Rows::Status(vec![status_row(s)]),
+                        256,
+                        1024,
+                        s.time_ms,
+                        tick,
+                    )
                 }
             };
             Ok(Body {
                 shard,
                 rows,
                 row_bytes,
+                mem_bytes,
                 meta: Meta {
                     host_id: origin.host_id.clone(),
                     instance_id: origin.instance_id.clone(),

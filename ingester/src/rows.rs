@@ -2,6 +2,9 @@
 //! sample; one status record gives one `agent_status` row.
 #![deny(clippy::unwrap_used, clippy::expect_used)]
 
+use std::mem::size_of;
+use std::sync::Arc;
+
 use serde::Serialize;
 use spillway_shared::{MetricKind, MetricsRecord, StatusRecord};
 
@@ -30,7 +33,8 @@ impl Table {
     }
 }
 
-/// A row of `samples` (RowBinary; `ingested` takes its default).
+/// A row of `samples` (RowBinary; `ingested` takes its default). The
+/// record-wide strings are shared by all rows of a record.
 #[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize, clickhouse::Row)]
 pub struct SampleRow {
     /// Collection time, seconds.
@@ -38,9 +42,9 @@ pub struct SampleRow {
     /// Collection time, milliseconds.
     pub time_ms: u64,
     /// Host id.
-    pub host_id: String,
+    pub host_id: Arc<str>,
     /// Host name.
-    pub hostname: String,
+    pub hostname: Arc<str>,
     /// Metric name.
     pub metric: String,
     /// Labels as `k=v` pairs joined by `,`, sorted by key: one spelling per series.
@@ -56,7 +60,7 @@ pub struct SampleRow {
     /// Unit.
     pub unit: String,
     /// Agent instance.
-    pub instance_id: String,
+    pub instance_id: Arc<str>,
     /// Tick number.
     pub seq: u64,
 }
@@ -100,6 +104,9 @@ fn secs(ms: u64) -> u32 {
 /// has one spelling whatever order the producer used.
 pub fn sample_rows(m: &MetricsRecord, out: &mut Vec<SampleRow>) {
     out.reserve(m.samples.len());
+    let host_id: Arc<str> = Arc::from(m.origin.host_id.as_str());
+    let hostname: Arc<str> = Arc::from(m.origin.hostname.as_str());
+    let instance_id: Arc<str> = Arc::from(m.origin.instance_id.as_str());
     for s in &m.samples {
         let mut labels: Vec<(&str, &str)> = s
             .labels
@@ -119,8 +126,8 @@ pub fn sample_rows(m: &MetricsRecord, out: &mut Vec<SampleRow>) {
         out.push(SampleRow {
             time: secs(m.time_ms),
             time_ms: m.time_ms,
-            host_id: m.origin.host_id.clone(),
-            hostname: m.origin.hostname.clone(),
+            host_id: host_id.clone(),
+            hostname: hostname.clone(),
             metric: s.name.clone(),
             labels: joined,
             label_keys: labels.iter().map(|(k, _)| (*k).to_owned()).collect(),
@@ -131,7 +138,7 @@ pub fn sample_rows(m: &MetricsRecord, out: &mut Vec<SampleRow>) {
                 MetricKind::Counter => 2,
             },
             unit: s.unit.clone(),
-            instance_id: m.origin.instance_id.clone(),
+            instance_id: instance_id.clone(),
             seq: m.seq,
         });
     }
@@ -164,6 +171,26 @@ pub fn sample_row_size(r: &SampleRow) -> usize {
         + 2 * r.labels.len()
         + r.unit.len()
         + r.instance_id.len()
+}
+
+/// Approximate memory a row holds (inline, heap and allocator overhead),
+/// for the memory budget; the record-wide shared strings are left out.
+pub fn sample_row_mem(r: &SampleRow) -> usize {
+    // glibc malloc: 16 bytes of overhead per allocation, rounded up.
+    const ALLOC: usize = 16;
+    let labels: usize = r
+        .label_keys
+        .iter()
+        .chain(&r.label_values)
+        .map(|s| s.capacity() + ALLOC)
+        .sum();
+    size_of::<SampleRow>()
+        + r.metric.capacity()
+        + r.labels.capacity()
+        + r.unit.capacity()
+        + (r.label_keys.capacity() + r.label_values.capacity()) * size_of::<String>()
+        + labels
+        + 5 * ALLOC
 }
 
 #[cfg(test)]
@@ -199,5 +226,9 @@ mod tests {
         assert_eq!(rows[0].label_keys, ["a", "z"]);
         assert_eq!(rows[0].time, 1_700_000_000);
         assert_eq!(rows[0].kind, 2);
+        // The budget counts what the row holds in memory, which is more
+        // than its RowBinary size.
+        assert!(sample_row_mem(&rows[0]) > sample_row_size(&rows[0]));
+        assert!(sample_row_mem(&rows[0]) > size_of::<SampleRow>() + 4 * 16);
     }
 }

@@ -37,14 +37,14 @@ impl Sink for FakeSink {
         let Rows::Samples(rows) = rows else {
             return Ok(());
         };
-        if rows.iter().any(|r| r.host_id == self.bad_host) {
+        if rows.iter().any(|r| *r.host_id == *self.bad_host) {
             return Err(SinkError::Data {
                 code: 53,
                 message: "Type mismatch".into(),
             });
         }
         let mut stored = self.rows.lock().unwrap();
-        stored.extend(rows.iter().map(|r| (r.host_id.clone(), r.seq)));
+        stored.extend(rows.iter().map(|r| (r.host_id.to_string(), r.seq)));
         Ok(())
     }
 }

@@ -66,7 +66,12 @@ fn read(brokers: &str, topic: &str, records: u64, mut each: impl FnMut(&[u8])) -
 #[tokio::main]
 async fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    match args.iter().map(String::as_str).collect::<Vec<_>>().as_slice() {
+    match args
+        .iter()
+        .map(String::as_str)
+        .collect::<Vec<_>>()
+        .as_slice()
+    {
         ["consume", brokers, topic, records] => {
             let records: u64 = records.parse()?;
             let started = Instant::now();
