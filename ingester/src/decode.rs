@@ -86,29 +86,24 @@ pub(crate) fn decode_record(raw: Raw, limits: &Limits, shards: usize) -> Decoded
         Ok(record) => {
             let origin = record.origin();
             let shard = shard_for(&origin.host_id, shards);
-            let (rows, row_bytes, mem_bytes, time_ms, tick) = match &record {
+            let (host_id, instance_id) = (origin.host_id.clone(), origin.instance_id.clone());
+            let (rows, row_bytes, mem_bytes, time_ms, tick) = match record {
                 Record::Metrics(m) => {
-                    let mut rows = Vec::with_capacity(m.samples.len());
-                    sample_rows(m, &mut rows);
-                    let bytes = rows.iter().map(sample_row_size).sum();
-                    let mem = rows.iter().map(sample_row_mem).sum();
                     let tick = Tick::Metrics {
                         seq: m.seq,
                         part: m.part,
                     };
-                    (Rows::Samples(rows), bytes, mem, m.time_ms, tick)
+                    let time_ms = m.time_ms;
+                    let mut rows = Vec::with_capacity(m.samples.len());
+                    sample_rows(m, &mut rows);
+                    let bytes = rows.iter().map(sample_row_size).sum();
+                    let mem = rows.iter().map(sample_row_mem).sum();
+                    (Rows::Samples(rows), bytes, mem, time_ms, tick)
                 }
                 Record::Status(s) => {
-                    let tick = Tick::Status {
-                        dropped: s.dropped.clone(),
-                    };
-                    (
-                        Rows::Status(vec![status_row(s)]),
-                        256,
-                        1024,
-                        s.time_ms,
-                        tick,
-                    )
+                    let row = status_row(&s);
+                    let tick = Tick::Status { dropped: s.dropped };
+                    (Rows::Status(vec![row]), 256, 1024, s.time_ms, tick)
                 }
             };
             Ok(Body {
@@ -117,8 +112,8 @@ pub(crate) fn decode_record(raw: Raw, limits: &Limits, shards: usize) -> Decoded
                 row_bytes,
                 mem_bytes,
                 meta: Meta {
-                    host_id: origin.host_id.clone(),
-                    instance_id: origin.instance_id.clone(),
+                    host_id,
+                    instance_id,
                     time_ms,
                     tick,
                 },

@@ -100,44 +100,44 @@ fn secs(ms: u64) -> u32 {
     u32::try_from(ms / 1000).unwrap_or(u32::MAX)
 }
 
-/// The rows of a metrics record. Labels are sorted by key so that a series
-/// has one spelling whatever order the producer used.
-pub fn sample_rows(m: &MetricsRecord, out: &mut Vec<SampleRow>) {
+/// The rows of a metrics record, which it consumes: names, units and labels
+/// move into the rows rather than being copied. Labels are sorted by key so
+/// that a series has one spelling whatever order the producer used.
+pub fn sample_rows(m: MetricsRecord, out: &mut Vec<SampleRow>) {
     out.reserve(m.samples.len());
-    let host_id: Arc<str> = Arc::from(m.origin.host_id.as_str());
-    let hostname: Arc<str> = Arc::from(m.origin.hostname.as_str());
-    let instance_id: Arc<str> = Arc::from(m.origin.instance_id.as_str());
-    for s in &m.samples {
-        let mut labels: Vec<(&str, &str)> = s
-            .labels
-            .iter()
-            .map(|l| (l.key.as_str(), l.value.as_str()))
-            .collect();
-        labels.sort_unstable();
-        let mut joined = String::new();
-        for (i, (k, v)) in labels.iter().enumerate() {
+    let host_id: Arc<str> = Arc::from(m.origin.host_id);
+    let hostname: Arc<str> = Arc::from(m.origin.hostname);
+    let instance_id: Arc<str> = Arc::from(m.origin.instance_id);
+    let time = secs(m.time_ms);
+    for s in m.samples {
+        let mut labels = s.labels;
+        labels.sort_unstable_by(|a, b| (&a.key, &a.value).cmp(&(&b.key, &b.value)));
+        let mut joined =
+            String::with_capacity(labels.iter().map(|l| l.key.len() + l.value.len() + 2).sum());
+        for (i, l) in labels.iter().enumerate() {
             if i > 0 {
                 joined.push(',');
             }
-            joined.push_str(k);
+            joined.push_str(&l.key);
             joined.push('=');
-            joined.push_str(v);
+            joined.push_str(&l.value);
         }
+        let (label_keys, label_values) = labels.into_iter().map(|l| (l.key, l.value)).unzip();
         out.push(SampleRow {
-            time: secs(m.time_ms),
+            time,
             time_ms: m.time_ms,
             host_id: host_id.clone(),
             hostname: hostname.clone(),
-            metric: s.name.clone(),
+            metric: s.name,
             labels: joined,
-            label_keys: labels.iter().map(|(k, _)| (*k).to_owned()).collect(),
-            label_values: labels.iter().map(|(_, v)| (*v).to_owned()).collect(),
+            label_keys,
+            label_values,
             value: s.value,
             kind: match s.kind {
                 MetricKind::Gauge => 1,
                 MetricKind::Counter => 2,
             },
-            unit: s.unit.clone(),
+            unit: s.unit,
             instance_id: instance_id.clone(),
             seq: m.seq,
         });
@@ -221,7 +221,7 @@ mod tests {
             }],
         };
         let mut rows = Vec::new();
-        sample_rows(&m, &mut rows);
+        sample_rows(m, &mut rows);
         assert_eq!(rows[0].labels, "a=2,z=1");
         assert_eq!(rows[0].label_keys, ["a", "z"]);
         assert_eq!(rows[0].time, 1_700_000_000);

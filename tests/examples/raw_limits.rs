@@ -85,7 +85,7 @@ async fn main() -> Result<()> {
             let limits = Limits::default();
             read(brokers, topic, records, |payload| {
                 if let Ok(Record::Metrics(m)) = decode(payload, &limits) {
-                    sample_rows(&m, &mut rows);
+                    sample_rows(m, &mut rows);
                 }
             })?;
             let client = clickhouse::Client::default()
