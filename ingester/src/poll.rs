@@ -117,7 +117,12 @@ impl Feed {
             .and_then(|p| p.get(&key.1))
             .copied()
             .unwrap_or(raw.offset);
-        let rewind = self.rewinds.get_mut(key.0).and_then(|r| r.get_mut(&key.1));
+        // Rewinds are rare: skip their lookups on the per-record path.
+        let rewind = if self.rewinds.is_empty() {
+            None
+        } else {
+            self.rewinds.get_mut(key.0).and_then(|r| r.get_mut(&key.1))
+        };
         if raw.offset < expected {
             if let Some(r) = rewind {
                 r.reached_below = true;
@@ -154,6 +159,9 @@ impl Feed {
         }
         if let Some(r) = self.rewinds.get_mut(key.0) {
             r.remove(&key.1);
+            if r.is_empty() {
+                self.rewinds.remove(key.0);
+            }
         }
         match self.positions.get_mut(key.0) {
             Some(p) => {
