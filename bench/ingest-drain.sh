@@ -9,6 +9,9 @@
 #
 #   bench/ingest-drain.sh [ROWS] [HOSTS]     (default 5000000 5000; CI smoke: 20000 100)
 #
+# Each measurement runs BENCH_RUNS times (default 3) on the same topic, with a
+# fresh database and consumer group per run; the summary quotes medians.
+#
 # Needs the stack (scripts/stack.sh up). One ClickHouse shard, so the limits
 # and the ingester write to the same server. Release builds. Results go to
 # bench/results/DATE-ingest-drain.md (with the raw figures).
@@ -22,6 +25,7 @@ TICKS=$(( (ROWS + HOSTS * SAMPLES - 1) / (HOSTS * SAMPLES) ))
 ROWS=$(( HOSTS * SAMPLES * TICKS ))
 RECORDS=$(( HOSTS * TICKS ))
 PARTITIONS=8
+RUNS=${BENCH_RUNS:-3}
 export PATH="$HOME/.cargo/bin:$PATH"
 
 scripts/stack.sh status >/dev/null || { echo "start the stack first: scripts/stack.sh up" >&2; exit 1; }
@@ -40,15 +44,20 @@ LIMITS=$ROOT/target/$profile/examples/raw_limits
 run=$(date +%s)
 topic=bench_drain_$run
 work=$(mktemp -d)
-trap 'kill "${ing_pid:-}" 2>/dev/null || true; rm -rf "$work"' EXIT
+cleanup() {
+  kill "${ing_pid:-}" 2>/dev/null || true
+  tansu topic delete --broker "tcp://$SPILLWAY_KAFKA_BROKERS" "$topic" >/dev/null 2>&1 || true
+  rm -rf "$work"
+}
+trap cleanup EXIT
 
 ch() { curl -sS --fail-with-body "$CH/" --data-binary "$1"; }
-config() { # database
+config() { # database group
   cat <<TOML
 [kafka]
 brokers = "$SPILLWAY_KAFKA_BROKERS"
 topics = ["$topic"]
-group_id = "bench_$run"
+group_id = "$2"
 [[clickhouse.shards]]
 url = "$CH"
 database = "$1"
@@ -61,65 +70,88 @@ quality_days = 0
 TOML
 }
 
-echo "==> $ROWS rows = $HOSTS hosts x $TICKS ticks x $SAMPLES samples ($RECORDS records), $PARTITIONS partitions"
+echo "==> $ROWS rows = $HOSTS hosts x $TICKS ticks x $SAMPLES samples ($RECORDS records), $PARTITIONS partitions, $RUNS runs"
 tansu topic create --broker "tcp://$SPILLWAY_KAFKA_BROKERS" --partitions $PARTITIONS "$topic" >/dev/null
-config "bench_drain_$run" >"$work/ingester.toml"
-"$INGESTER" -c "$work/ingester.toml" migrate >/dev/null
-config "bench_raw_$run" >"$work/raw.toml"
-"$INGESTER" -c "$work/raw.toml" migrate >/dev/null
-# The raw insert goes to a table without the rollup view, as a plain INSERT.
-ch "DROP TABLE bench_raw_$run.samples_1m_mv"
 start=$SECONDS
-"$INGESTER" -c "$work/ingester.toml" loadgen --topic "$topic" \
+config "bench_fill_$run" "bench_fill_$run" >"$work/fill.toml"
+"$INGESTER" -c "$work/fill.toml" loadgen --topic "$topic" \
   --hosts "$HOSTS" --ticks "$TICKS" --samples $SAMPLES >/dev/null
 echo "    filled in $((SECONDS - start)) s"
 
-echo "==> raw consume"
-consume=$("$LIMITS" consume "$SPILLWAY_KAFKA_BROKERS" "$topic" $RECORDS)
-echo "    $consume"
-echo "==> raw insert"
-insert=$("$LIMITS" insert "$SPILLWAY_KAFKA_BROKERS" "$topic" $RECORDS "$CH" "bench_raw_$run")
-echo "    $insert"
-
-echo "==> ingester"
-"$INGESTER" -c "$work/ingester.toml" run 2>"$work/ingester.log" &
-ing_pid=$!
-t0=$(date +%s.%N)
-while :; do
-  n=$(ch "SELECT count() FROM bench_drain_$run.samples")
-  [ "$n" -ge "$ROWS" ] && break
-  kill -0 $ing_pid 2>/dev/null || { tail -20 "$work/ingester.log"; exit 1; }
-  sleep 0.2
-done
-t1=$(date +%s.%N)
-read -r utime stime < <(awk '{print $14, $15}' /proc/$ing_pid/stat)
-hwm=$(awk '/VmHWM/ {print $2}' /proc/$ing_pid/status)
-kill -TERM $ing_pid; wait $ing_pid || true
 tck=$(getconf CLK_TCK)
+: >"$work/runs"
+for i in $(seq "$RUNS"); do
+  db=bench_drain_${run}_$i raw=bench_raw_${run}_$i
+  config "$db" "bench_${run}_$i" >"$work/ingester.toml"
+  "$INGESTER" -c "$work/ingester.toml" migrate >/dev/null
+  config "$raw" "bench_raw_${run}_$i" >"$work/raw.toml"
+  "$INGESTER" -c "$work/raw.toml" migrate >/dev/null
+  # The raw insert goes to a table without the rollup view, as a plain INSERT.
+  ch "DROP TABLE $raw.samples_1m_mv"
 
-python3 - "$ROWS" "$RECORDS" "$consume" "$insert" "$t0" "$t1" "$utime" "$stime" "$tck" "$hwm" "$n" <<'PY' | tee "$work/summary.md"
-import sys
+  echo "==> run $i: raw consume"
+  consume=$("$LIMITS" consume "$SPILLWAY_KAFKA_BROKERS" "$topic" $RECORDS)
+  echo "    $consume"
+  echo "==> run $i: raw insert"
+  insert=$("$LIMITS" insert "$SPILLWAY_KAFKA_BROKERS" "$topic" $RECORDS "$CH" "$raw")
+  echo "    $insert"
+
+  echo "==> run $i: ingester"
+  "$INGESTER" -c "$work/ingester.toml" run 2>"$work/ingester.log" &
+  ing_pid=$!
+  t0=$(date +%s.%N)
+  while :; do
+    n=$(ch "SELECT count() FROM $db.samples")
+    [ "$n" -ge "$ROWS" ] && break
+    kill -0 $ing_pid 2>/dev/null || { tail -20 "$work/ingester.log"; exit 1; }
+    sleep 0.2
+  done
+  t1=$(date +%s.%N)
+  read -r utime stime < <(awk '{print $14, $15}' /proc/$ing_pid/stat)
+  hwm=$(awk '/VmHWM/ {print $2}' /proc/$ing_pid/status)
+  kill -TERM $ing_pid; wait $ing_pid || true
+  ing_pid=
+  echo "$consume | $insert | ingester t0=$t0 t1=$t1 utime=$utime stime=$stime ticks=$tck hwm_kib=$hwm stored=$n" >>"$work/runs"
+  ch "DROP DATABASE $db"; ch "DROP DATABASE $raw"
+done
+
+python3 - "$ROWS" "$RECORDS" "$work/runs" <<'PY' | tee "$work/summary.md"
+import statistics, sys
 rows, records = int(sys.argv[1]), int(sys.argv[2])
 kv = lambda s: dict(p.split("=") for p in s.split()[1:])
-c, i = kv(sys.argv[3]), kv(sys.argv[4])
-t0, t1 = float(sys.argv[5]), float(sys.argv[6])
-cpu = (int(sys.argv[7]) + int(sys.argv[8])) / int(sys.argv[9])
-hwm_mib = int(sys.argv[10]) / 1024
-stored = int(sys.argv[11])
-consume_rps = rows / float(c["seconds"])
-insert_rps = int(i["rows"]) / float(i["seconds"])
-wall = t1 - t0
-ing_rps = rows / wall
-limit = min(consume_rps, insert_rps)
-print(f"| measure | figure |")
-print(f"|---|---|")
-print(f"| rows / records | {rows:,} / {records:,} ({int(c['bytes'])/1e6:.1f} MB of records) |")
-print(f"| raw consume | {float(c['seconds']):.2f} s, {consume_rps:,.0f} rows/s |")
-print(f"| raw insert (one INSERT) | {float(i['seconds']):.2f} s, {insert_rps:,.0f} rows/s |")
-print(f"| ingester drain | {wall:.2f} s, {ing_rps:,.0f} rows/s ({stored:,} rows stored) |")
-print(f"| ingester / min(limits) | **{ing_rps/limit:.2f}** (target >= 0.8) |")
-print(f"| ingester CPU | {cpu:.2f} s, **{cpu/(rows/1e6):.2f} CPU-s per million rows** (target <= 2) |")
-print(f"| ingester peak RSS (VmHWM) | {hwm_mib:.0f} MiB |")
+runs = []
+for line in open(sys.argv[3]):
+    c, i, g = (kv(part) for part in line.split(" | "))
+    wall = float(g["t1"]) - float(g["t0"])
+    cpu = (int(g["utime"]) + int(g["stime"])) / int(g["ticks"])
+    r = dict(
+        consume=rows / float(c["seconds"]),
+        insert=int(i["rows"]) / float(i["seconds"]),
+        ingester=rows / wall,
+        wall=wall,
+        cpu=cpu / (rows / 1e6),
+        rss=int(g["hwm_kib"]) / 1024,
+        stored=int(g["stored"]),
+        bytes=int(c["bytes"]),
+    )
+    r["ratio"] = r["ingester"] / min(r["consume"], r["insert"])
+    runs.append(r)
+med = lambda k: statistics.median(r[k] for r in runs)
+print(f"{rows:,} rows in {records:,} records ({runs[0]['bytes']/1e6:.1f} MB); {len(runs)} runs, median first.")
+print()
+print("| measure | median | runs | target |")
+print("|---|---|---|---|")
+def line(name, key, fmt, target=""):
+    each = ", ".join(fmt.format(r[key]) for r in runs)
+    print(f"| {name} | {fmt.format(med(key))} | {each} | {target} |")
+line("raw consume, rows/s", "consume", "{:,.0f}")
+line("raw insert (one INSERT), rows/s", "insert", "{:,.0f}")
+line("ingester drain, rows/s", "ingester", "{:,.0f}")
+line("ingester drain, s", "wall", "{:.2f}")
+line("**ingester / min(limits)**", "ratio", "{:.2f}", ">= 0.8")
+line("**ingester CPU-s per million rows**", "cpu", "{:.2f}", "<= 2")
+line("ingester peak RSS (VmHWM), MiB", "rss", "{:.0f}")
+line("rows stored", "stored", "{:,.0f}")
 PY
 
 out=bench/results/$(date +%F)-ingest-drain.md
@@ -128,15 +160,16 @@ if [ "$ROWS" -ge 1000000 ] && [ "$profile" = release ]; then
     echo "# Ingest drain, $(date +%F)"
     echo
     echo "Machine: $(nproc) CPUs, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo), $(uname -sr);"
-    echo "tansu $(tansu --version 2>/dev/null | head -1 || echo '?') (memory storage), ClickHouse $(ch 'SELECT version()'), release builds."
+    echo "tansu $(tansu --version 2>/dev/null | head -1 || echo '?') (memory storage), ClickHouse $(ch 'SELECT version()'), release builds, revision $(git rev-parse --short HEAD)$(git diff --quiet || echo '+changes')."
     echo "The broker, ClickHouse and the ingester share the machine."
     echo
-    echo "Command: \`bench/ingest-drain.sh ${1:-5000000} $HOSTS\`"
+    echo "Command: \`bench/ingest-drain.sh ${1:-5000000} $HOSTS\` (BENCH_RUNS=$RUNS)"
     echo
     cat "$work/summary.md"
     echo
-    echo "Raw: \`$consume\`, \`$insert\`, ingester t0=$t0 t1=$t1 utime=$utime stime=$stime ticks/s=$tck VmHWM=${hwm} KiB."
+    echo "Raw figures, one line per run:"
+    echo
+    sed 's/^/    /' "$work/runs"
   } >"$out"
   echo "==> wrote $out"
 fi
-ch "DROP DATABASE bench_drain_$run" ; ch "DROP DATABASE bench_raw_$run"

@@ -62,9 +62,8 @@ pub(crate) enum Command {
     Close(Vec<CommitOffset>),
 }
 
-/// State shared by the poll loop and the rebalance callbacks (both run on
-/// the poll thread; the mutex is never contended).
 /// What became of a polled record.
+#[derive(Debug, PartialEq)]
 enum Fed {
     Taken,
     /// Fetch this partition again from this offset.
@@ -77,15 +76,22 @@ enum Fed {
 /// four times as far.
 const REWIND_STEP: i64 = 64;
 
+/// Fetches from further back before a gap is believed. Tansu's skip can
+/// recur on any refetch (a resume after a pause refetches from the current
+/// position, which may be mid-batch), so one failed rewind proves nothing;
+/// a real gap (compaction, transaction markers) costs this many extra
+/// fetches, the last from 64 * 4^5 = 65,536 offsets back.
+const MAX_REWINDS: u32 = 6;
+
 /// A partition being fetched again from further back.
 struct Rewind {
     step: i64,
-    from: i64,
-    /// A record below the expected offset arrived since the seek.
-    reached_below: bool,
+    /// Seeks so far for this gap.
+    attempts: u32,
 }
 
 struct Feed {
+    stats: Arc<Stats>,
     /// Partitions being fetched again from further back.
     rewinds: HashMap<String, HashMap<i32, Rewind>>,
     /// Per topic and partition, one past the last offset handed on: where
@@ -108,7 +114,8 @@ impl Feed {
     /// asked to fetch from the middle of a record batch must return that
     /// batch, but some (tansu 0.6) return the next one, which would skip
     /// records; fetching again from further back recovers them. A gap that
-    /// survives a fetch from below it is real (compaction, transactions).
+    /// survives [`MAX_REWINDS`] fetches from further and further back is
+    /// taken as real (compaction, transactions), logged and counted.
     fn push(&mut self, raw: Raw) -> Fed {
         let key = (raw.topic.as_str(), raw.partition);
         let expected = self
@@ -124,35 +131,36 @@ impl Feed {
             self.rewinds.get_mut(key.0).and_then(|r| r.get_mut(&key.1))
         };
         if raw.offset < expected {
-            if let Some(r) = rewind {
-                r.reached_below = true;
-            }
             return Fed::Taken;
         }
         if raw.offset > expected {
             match rewind {
-                Some(r) if r.reached_below || r.from == 0 => {
+                Some(r) if r.attempts >= MAX_REWINDS => {
                     warn!(topic = %raw.topic, partition = raw.partition, first_missing = expected,
-                          next = raw.offset, "offsets missing from the partition (compacted or aborted)");
+                          next = raw.offset, rewinds = r.attempts,
+                          "offsets missing from the partition (compacted or aborted)");
+                    self.stats
+                        .offsets_missing
+                        .inc_by(u64::try_from(raw.offset - expected).unwrap_or(0));
                 }
                 Some(r) => {
                     r.step = r.step.saturating_mul(4);
-                    r.from = expected.saturating_sub(r.step).max(0);
-                    return Fed::Seek(raw.topic, raw.partition, r.from);
+                    r.attempts += 1;
+                    let from = expected.saturating_sub(r.step).max(0);
+                    return Fed::Seek(raw.topic, raw.partition, from);
                 }
                 None => {
                     debug!(topic = %raw.topic, partition = raw.partition, offset = raw.offset,
                            expected, "offset gap; fetching again from further back");
-                    let from = expected.saturating_sub(REWIND_STEP).max(0);
                     let r = Rewind {
                         step: REWIND_STEP,
-                        from,
-                        reached_below: false,
+                        attempts: 1,
                     };
                     self.rewinds
                         .entry(raw.topic.clone())
                         .or_default()
                         .insert(raw.partition, r);
+                    let from = expected.saturating_sub(REWIND_STEP).max(0);
                     return Fed::Seek(raw.topic, raw.partition, from);
                 }
             }
@@ -200,6 +208,8 @@ impl Feed {
     }
 }
 
+/// State shared by the poll loop and the rebalance callbacks (both run on
+/// the poll thread; the mutex is never contended).
 pub(crate) struct Ctx {
     feed: Mutex<Feed>,
     events: mpsc::Sender<Event>,
@@ -340,6 +350,7 @@ pub(crate) fn start(
 ) -> anyhow::Result<Poller> {
     let ctx = Ctx {
         feed: Mutex::new(Feed {
+            stats: stats.clone(),
             rewinds: HashMap::new(),
             positions: HashMap::new(),
             chunk: Chunk::default(),
@@ -500,5 +511,92 @@ fn commit(consumer: &BaseConsumer<Ctx>, offsets: &[CommitOffset], mode: CommitMo
             warn!(error = %e, "commit failed");
             stats.commit_errors.inc();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn feed() -> (Feed, Receiver<Chunk>) {
+        let (tx, rx) = std::sync::mpsc::sync_channel(1024);
+        let feed = Feed {
+            stats: Arc::new(Stats::new()),
+            rewinds: HashMap::new(),
+            positions: HashMap::new(),
+            chunk: Chunk::default(),
+            sent: 0,
+            next_decoder: 0,
+            decoders: vec![tx],
+        };
+        (feed, rx)
+    }
+
+    fn raw(offset: i64) -> Raw {
+        Raw {
+            topic: "t".into(),
+            partition: 0,
+            offset,
+            key: None,
+            payload: vec![0x80],
+        }
+    }
+
+    /// Offsets handed on, in order.
+    fn handed(feed: &mut Feed, rx: &Receiver<Chunk>) -> Vec<i64> {
+        assert_eq!(feed.send(), Fed::Taken);
+        rx.try_iter()
+            .flat_map(|c| c.records)
+            .map(|r| r.offset)
+            .collect()
+    }
+
+    #[test]
+    fn refetched_records_are_dropped() {
+        let (mut f, rx) = feed();
+        for o in [10, 11, 12, 11, 12, 13] {
+            assert_eq!(f.push(raw(o)), Fed::Taken);
+        }
+        assert_eq!(handed(&mut f, &rx), vec![10, 11, 12, 13]);
+    }
+
+    #[test]
+    fn a_skipped_batch_is_fetched_again_from_further_back() {
+        let (mut f, rx) = feed();
+        for o in 1000..=1200 {
+            f.push(raw(o));
+        }
+        // A resume refetched from mid-batch and the broker skipped 1201..=1299.
+        assert_eq!(f.push(raw(1300)), Fed::Seek("t".into(), 0, 1201 - 64));
+        // The refetch lands mid-batch again: go four times further back.
+        assert_eq!(f.push(raw(1300)), Fed::Seek("t".into(), 0, 1201 - 256));
+        for o in 1100..=1310 {
+            assert_eq!(f.push(raw(o)), Fed::Taken);
+        }
+        assert_eq!(handed(&mut f, &rx), (1000..=1310).collect::<Vec<_>>());
+        assert!(f.rewinds.is_empty());
+        assert_eq!(f.stats.offsets_missing.get(), 0);
+    }
+
+    #[test]
+    fn a_gap_is_believed_only_after_every_rewind() {
+        let (mut f, rx) = feed();
+        f.push(raw(5000));
+        let mut seeks = Vec::new();
+        loop {
+            // Each refetch returns the records before the gap, then the jump.
+            match f.push(raw(5100)) {
+                Fed::Seek(_, _, from) => seeks.push(from),
+                Fed::Taken => break,
+                Fed::Gone => unreachable!(),
+            }
+            for o in 4990..=5000 {
+                f.push(raw(o));
+            }
+        }
+        assert_eq!(seeks, vec![4937, 4745, 3977, 905, 0, 0]);
+        assert_eq!(handed(&mut f, &rx), vec![5000, 5100]);
+        assert_eq!(f.stats.offsets_missing.get(), 99);
+        assert!(f.rewinds.is_empty());
     }
 }

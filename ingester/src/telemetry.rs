@@ -53,6 +53,8 @@ pub struct Stats {
     pub dead_letters_total: Counter,
     /// Fetches repeated from further back over an offset gap.
     pub fetch_rewinds: Counter,
+    /// Offsets given up on after every rewind failed to fetch them.
+    pub offsets_missing: Counter,
     /// Tick numbers skipped (per agent instance).
     pub seq_gaps: Counter,
     /// Skipped ticks that arrived later.
@@ -101,6 +103,7 @@ impl Stats {
             consumption_paused: Gauge::default(),
             assigned_partitions: Gauge::default(),
             fetch_rewinds: Counter::default(),
+            offsets_missing: Counter::default(),
             rows_inserted_total: Counter::default(),
             dead_letters_total: Counter::default(),
             seq_gaps: Counter::default(),
@@ -185,6 +188,11 @@ impl Stats {
             "fetch_rewinds",
             "Fetches repeated from further back because the broker skipped offsets",
             s.fetch_rewinds.clone(),
+        );
+        registry.register(
+            "offsets_missing",
+            "Offsets the broker did not return after every rewind (records lost to compaction or aborted transactions, or a broker fault)",
+            s.offsets_missing.clone(),
         );
         registry.register(
             "seq_gaps",

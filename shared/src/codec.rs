@@ -317,6 +317,20 @@ pub fn decode(bytes: &[u8], limits: &Limits) -> Result<Record, DecodeError> {
     validate(wire, limits)
 }
 
+/// Decodes and validates one record from any self-describing serde format
+/// with the wire layout, such as the JSON that `spillway-agent once` prints.
+/// The size limit is the caller's to enforce; errors do not name the field.
+pub fn decode_from<'de, D: Deserializer<'de>>(
+    de: D,
+    limits: &Limits,
+) -> Result<Record, DecodeError> {
+    let wire = WireIn::deserialize(de).map_err(|e| DecodeError::Malformed {
+        field: ".".into(),
+        detail: e.to_string(),
+    })?;
+    validate(wire, limits)
+}
+
 /// Builds the error for input rmp-serde refused, naming the field by decoding
 /// again with path tracking (only on this slow path).
 fn malformed(bytes: &[u8], first_error: rmp_serde::decode::Error) -> DecodeError {
