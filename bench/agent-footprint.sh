@@ -85,7 +85,7 @@ rss_ratio=$(awk -v a="$ag_mean" -v b="$ne_mean" 'BEGIN {printf "%.2f", a/b}')
 cpu_ratio=$(awk -v a="$ag_ms" -v b="$ne_ms" 'BEGIN {printf "%.2f", (b>0 ? a/b : 0)}')
 agent_samples=$(curl -fsS "127.0.0.1:$AGENT_PORT/metrics" | awk '/^spillway_agent_records_published_total / {print $2}')
 
-out=bench/results/$(date -u +%Y-%m-%d)-agent-footprint.md
+out=${BENCH_RESULTS:-bench/results}/$(date -u +%Y-%m-%d)-agent-footprint.md
 [ "$SECS" -ge 30 ] && [ "$profile" = release ] || out=$work/smoke.md
 cat >"$out" <<MD
 # Agent footprint vs node_exporter ($(date -u +%Y-%m-%dT%H:%MZ))

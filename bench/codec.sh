@@ -39,7 +39,7 @@ for op in ("encode", "decode"):
         print(f"| {op} {form} | {t:,} | {samples / t * 1e9:,.0f} | {base / t:.2f}x |")
 PY
 
-out=bench/results/$(date +%F)-codec.md
+out=${BENCH_RESULTS:-bench/results}/$(date +%F)-codec.md
 {
   echo "# Codec, $(date +%F)"
   echo

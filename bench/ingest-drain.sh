@@ -9,6 +9,9 @@
 #
 #   bench/ingest-drain.sh [ROWS] [HOSTS]     (default 5000000 5000; CI smoke: 20000 100)
 #
+# The hand-written Python consumer (bench/python-baseline/consumer.py) drains
+# the same topic after the ingester in each run (BENCH_PYTHON=0 skips it).
+#
 # Each measurement runs BENCH_RUNS times (default 3) on the same topic, with a
 # fresh database and consumer group per run; the summary quotes medians.
 #
@@ -26,17 +29,9 @@ ROWS=$(( HOSTS * SAMPLES * TICKS ))
 RECORDS=$(( HOSTS * TICKS ))
 PARTITIONS=8
 RUNS=${BENCH_RUNS:-3}
-export PATH="$HOME/.cargo/bin:$PATH"
 
-scripts/stack.sh status >/dev/null || { echo "start the stack first: scripts/stack.sh up" >&2; exit 1; }
-eval "$(scripts/stack.sh env)"
-# One shard, named in the configs below.
-unset SPILLWAY_CLICKHOUSE_URLS SPILLWAY_CLICKHOUSE_CLUSTER
-CH=${SPILLWAY_CLICKHOUSE_URL:-http://127.0.0.1:18123}
-# BENCH_PROFILE=debug (CI's smoke run) skips the release build: it checks
-# that the benchmark runs, not its figures.
-profile=${BENCH_PROFILE:-release}
-flag=--release; [ "$profile" = debug ] && flag=
+# shellcheck source=bench/lib.sh
+source bench/lib.sh
 cargo build $flag --quiet -p spillway-ingester --bins
 cargo build $flag --quiet -p spillway-e2e --example raw_limits
 INGESTER=$ROOT/target/$profile/spillway-ingester
@@ -79,6 +74,9 @@ config "bench_fill_$run" "bench_fill_$run" >"$work/fill.toml"
 echo "    filled in $((SECONDS - start)) s"
 
 tck=$(getconf CLK_TCK)
+# The hand-written Python consumer (bench/python-baseline); BENCH_PYTHON=0 skips it.
+PYTHON=
+[ "${BENCH_PYTHON:-1}" = 1 ] && PYTHON=$(bench/python-baseline/setup.sh)
 : >"$work/runs"
 for i in $(seq "$RUNS"); do
   db=bench_drain_${run}_$i raw=bench_raw_${run}_$i
@@ -111,7 +109,21 @@ for i in $(seq "$RUNS"); do
   hwm=$(awk '/VmHWM/ {print $2}' /proc/$ing_pid/status)
   kill -TERM $ing_pid; wait $ing_pid || true
   ing_pid=
-  echo "$consume | $insert | ingester t0=$t0 t1=$t1 utime=$utime stime=$stime ticks=$tck hwm_kib=$hwm stored=$n" >>"$work/runs"
+  line="$consume | $insert | ingester t0=$t0 t1=$t1 utime=$utime stime=$stime ticks=$tck hwm_kib=$hwm stored=$n"
+
+  if [ -n "$PYTHON" ]; then
+    echo "==> run $i: python baseline"
+    py=bench_py_${run}_$i
+    config "$py" "$py" >"$work/py.toml"
+    "$INGESTER" -c "$work/py.toml" migrate >/dev/null
+    t0=$(date +%s.%N)
+    "$PYTHON" bench/python-baseline/consumer.py "$SPILLWAY_KAFKA_BROKERS" "$topic" "$py" "$CH" "$py" "$ROWS" >"$work/py.out"
+    t1=$(date +%s.%N)
+    n=$(ch "SELECT count() FROM $py.samples")
+    line="$line | $(cat "$work/py.out") t0=$t0 t1=$t1 stored=$n"
+    ch "DROP DATABASE $py"
+  fi
+  echo "$line" >>"$work/runs"
   ch "DROP DATABASE $db"; ch "DROP DATABASE $raw"
 done
 
@@ -121,7 +133,9 @@ rows, records = int(sys.argv[1]), int(sys.argv[2])
 kv = lambda s: dict(p.split("=") for p in s.split()[1:])
 runs = []
 for line in open(sys.argv[3]):
-    c, i, g = (kv(part) for part in line.split(" | "))
+    parts = [kv(part) for part in line.split(" | ")]
+    c, i, g = parts[:3]
+    p = parts[3] if len(parts) > 3 else None
     wall = float(g["t1"]) - float(g["t0"])
     cpu = (int(g["utime"]) + int(g["stime"])) / int(g["ticks"])
     r = dict(
@@ -135,6 +149,11 @@ for line in open(sys.argv[3]):
         bytes=int(c["bytes"]),
     )
     r["ratio"] = r["ingester"] / min(r["consume"], r["insert"])
+    if p:
+        r["python"] = rows / (float(p["t1"]) - float(p["t0"]))
+        r["python_cpu"] = (float(p["utime"]) + float(p["stime"])) / (rows / 1e6)
+        r["python_rss"] = int(p["maxrss_kib"]) / 1024
+        r["vs_python"] = r["ingester"] / r["python"]
     runs.append(r)
 med = lambda k: statistics.median(r[k] for r in runs)
 print(f"{rows:,} rows in {records:,} records ({runs[0]['bytes']/1e6:.1f} MB); {len(runs)} runs, median first.")
@@ -152,9 +171,14 @@ line("**ingester / min(limits)**", "ratio", "{:.2f}", ">= 0.8")
 line("**ingester CPU-s per million rows**", "cpu", "{:.2f}", "<= 2")
 line("ingester peak RSS (VmHWM), MiB", "rss", "{:.0f}")
 line("rows stored", "stored", "{:,.0f}")
+if "python" in runs[0]:
+    line("Python baseline, rows/s", "python", "{:,.0f}")
+    line("Python baseline CPU-s per million rows", "python_cpu", "{:.2f}")
+    line("Python baseline peak RSS, MiB", "python_rss", "{:.0f}")
+    line("**ingester / Python baseline**", "vs_python", "{:.1f}", ">= 5")
 PY
 
-out=bench/results/$(date +%F)-ingest-drain.md
+out=${BENCH_RESULTS:-bench/results}/$(date +%F)-ingest-drain.md
 if [ "$ROWS" -ge 1000000 ] && [ "$profile" = release ]; then
   {
     echo "# Ingest drain, $(date +%F)"

@@ -184,7 +184,7 @@ pub struct PipelineConfig {
 impl Default for PipelineConfig {
     fn default() -> Self {
         PipelineConfig {
-            memory_budget_bytes: 256 * 1024 * 1024,
+            memory_budget_bytes: 1024 * 1024 * 1024,
             insert_concurrency: 2,
             decode_threads: 2,
             rebalance_timeout: Duration::from_secs(10),

@@ -31,13 +31,30 @@ pub struct LoadgenArgs {
     /// Partitions, if the topic has to be created.
     #[arg(long, default_value_t = 4)]
     pub partitions: i32,
-    /// Time of the first tick, ms since the epoch (default: now).
+    /// Time of the first tick, ms since the epoch (default: now). Ignored
+    /// with `--interval`.
     #[arg(long)]
     pub start_ms: Option<u64>,
+    /// Run in real time, as agents do: every host ticks once per interval
+    /// (hosts spread evenly over it) and each record is stamped with the
+    /// time it is produced. Without it, every tick is produced as fast as
+    /// the broker takes them, stamped 10 s apart from `--start-ms`.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub interval: Option<Duration>,
 }
 
-/// One simulated tick of host `h`.
-pub fn record(args: &LoadgenArgs, h: usize, instance: &str, seq: u64, start_ms: u64) -> Record {
+/// Simulated interval between ticks when producing as fast as possible.
+const FAST_INTERVAL_MS: u64 = 10_000;
+
+/// One simulated tick of host `h`, collected at `time_ms`.
+pub fn record(
+    args: &LoadgenArgs,
+    h: usize,
+    instance: &str,
+    seq: u64,
+    time_ms: u64,
+    interval_ms: u32,
+) -> Record {
     let host_id = format!("{}-{h:05}", args.host_prefix);
     Record::Metrics(MetricsRecord {
         origin: Origin {
@@ -47,8 +64,8 @@ pub fn record(args: &LoadgenArgs, h: usize, instance: &str, seq: u64, start_ms: 
             agent_version: "loadgen".into(),
         },
         seq,
-        time_ms: start_ms + seq * 10_000,
-        interval_ms: 10_000,
+        time_ms,
+        interval_ms,
         part: 0,
         parts: 1,
         samples: (0..args.samples)
@@ -67,6 +84,12 @@ pub fn record(args: &LoadgenArgs, h: usize, instance: &str, seq: u64, start_ms: 
     })
 }
 
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
 /// Produces `hosts × ticks` records and waits until all are acknowledged.
 pub async fn run(brokers: &str, args: &LoadgenArgs) -> anyhow::Result<()> {
     let mut base = ClientConfig::new();
@@ -81,18 +104,27 @@ pub async fn run(brokers: &str, args: &LoadgenArgs) -> anyhow::Result<()> {
         .set("queue.buffering.max.kbytes", "262144")
         .create()
         .context("cannot create producer")?;
-    let start_ms = args.start_ms.unwrap_or_else(|| {
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as u64)
-    });
+    let start_ms = args.start_ms.unwrap_or_else(now_ms);
+    let started = tokio::time::Instant::now();
     let instances: Vec<String> = (0..args.hosts)
         .map(|_| uuid::Uuid::new_v4().to_string())
         .collect();
     let mut pending = Vec::new();
     for seq in 0..args.ticks {
         for (h, instance) in instances.iter().enumerate() {
-            let r = record(args, h, instance, seq, start_ms);
+            let r = match args.interval {
+                Some(interval) => {
+                    let slot = interval.mul_f64(h as f64 / args.hosts as f64);
+                    let due = started + interval * u32::try_from(seq)? + slot;
+                    tokio::time::sleep_until(due).await;
+                    let interval_ms = u32::try_from(interval.as_millis())?;
+                    record(args, h, instance, seq, now_ms(), interval_ms)
+                }
+                None => {
+                    let time_ms = start_ms + seq * FAST_INTERVAL_MS;
+                    record(args, h, instance, seq, time_ms, FAST_INTERVAL_MS as u32)
+                }
+            };
             let payload = encode(&r)?;
             let headers =
                 kafka::headers(&r)

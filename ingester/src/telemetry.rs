@@ -86,6 +86,14 @@ impl Default for Stats {
     }
 }
 
+/// Buckets of `freshness_seconds`: fine around the few seconds a healthy
+/// pipeline takes (batch age plus an insert), coarse beyond, up to an hour
+/// of backlog.
+const FRESHNESS_BUCKETS: [f64; 22] = [
+    0.1, 0.25, 0.5, 0.75, 1.0, 1.25, 1.5, 2.0, 2.5, 3.0, 4.0, 5.0, 7.5, 10.0, 15.0, 30.0, 60.0,
+    120.0, 300.0, 600.0, 1800.0, 3600.0,
+];
+
 impl Stats {
     /// Creates and registers every metric.
     pub fn new() -> Stats {
@@ -110,7 +118,7 @@ impl Stats {
             seq_late: Counter::default(),
             seq_duplicates: Counter::default(),
             agent_dropped: Counter::default(),
-            freshness: Histogram::new(exponential_buckets(0.05, 2.0, 14)),
+            freshness: Histogram::new(FRESHNESS_BUCKETS.iter().copied()),
             shard_up: Family::default(),
             consumer_lag: Family::default(),
             lag_series: std::sync::Mutex::default(),

@@ -1,0 +1,13 @@
+# Sourced by the stack benchmarks: checks that the stack is up, loads its
+# environment for one ClickHouse shard, and picks the build profile.
+# BENCH_PROFILE=debug (CI's smoke runs) skips the release build: a smoke run
+# checks that the benchmark runs, not its figures.
+export PATH="$HOME/.cargo/bin:$PATH"
+scripts/stack.sh status >/dev/null || { echo "start the stack first: scripts/stack.sh up" >&2; exit 1; }
+eval "$(scripts/stack.sh env)"
+# One shard, named in the benchmarks' configs.
+unset SPILLWAY_CLICKHOUSE_URLS SPILLWAY_CLICKHOUSE_CLUSTER
+CH=${SPILLWAY_CLICKHOUSE_URL:-http://127.0.0.1:18123}
+profile=${BENCH_PROFILE:-release}
+flag=--release
+[ "$profile" = debug ] && flag=
