@@ -47,6 +47,7 @@ docker-compose -f docker-compose.yml config -q
 
 step "cargo fmt --check"
 cargo fmt --all --check
+cargo fmt --manifest-path fuzz/Cargo.toml --check
 
 step "cargo clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
@@ -59,6 +60,9 @@ cargo build --workspace --bins --locked
 
 step "cargo test (unit, component and end-to-end)"
 cargo test --workspace --locked -- --include-ignored
+
+step "fuzz smoke run (every target for 20 s from the kept corpus; a crash fails)"
+scripts/fuzz.sh 20
 
 step "benchmark smoke runs (they must run; their figures are not checked)"
 # Results of smoke runs go to a scratch directory, never over bench/results.

@@ -2,7 +2,6 @@
 //! command-line flags. [`Config::validate`] reports every problem at once and
 //! never touches the network.
 
-use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -227,7 +226,7 @@ pub struct KafkaConfig {
     /// Largest message the broker accepts; larger ticks are split.
     pub max_message_bytes: usize,
     /// Extra librdkafka properties, passed through (TLS, SASL, ...).
-    pub properties: BTreeMap<String, String>,
+    pub properties: Properties,
 }
 
 impl Default for KafkaConfig {
@@ -239,7 +238,7 @@ impl Default for KafkaConfig {
             linger: Duration::from_millis(5),
             delivery_timeout: Duration::from_secs(10),
             max_message_bytes: 1_000_000,
-            properties: BTreeMap::new(),
+            properties: Properties::default(),
         }
     }
 }
@@ -334,7 +333,7 @@ pub const COLLECTORS: &[&str] = &[
     "agent",
 ];
 
-pub use spillway_shared::settings::{ConfigErrors, EnvSource, ProcessEnv};
+pub use spillway_shared::settings::{ConfigErrors, EnvSource, ProcessEnv, Properties};
 
 impl Config {
     /// Parses TOML text.

@@ -1,7 +1,6 @@
 //! The ingester's configuration: TOML file, environment overrides, flags.
 //! [`Config::validate`] reports every problem at once and never connects.
 
-use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Duration;
 
@@ -51,7 +50,7 @@ pub struct KafkaConfig {
     #[serde(with = "humantime_serde")]
     pub commit_interval: Duration,
     /// Extra librdkafka properties (TLS, SASL, `partition.assignment.strategy`, ...).
-    pub properties: BTreeMap<String, String>,
+    pub properties: Properties,
 }
 
 impl Default for KafkaConfig {
@@ -62,8 +61,8 @@ impl Default for KafkaConfig {
             group_id: "spillway-ingester".into(),
             dead_letter_topic: String::new(),
             session_timeout: Duration::from_secs(10),
-            commit_interval: Duration::from_secs(1),
-            properties: BTreeMap::new(),
+            commit_interval: Duration::from_millis(100),
+            properties: Properties::default(),
         }
     }
 }
@@ -119,7 +118,7 @@ pub struct ShardConfig {
     /// User.
     pub user: String,
     /// Password. Prefer `password_file` or `SPILLWAY_CLICKHOUSE_PASSWORD`.
-    pub password: String,
+    pub password: Secret,
     /// A file holding the password (trailing newline ignored).
     pub password_file: Option<std::path::PathBuf>,
 }
@@ -130,7 +129,7 @@ impl Default for ShardConfig {
             url: "http://127.0.0.1:8123".into(),
             database: "spillway".into(),
             user: "default".into(),
-            password: String::new(),
+            password: Secret::default(),
             password_file: None,
         }
     }
@@ -292,7 +291,7 @@ impl Default for LogConfig {
     }
 }
 
-pub use spillway_shared::settings::{ConfigErrors, EnvSource, ProcessEnv};
+pub use spillway_shared::settings::{ConfigErrors, EnvSource, ProcessEnv, Properties, Secret};
 
 impl Config {
     /// Parses TOML.
@@ -308,7 +307,7 @@ impl Config {
         for (i, shard) in config.clickhouse.shards.iter_mut().enumerate() {
             if let Some(file) = &shard.password_file {
                 match std::fs::read_to_string(file) {
-                    Ok(p) => shard.password = p.trim_end_matches(['\r', '\n']).to_owned(),
+                    Ok(p) => shard.password = p.trim_end_matches(['\r', '\n']).to_owned().into(),
                     Err(e) => errors.push(format!(
                         "clickhouse.shards[{i}].password_file {}: {e}",
                         file.display()
@@ -388,7 +387,7 @@ impl Config {
                 shard.user = v;
             }
             if let Some(v) = env.var("SPILLWAY_CLICKHOUSE_PASSWORD") {
-                shard.password = v;
+                shard.password = v.into();
             }
         }
         errors
@@ -570,5 +569,28 @@ mod tests {
         let urls: Vec<&str> = c.clickhouse.shards.iter().map(|s| s.url.as_str()).collect();
         assert_eq!(urls, ["http://a:1", "http://b:2"]);
         assert!(c.clickhouse.shards.iter().all(|s| s.database == "db1"));
+    }
+
+    #[test]
+    fn a_config_dump_shows_no_secret() {
+        let mut c = Config::from_toml(
+            r#"
+            [kafka.properties]
+            "sasl.username" = "alice"
+            "sasl.password" = "kafka-secret"
+            [[clickhouse.shards]]
+            url = "http://a:1"
+            password = "file-secret"
+            "#,
+        )
+        .unwrap();
+        let dump = format!("{c:?}");
+        assert!(
+            !dump.contains("file-secret") && !dump.contains("kafka-secret"),
+            "{dump}"
+        );
+        c.apply_env(&[("SPILLWAY_CLICKHOUSE_PASSWORD", "env-secret")]);
+        assert_eq!(c.clickhouse.shards[0].password.expose(), "env-secret");
+        assert!(!format!("{c:?}").contains("env-secret"));
     }
 }

@@ -203,18 +203,16 @@ pub async fn run<S: Sink + Clone>(
                     break;
                 }
             },
-            Some(done) = done_rx.recv() => state.finish(done, &stats),
+            Some(done) = done_rx.recv() => {
+                state.finish(done, &stats);
+                // Commit as soon as rows are durable (at most once per
+                // commit_interval): what a crash makes the next owner insert
+                // again is what was durable and not yet committed.
+                state.commit_at_most_every(config.kafka.commit_interval, &mut last_commit, &poller.commands);
+            }
             _ = tick.tick() => {
                 state.flush_aged(config.batch.max_age);
-                if last_commit.elapsed() >= config.kafka.commit_interval {
-                    let offsets = state.watermarks.to_commit();
-                    if !offsets.is_empty() && poller.commands.try_send(Command::Commit(offsets)).is_err() {
-                        // The poll thread is behind; the next commit carries
-                        // the same or a later watermark.
-                        state.watermarks.forget_committed();
-                    }
-                    last_commit = Instant::now();
-                }
+                state.commit_at_most_every(config.kafka.commit_interval, &mut last_commit, &poller.commands);
                 if last_summary.elapsed() >= config.quality.interval {
                     state.summarize(&stats, paused);
                     last_summary = Instant::now();
@@ -420,6 +418,29 @@ impl State {
                 break;
             }
         }
+    }
+
+    /// Hands the watermarks that moved to the poll thread for commit, unless
+    /// a commit went out less than `every` ago.
+    fn commit_at_most_every(
+        &mut self,
+        every: Duration,
+        last: &mut Instant,
+        commands: &std::sync::mpsc::SyncSender<Command>,
+    ) {
+        if last.elapsed() < every {
+            return;
+        }
+        let offsets = self.watermarks.to_commit();
+        if offsets.is_empty() {
+            return;
+        }
+        if commands.try_send(Command::Commit(offsets)).is_err() {
+            // The poll thread is behind; the next commit carries the same
+            // or a later watermark.
+            self.watermarks.forget_committed();
+        }
+        *last = Instant::now();
     }
 
     fn finish(&mut self, done: Done, stats: &Stats) {

@@ -155,7 +155,7 @@ pub fn client(shard: &crate::config::ShardConfig) -> clickhouse::Client {
     clickhouse::Client::default()
         .with_url(&shard.url)
         .with_user(&shard.user)
-        .with_password(&shard.password)
+        .with_password(shard.password.expose())
         .with_database(&shard.database)
         .with_validation(false)
 }

@@ -62,3 +62,133 @@ pub fn read_toml<T: DeserializeOwned + Default>(path: Option<&Path>) -> Result<T
         )
     })
 }
+
+/// A secret from configuration (a password). `Debug` never shows it, so a
+/// configuration dumped with `{:?}`, or an error that carries one, does not
+/// leak it; [`Secret::expose`] is the one way to read it.
+#[derive(Clone, PartialEq, Eq, Default, serde::Deserialize)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    /// The secret itself, for the one place that sends it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    /// Whether it is empty (not set).
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl From<String> for Secret {
+    fn from(s: String) -> Self {
+        Secret(s)
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_empty() {
+            "\"\""
+        } else {
+            "\"<redacted>\""
+        })
+    }
+}
+
+/// librdkafka properties passed through from configuration. `Debug` redacts
+/// the values of keys that hold secrets (`sasl.password`,
+/// `ssl.key.password`, `ssl.key.pem`, `sasl.oauthbearer.client.secret`, ...).
+#[derive(Clone, PartialEq, Eq, Default, serde::Deserialize)]
+#[serde(transparent)]
+pub struct Properties(pub std::collections::BTreeMap<String, String>);
+
+impl Properties {
+    /// Whether the value of `key` is a secret.
+    pub fn is_secret(key: &str) -> bool {
+        let k = key.to_ascii_lowercase();
+        [
+            "password",
+            "secret",
+            "jaas",
+            "token",
+            ".pem",
+            "key.pem",
+            "credential",
+        ]
+        .iter()
+        .any(|s| k.contains(s))
+            || k.ends_with(".key")
+    }
+}
+
+impl std::ops::Deref for Properties {
+    type Target = std::collections::BTreeMap<String, String>;
+    fn deref(&self) -> &Self::Target {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Properties {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.0
+    }
+}
+
+impl<'a> IntoIterator for &'a Properties {
+    type Item = (&'a String, &'a String);
+    type IntoIter = std::collections::btree_map::Iter<'a, String, String>;
+    fn into_iter(self) -> Self::IntoIter {
+        self.0.iter()
+    }
+}
+
+impl std::fmt::Debug for Properties {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_map()
+            .entries(self.0.iter().map(|(k, v)| {
+                let shown = if Self::is_secret(k) {
+                    "<redacted>"
+                } else {
+                    v.as_str()
+                };
+                (k, shown)
+            }))
+            .finish()
+    }
+}
+
+#[cfg(test)]
+mod secret_tests {
+    use super::*;
+
+    #[test]
+    fn debug_never_shows_a_secret() {
+        let s = Secret::from("hunter2".to_owned());
+        assert_eq!(format!("{s:?}"), "\"<redacted>\"");
+        assert_eq!(s.expose(), "hunter2");
+        assert_eq!(format!("{:?}", Secret::default()), "\"\"");
+
+        let mut p = Properties::default();
+        for (k, v) in [
+            ("sasl.password", "s3cret-1"),
+            ("ssl.key.password", "s3cret-2"),
+            ("ssl.key.pem", "s3cret-3"),
+            ("sasl.oauthbearer.client.secret", "s3cret-4"),
+            ("sasl.username", "alice"),
+            ("security.protocol", "SASL_SSL"),
+        ] {
+            p.insert(k.into(), v.into());
+        }
+        let shown = format!("{p:?}");
+        for secret in ["s3cret-1", "s3cret-2", "s3cret-3", "s3cret-4"] {
+            assert!(!shown.contains(secret), "{secret} leaked in {shown}");
+        }
+        assert!(
+            shown.contains("alice") && shown.contains("SASL_SSL"),
+            "{shown}"
+        );
+    }
+}

@@ -115,3 +115,38 @@ pub async fn distinct_rows(env: &TestEnv, db: &str) -> Result<u64> {
     }
     Ok(n)
 }
+
+/// Produces `hosts × ticks` simulated records of 40 samples with the
+/// ingester's `loadgen`; returns the rows they make.
+pub fn loadgen(
+    env: &TestEnv,
+    dir: &std::path::Path,
+    topic: &str,
+    prefix: &str,
+    hosts: u64,
+    ticks: u64,
+) -> Result<u64> {
+    let mut g = Service::ingester(
+        &dir.join(format!("loadgen-{prefix}")),
+        &ingester_config(env, topic, "loadgen", "unused"),
+        &[
+            "loadgen",
+            "--topic",
+            topic,
+            "--hosts",
+            &hosts.to_string(),
+            "--ticks",
+            &ticks.to_string(),
+            "--samples",
+            "40",
+            "--host-prefix",
+            prefix,
+        ],
+    )?;
+    ensure!(
+        g.wait(Duration::from_secs(300))?,
+        "loadgen failed:\n{}",
+        g.log()
+    );
+    Ok(hosts * ticks * 40)
+}

@@ -5,44 +5,11 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, ensure};
 use spillway_e2e::clickhouse_server::LocalClickHouse;
-use spillway_e2e::ingest::{distinct_rows, ingester_config, migrate, total_rows, wait_rows};
+use spillway_e2e::ingest::{
+    distinct_rows, ingester_config, loadgen, migrate, total_rows, wait_rows,
+};
 use spillway_e2e::process::{Service, free_port, http_get};
 use spillway_e2e::{TestEnv, unique_name};
-
-/// Produces `hosts × ticks` simulated records of 40 samples with the
-/// ingester's `loadgen`; returns the rows they make.
-fn loadgen(
-    env: &TestEnv,
-    dir: &std::path::Path,
-    topic: &str,
-    prefix: &str,
-    hosts: u64,
-    ticks: u64,
-) -> Result<u64> {
-    let mut g = Service::ingester(
-        &dir.join(format!("loadgen-{prefix}")),
-        &ingester_config(env, topic, "loadgen", "unused"),
-        &[
-            "loadgen",
-            "--topic",
-            topic,
-            "--hosts",
-            &hosts.to_string(),
-            "--ticks",
-            &ticks.to_string(),
-            "--samples",
-            "40",
-            "--host-prefix",
-            prefix,
-        ],
-    )?;
-    ensure!(
-        g.wait(Duration::from_secs(300))?,
-        "loadgen failed:\n{}",
-        g.log()
-    );
-    Ok(hosts * ticks * 40)
-}
 
 #[tokio::test]
 #[ignore = "needs the local stack"]

@@ -113,6 +113,18 @@ impl Samples {
         }
     }
 
+    /// Parses Prometheus text exposition (what the `textfile` and `exec`
+    /// inputs read) into samples, with `extra` labels on each. Returns how
+    /// many samples were skipped for a name or label key the wire contract
+    /// does not accept. Public for the fuzz target (`fuzz/`).
+    pub fn parse_prometheus(
+        &mut self,
+        text: &str,
+        extra: &[(&str, &str)],
+    ) -> Result<u64, std::io::Error> {
+        prom::parse_into(text, extra, self).map(|s| s.0)
+    }
+
     /// The samples collected so far.
     pub fn into_vec(self) -> Vec<Sample> {
         self.samples
