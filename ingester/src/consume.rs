@@ -487,7 +487,7 @@ impl State {
         let offsets: Vec<CommitOffset> = r
             .partitions
             .iter()
-            .filter_map(|(t, p)| self.watermarks.revoke(t, *p).map(|o| (t.clone(), *p, o)))
+            .filter_map(|(t, p)| self.watermarks.revoke(t, *p))
             .collect();
         // The poll thread may have given up waiting; nothing else to do.
         let _sent = r.reply.try_send(offsets);

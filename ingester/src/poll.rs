@@ -31,10 +31,11 @@ use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
 use crate::decode::{Chunk, Raw};
+use crate::offsets::DurableSet;
 use crate::telemetry::Stats;
 
-/// An offset to commit: (topic, partition, next offset to read).
-pub(crate) type CommitOffset = (String, i32, i64);
+/// An offset to commit, with the durable records above it.
+pub(crate) type CommitOffset = crate::offsets::Commit;
 
 /// What the pipeline hears from the Kafka side, in order.
 pub(crate) enum Event {
@@ -97,6 +98,9 @@ struct Feed {
     /// Per topic and partition, one past the last offset handed on: where
     /// fetching must continue after a pause.
     positions: HashMap<String, HashMap<i32, i64>>,
+    /// Per topic and partition, records above the committed offset that the
+    /// last owner made durable (from the commit's metadata): skipped.
+    durable: HashMap<String, HashMap<i32, DurableSet>>,
     chunk: Chunk,
     /// Chunks handed to decoders so far.
     sent: u64,
@@ -171,6 +175,8 @@ impl Feed {
                 self.rewinds.remove(key.0);
             }
         }
+        let skip =
+            !self.durable.is_empty() && self.durable_already(&raw.topic, raw.partition, raw.offset);
         match self.positions.get_mut(key.0) {
             Some(p) => {
                 p.insert(raw.partition, raw.offset + 1);
@@ -182,12 +188,35 @@ impl Feed {
                     .insert(raw.partition, raw.offset + 1);
             }
         }
+        if skip {
+            self.stats.records_skipped_durable.inc();
+            return Fed::Taken;
+        }
         self.chunk.bytes += raw.payload.len();
         self.chunk.records.push(raw);
         if self.chunk.records.len() >= Self::MAX_RECORDS || self.chunk.bytes >= Self::MAX_BYTES {
             return self.send();
         }
         Fed::Taken
+    }
+
+    /// Whether the partition's last owner committed this record as durable
+    /// (above its watermark). Forgets the set once past its end.
+    fn durable_already(&mut self, topic: &str, partition: i32, offset: i64) -> bool {
+        let Some(parts) = self.durable.get_mut(topic) else {
+            return false;
+        };
+        let Some(set) = parts.get(&partition) else {
+            return false;
+        };
+        let known = set.contains(offset);
+        if offset + 1 >= set.end() {
+            parts.remove(&partition);
+            if parts.is_empty() {
+                self.durable.remove(topic);
+            }
+        }
+        known
     }
 
     /// Hands the open chunk to the next decoder.
@@ -257,6 +286,9 @@ impl ConsumerContext for Ctx {
                 if let Some(r) = feed.rewinds.get_mut(topic.as_str()) {
                     r.remove(partition);
                 }
+                if let Some(d) = feed.durable.get_mut(topic.as_str()) {
+                    d.remove(partition);
+                }
             }
         }
         self.stats
@@ -305,6 +337,20 @@ impl ConsumerContext for Ctx {
                                 .entry(e.topic().to_owned())
                                 .or_default()
                                 .insert(e.partition(), o);
+                            let set = DurableSet::decode(o, e.metadata());
+                            if !set.is_empty() {
+                                info!(
+                                    topic = e.topic(),
+                                    partition = e.partition(),
+                                    from = o,
+                                    durable = set.len(),
+                                    "records above the committed offset are durable already; skipping them"
+                                );
+                                feed.durable
+                                    .entry(e.topic().to_owned())
+                                    .or_default()
+                                    .insert(e.partition(), set);
+                            }
                         }
                     }
                 }
@@ -353,6 +399,7 @@ pub(crate) fn start(
             stats: stats.clone(),
             rewinds: HashMap::new(),
             positions: HashMap::new(),
+            durable: HashMap::new(),
             chunk: Chunk::default(),
             sent: 0,
             next_decoder: 0,
@@ -495,10 +542,15 @@ fn commit(consumer: &BaseConsumer<Ctx>, offsets: &[CommitOffset], mode: CommitMo
         return;
     }
     let mut tpl = TopicPartitionList::new();
-    for (topic, partition, offset) in offsets {
-        if let Err(e) = tpl.add_partition_offset(topic, *partition, Offset::Offset(*offset)) {
+    for c in offsets {
+        if let Err(e) = tpl.add_partition_offset(&c.topic, c.partition, Offset::Offset(c.offset)) {
             warn!(error = %e, "cannot build the commit list");
             return;
+        }
+        if !c.metadata.is_empty()
+            && let Some(mut e) = tpl.find_partition(&c.topic, c.partition)
+        {
+            e.set_metadata(&c.metadata);
         }
     }
     match consumer.commit(&tpl, mode) {
@@ -524,6 +576,7 @@ mod tests {
             stats: Arc::new(Stats::new()),
             rewinds: HashMap::new(),
             positions: HashMap::new(),
+            durable: HashMap::new(),
             chunk: Chunk::default(),
             sent: 0,
             next_decoder: 0,
@@ -549,6 +602,34 @@ mod tests {
             .flat_map(|c| c.records)
             .map(|r| r.offset)
             .collect()
+    }
+
+    #[test]
+    fn records_the_last_owner_made_durable_are_skipped() {
+        let (mut f, rx) = feed();
+        // The last owner committed 100 with 101, 102 and 104 durable above it.
+        let mut w = crate::offsets::Watermarks::default();
+        for o in 100..106 {
+            w.consumed("t", 0, o);
+        }
+        for o in [101, 102, 104] {
+            w.finished("t", 0, o);
+        }
+        let c = w.to_commit().remove(0);
+        f.positions
+            .entry("t".into())
+            .or_default()
+            .insert(0, c.offset);
+        f.durable
+            .entry("t".into())
+            .or_default()
+            .insert(0, DurableSet::decode(c.offset, &c.metadata));
+        for o in 100..110 {
+            assert_eq!(f.push(raw(o)), Fed::Taken);
+        }
+        assert_eq!(handed(&mut f, &rx), vec![100, 103, 105, 106, 107, 108, 109]);
+        assert_eq!(f.stats.records_skipped_durable.get(), 3);
+        assert!(f.durable.is_empty(), "forgotten once passed");
     }
 
     #[test]

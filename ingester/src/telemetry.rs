@@ -55,6 +55,9 @@ pub struct Stats {
     pub fetch_rewinds: Counter,
     /// Offsets given up on after every rewind failed to fetch them.
     pub offsets_missing: Counter,
+    /// Records skipped because the partition's last owner committed them
+    /// as durable above its watermark (no duplicate inserted).
+    pub records_skipped_durable: Counter,
     /// Tick numbers skipped (per agent instance).
     pub seq_gaps: Counter,
     /// Skipped ticks that arrived later.
@@ -112,6 +115,7 @@ impl Stats {
             assigned_partitions: Gauge::default(),
             fetch_rewinds: Counter::default(),
             offsets_missing: Counter::default(),
+            records_skipped_durable: Counter::default(),
             rows_inserted_total: Counter::default(),
             dead_letters_total: Counter::default(),
             seq_gaps: Counter::default(),
@@ -201,6 +205,11 @@ impl Stats {
             "offsets_missing",
             "Offsets the broker did not return after every rewind (records lost to compaction or aborted transactions, or a broker fault)",
             s.offsets_missing.clone(),
+        );
+        registry.register(
+            "records_skipped_durable",
+            "Records not inserted again because the partition's last owner committed them as durable (a crash's duplicates avoided)",
+            s.records_skipped_durable.clone(),
         );
         registry.register(
             "seq_gaps",

@@ -77,6 +77,38 @@ async fn report(
     Ok(())
 }
 
+/// Records the ingester skipped at assignment because the last owner's
+/// commit named them durable (the `durable=N` of its log lines).
+fn skipped_as_durable(log: &str) -> u64 {
+    log.lines()
+        .filter(|l| l.contains("durable already"))
+        .filter_map(|l| {
+            let plain: String = strip_ansi(l);
+            plain
+                .split_whitespace()
+                .find_map(|w| w.strip_prefix("durable=")?.parse::<u64>().ok())
+        })
+        .sum()
+}
+
+/// The text of a log line without its colour codes.
+fn strip_ansi(line: &str) -> String {
+    let mut out = String::with_capacity(line.len());
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for c in chars.by_ref() {
+                if c == 'm' {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
 /// Waits until the row count grows past `from`: the ingester is inserting.
 async fn inserting_again(
     env: &TestEnv,
@@ -133,7 +165,11 @@ async fn an_ingester_killed_mid_drain_three_times_loses_nothing() -> Result<()> 
         &db,
         "ingester kill -9 x3 mid-drain",
         expected,
-        &format!("inserting again {recoveries:?} after each kill"),
+        &format!(
+            "inserting again {recoveries:?} after each kill; {} records above a committed \
+             offset were skipped as durable",
+            skipped_as_durable(&ingester.log())
+        ),
     )
     .await?;
     ensure!(
