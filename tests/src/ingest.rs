@@ -150,3 +150,39 @@ pub fn loadgen(
     );
     Ok(hosts * ticks * 40)
 }
+
+/// A fresh topic (`partitions`), database and consumer group named after
+/// `prefix`, the migrations applied, and one ingester consuming it.
+pub struct Ingesting {
+    pub topic: String,
+    pub group: String,
+    pub db: String,
+    pub ingester: Service,
+}
+
+/// Sets up [`Ingesting`] on `env`, with the ingester's files in `dir`.
+pub async fn start_ingesting(
+    env: &TestEnv,
+    dir: &std::path::Path,
+    prefix: &str,
+    partitions: i32,
+) -> Result<Ingesting> {
+    let (topic, group, db) = (
+        crate::unique_name(prefix),
+        crate::unique_name("g"),
+        crate::unique_name(prefix),
+    );
+    env.create_topic(&topic, partitions).await?;
+    migrate(env, dir, &topic, &db)?;
+    let ingester = Service::ingester(
+        &dir.join("ingester"),
+        &ingester_config(env, &topic, &group, &db),
+        &[],
+    )?;
+    Ok(Ingesting {
+        topic,
+        group,
+        db,
+        ingester,
+    })
+}

@@ -206,3 +206,55 @@ pub fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
         .map_or(String::new(), |(_, b)| b.to_owned());
     Some((status, body))
 }
+
+/// An agent's config for tests: 1 s interval, status every 2 s, short
+/// delivery and shutdown timeouts, a spool in `spool`, plus `extra` TOML.
+pub fn agent_config(
+    brokers: &str,
+    topic: &str,
+    host_id: &str,
+    spool: &std::path::Path,
+    extra: &str,
+) -> String {
+    format!(
+        r#"
+[agent]
+interval = "1s"
+host_id = "{host_id}"
+status_interval = "2s"
+shutdown_timeout = "3s"
+
+[kafka]
+brokers = "{brokers}"
+topic = "{topic}"
+delivery_timeout = "2s"
+
+[buffer]
+spool_dir = "{spool}"
+
+[log]
+level = "info"
+{extra}
+"#,
+        spool = spool.display()
+    )
+}
+
+/// Reads the agent's own `/metrics` value of `name`.
+pub async fn agent_metric(port: u16, name: &str) -> Result<f64> {
+    let body = tokio::task::spawn_blocking(move || -> Result<String> {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", port))?;
+        s.write_all(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n")?;
+        let mut out = String::new();
+        s.read_to_string(&mut out)?;
+        Ok(out)
+    })
+    .await??;
+    body.lines()
+        .find_map(|l| {
+            l.strip_prefix(name)
+                .and_then(|rest| rest.trim().parse().ok())
+        })
+        .with_context(|| format!("{name} not in /metrics"))
+}

@@ -7,40 +7,9 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, ensure};
 use spillway_e2e::broker::{LocalBroker, free_port};
 use spillway_e2e::consume::{TopicReader, metrics_seqs};
-use spillway_e2e::process::AgentProcess;
+use spillway_e2e::process::{AgentProcess, agent_config, agent_metric};
 use spillway_e2e::{TestEnv, unique_name};
 use spillway_shared::{MetricsRecord, Record, SeqRange};
-
-fn agent_config(
-    brokers: &str,
-    topic: &str,
-    host_id: &str,
-    spool: &std::path::Path,
-    extra: &str,
-) -> String {
-    format!(
-        r#"
-[agent]
-interval = "1s"
-host_id = "{host_id}"
-status_interval = "2s"
-shutdown_timeout = "3s"
-
-[kafka]
-brokers = "{brokers}"
-topic = "{topic}"
-delivery_timeout = "2s"
-
-[buffer]
-spool_dir = "{spool}"
-
-[log]
-level = "info"
-{extra}
-"#,
-        spool = spool.display()
-    )
-}
 
 fn metrics_of<'a>(
     records: &'a [Record],
@@ -272,25 +241,6 @@ async fn sighup_reloads_the_config_without_losing_a_tick() -> Result<()> {
         "no reload in the log"
     );
     Ok(())
-}
-
-/// Reads the agent's own `/metrics` value of `name`.
-async fn agent_metric(port: u16, name: &str) -> Result<f64> {
-    let body = tokio::task::spawn_blocking(move || -> Result<String> {
-        use std::io::{Read, Write};
-        let mut s = std::net::TcpStream::connect(("127.0.0.1", port))?;
-        s.write_all(b"GET /metrics HTTP/1.0\r\nHost: localhost\r\n\r\n")?;
-        let mut out = String::new();
-        s.read_to_string(&mut out)?;
-        Ok(out)
-    })
-    .await??;
-    body.lines()
-        .find_map(|l| {
-            l.strip_prefix(name)
-                .and_then(|rest| rest.trim().parse().ok())
-        })
-        .with_context(|| format!("{name} not in /metrics"))
 }
 
 async fn wait_for_metric(port: u16, name: &str, at_least: f64, timeout: Duration) -> Result<f64> {

@@ -6,9 +6,11 @@
 use std::time::{Duration, Instant};
 
 use anyhow::{Result, ensure};
-use spillway_e2e::ingest::{distinct_rows, ingester_config, loadgen, migrate, total_rows};
+use spillway_e2e::ingest::{
+    Ingesting, distinct_rows, ingester_config, loadgen, migrate, start_ingesting, total_rows,
+};
 use spillway_e2e::process::Service;
-use spillway_e2e::{TestEnv, unique_name};
+use spillway_e2e::{TestEnv, strip_ansi, unique_name};
 
 /// Waits until at least `n` rows (duplicates included) are in ClickHouse.
 async fn wait_at_least(
@@ -89,24 +91,6 @@ fn skipped_as_durable(log: &str) -> u64 {
                 .find_map(|w| w.strip_prefix("durable=")?.parse::<u64>().ok())
         })
         .sum()
-}
-
-/// The text of a log line without its colour codes.
-fn strip_ansi(line: &str) -> String {
-    let mut out = String::with_capacity(line.len());
-    let mut chars = line.chars();
-    while let Some(c) = chars.next() {
-        if c == '\u{1b}' {
-            for c in chars.by_ref() {
-                if c == 'm' {
-                    break;
-                }
-            }
-        } else {
-            out.push(c);
-        }
-    }
-    out
 }
 
 /// Waits until the row count grows past `from`: the ingester is inserting.
@@ -291,18 +275,12 @@ async fn one_of_three_ingesters_killed_and_added_back_loses_nothing() -> Result<
 async fn a_table_dropped_and_recreated_is_retried_then_recovers() -> Result<()> {
     let env = TestEnv::from_env();
     let dir = tempfile::tempdir()?;
-    let (topic, group, db) = (
-        unique_name("e2e_reject"),
-        unique_name("g"),
-        unique_name("e2e_reject"),
-    );
-    env.create_topic(&topic, 2).await?;
-    migrate(&env, dir.path(), &topic, &db)?;
-    let mut ingester = Service::ingester(
-        &dir.path().join("ingester"),
-        &ingester_config(&env, &topic, &group, &db),
-        &[],
-    )?;
+    let Ingesting {
+        topic,
+        db,
+        mut ingester,
+        ..
+    } = start_ingesting(&env, dir.path(), "e2e_reject", 2).await?;
     let first = loadgen(&env, dir.path(), &topic, "before", 50, 2)?;
     wait_complete(&env, &db, first, Duration::from_secs(60), || ingester.log()).await?;
 
