@@ -90,7 +90,13 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     admin_config.set("bootstrap.servers", &config.kafka.brokers);
     topics::ensure_topic(&admin_config, &config.kafka.dlq_topic(), 1)
         .await
-        .with_context(|| format!("dead-letter topic {}", config.kafka.dlq_topic()))?;
+        .with_context(|| {
+            format!(
+                "Kafka at {} is not reachable (or refused to create the dead-letter topic {})",
+                config.kafka.brokers,
+                config.kafka.dlq_topic()
+            )
+        })?;
     let dlq = dlq::DeadLetters::new(producer, config.kafka.dlq_topic());
     let sink = ClickHouseSink::new(&config.clickhouse);
     let otlp = otlp::start(

@@ -12,7 +12,11 @@ use rdkafka::types::RDKafkaErrorCode;
 pub async fn ensure_topic(base: &ClientConfig, name: &str, partitions: i32) -> anyhow::Result<()> {
     let admin: AdminClient<DefaultClientContext> =
         base.create().context("cannot create admin client")?;
-    let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
+    // Bounded: an unreachable broker at start-up is an error within 15 s,
+    // not a hang.
+    let opts = AdminOptions::new()
+        .operation_timeout(Some(Duration::from_secs(10)))
+        .request_timeout(Some(Duration::from_secs(15)));
     let topic = NewTopic::new(name, partitions, TopicReplication::Fixed(1));
     for result in admin.create_topics([&topic], &opts).await? {
         match result {

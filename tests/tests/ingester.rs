@@ -124,6 +124,86 @@ max_age = "0s"
     Ok(())
 }
 
+/// Start-up against what is not there: an unreachable ClickHouse, a
+/// database without the tables, an unreachable broker. Each is one message
+/// on stderr naming the problem and how to fix it, exit code 1, within
+/// seconds (no hang, no retry loop).
+#[tokio::test]
+#[ignore = "needs the local stack"]
+async fn start_up_against_missing_servers_or_tables_fails_with_one_clear_message() -> Result<()> {
+    let env = TestEnv::from_env();
+    let dir = tempfile::tempdir()?;
+    let (topic, db) = (unique_name("e2e_start"), unique_name("e2e_start"));
+    let ch = env.clickhouse_url().to_owned();
+    env.clickhouse(0)
+        .query(&format!("CREATE DATABASE {db}"))
+        .execute()
+        .await?;
+    let closed = format!("127.0.0.1:{}", spillway_e2e::process::free_port()?);
+    let cases = [
+        (
+            env.kafka_brokers.clone(),
+            format!("http://{closed}"),
+            "default".to_owned(),
+            format!("ClickHouse at http://{closed} is not reachable"),
+        ),
+        (
+            env.kafka_brokers.clone(),
+            ch.clone(),
+            db.clone(),
+            format!("database {db} on {ch} lacks the samples"),
+        ),
+        (
+            closed.clone(),
+            ch.clone(),
+            "default".to_owned(),
+            format!("Kafka at {closed} is not reachable"),
+        ),
+    ];
+    let bin = spillway_e2e::process::bin_path("spillway-ingester", "SPILLWAY_INGESTER_BIN");
+    for (brokers, url, database, want) in cases {
+        // The broker case needs tables, so it gets a migrated database.
+        let database = if brokers == closed {
+            let migrated = unique_name("e2e_start");
+            migrate(&env, dir.path(), &topic, &migrated)?;
+            migrated
+        } else {
+            database
+        };
+        let path = dir.path().join("ingester.toml");
+        std::fs::write(
+            &path,
+            format!(
+                "[kafka]\nbrokers = \"{brokers}\"\ntopics = [\"{topic}\"]\n\
+                 [[clickhouse.shards]]\nurl = \"{url}\"\ndatabase = \"{database}\"\n\
+                 user = \"{}\"\npassword = \"{}\"\n",
+                env.clickhouse_user, env.clickhouse_password
+            ),
+        )?;
+        let started = Instant::now();
+        let out = std::process::Command::new(&bin)
+            .args(["--config", path.to_str().context("path")?])
+            .env_remove("SPILLWAY_KAFKA_BROKERS")
+            .env_remove("SPILLWAY_CLICKHOUSE_URLS")
+            .env_remove("SPILLWAY_CLICKHOUSE_URL")
+            .env_remove("SPILLWAY_CLICKHOUSE_CLUSTER")
+            .output()?;
+        let took = started.elapsed();
+        let stderr = spillway_e2e::strip_ansi(&String::from_utf8_lossy(&out.stderr));
+        let last = stderr.lines().last().unwrap_or_default();
+        ensure!(
+            out.status.code() == Some(1)
+                && last.starts_with("spillway-ingester: ")
+                && last.contains(&want),
+            "wanted exit 1 and `{want}`, got {:?}, last line `{last}`",
+            out.status
+        );
+        ensure!(took < Duration::from_secs(30), "took {took:?} to fail");
+        println!("{want}: exit 1 after {took:?}");
+    }
+    Ok(())
+}
+
 #[tokio::test]
 #[ignore = "needs the local stack"]
 async fn simulated_fleet_lands_complete_with_each_host_on_one_shard() -> Result<()> {
