@@ -160,6 +160,7 @@ pub async fn run(
     let stats = Arc::new(AgentStats::default());
     let drops: SharedDropLog = Arc::new(Mutex::new(DropLog::default()));
     let (spool, report) = open_spool(&config)?;
+    stats.add_spool_truncated(report.truncated_bytes);
     if report.truncated_bytes > 0 {
         warn!(
             bytes = report.truncated_bytes,

@@ -29,6 +29,7 @@ pub struct AgentStats {
     split: AtomicU64,
     spool_bytes: AtomicU64,
     spool_records: AtomicU64,
+    spool_truncated_bytes: AtomicU64,
     last_latency_us: AtomicU64,
     broker_ok: AtomicBool,
     last_error: Mutex<Option<String>>,
@@ -57,6 +58,8 @@ pub struct StatsSnapshot {
     pub spool_bytes: u64,
     /// Records in the spool.
     pub spool_records: u64,
+    /// Bytes cut from a torn spool tail (a crash mid-write) at start-up.
+    pub spool_truncated_bytes: u64,
     /// Latency of the last acknowledged delivery.
     pub last_publish_latency: Option<Duration>,
     /// Whether the last delivery attempt succeeded.
@@ -113,6 +116,10 @@ impl AgentStats {
     pub fn add_dropped(&self, n: u64) {
         self.dropped.fetch_add(n, Relaxed);
     }
+    /// Counts bytes cut from a torn spool tail.
+    pub fn add_spool_truncated(&self, bytes: u64) {
+        self.spool_truncated_bytes.fetch_add(bytes, Relaxed);
+    }
     /// Sets the spool's current size.
     pub fn set_spool(&self, bytes: u64, records: u64) {
         self.spool_bytes.store(bytes, Relaxed);
@@ -137,6 +144,7 @@ impl AgentStats {
             split: self.split.load(Relaxed),
             spool_bytes: self.spool_bytes.load(Relaxed),
             spool_records: self.spool_records.load(Relaxed),
+            spool_truncated_bytes: self.spool_truncated_bytes.load(Relaxed),
             last_publish_latency: (us > 0).then(|| Duration::from_micros(us)),
             broker_ok: self.broker_ok.load(Relaxed),
             last_error: lock(&self.last_error).clone(),
@@ -238,6 +246,12 @@ pub fn render_prometheus(s: &StatsSnapshot) -> String {
         "counter",
         "Records dropped at the spool cap (reported in status records).",
         &plain(s.dropped as f64),
+    );
+    metric(
+        "spillway_agent_spool_truncated_bytes_total",
+        "counter",
+        "Bytes cut from a torn spool tail (a crash mid-write) when the spool was opened.",
+        &plain(s.spool_truncated_bytes as f64),
     );
     metric(
         "spillway_agent_ticks_split_total",

@@ -174,6 +174,19 @@ async fn broker_restarted_empty_while_agents_run_loses_no_tick() -> Result<()> {
     tear_spool_tail(&spool_a)?;
     agents[0].restart()?;
     let a_back = Instant::now();
+    // The torn tail is cut and counted: 4 + 7 bytes of half a frame.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let truncated = loop {
+        match agent_metric(ports[0], "spillway_agent_spool_truncated_bytes_total").await {
+            Ok(v) => break v,
+            Err(e) => ensure!(Instant::now() < deadline, "agent A's /metrics: {e}"),
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    ensure!(
+        truncated == 11.0,
+        "agent A counted {truncated} torn bytes, not 11"
+    );
     tokio::time::sleep(Duration::from_secs(30).saturating_sub(outage.elapsed())).await;
 
     broker.restart()?;
