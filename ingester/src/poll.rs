@@ -330,9 +330,27 @@ impl ConsumerContext for Ctx {
             // part of the first batch is caught (see `Feed::push`).
             match consumer.committed_offsets((*tpl).clone(), Duration::from_secs(10)) {
                 Ok(committed) => {
-                    let mut feed = lock(&self.feed);
+                    // A partition its group never committed starts at its
+                    // earliest offset (`auto.offset.reset`). Expect that
+                    // offset, so that a broker skipping the first batch
+                    // (seen after tansu restarted empty, with the consumer
+                    // still holding its old position) is caught too.
+                    let mut starts = Vec::new();
                     for e in committed.elements() {
-                        if let Offset::Offset(o) = e.offset() {
+                        let start = match e.offset() {
+                            Offset::Offset(o) => Some(o),
+                            _ => consumer
+                                .fetch_watermarks(e.topic(), e.partition(), Duration::from_secs(5))
+                                .map(|(low, _)| low)
+                                .inspect_err(|err| warn!(topic = e.topic(), partition = e.partition(),
+                                                         error = %err, "cannot read the earliest offset"))
+                                .ok(),
+                        };
+                        starts.push(start);
+                    }
+                    let mut feed = lock(&self.feed);
+                    for (e, start) in committed.elements().iter().zip(starts) {
+                        if let Some(o) = start {
                             feed.positions
                                 .entry(e.topic().to_owned())
                                 .or_default()
