@@ -116,7 +116,34 @@ async fn seeded_chaos_loses_nothing() -> Result<()> {
         load.log()
     );
     let calm = Instant::now();
-    let deadline = calm + Duration::from_secs(180);
+    // tansu 0.6 keeps members killed with -9 in the group and may assign
+    // them partitions again, which then wait in the topic (see
+    // ARCHITECTURE.md, known broker limits). If the rows are not all in
+    // after 60 s, restart both members, as an operator would, so that the
+    // group is formed anew. Rows whose offsets were committed without
+    // being stored would stay missing: that is what this test catches.
+    let mut restarted = false;
+    loop {
+        let distinct = distinct_rows(&env, &db).await?;
+        if distinct >= expected || calm.elapsed() > Duration::from_secs(60) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    if distinct_rows(&env, &db).await? < expected {
+        println!("seed {seed}: rows still missing 60 s after the faults; restarting both members");
+        for m in &mut members {
+            ensure!(
+                m.terminate(Duration::from_secs(40))?,
+                "a member exited non-zero"
+            );
+        }
+        for m in &mut members {
+            m.restart()?;
+        }
+        restarted = true;
+    }
+    let deadline = Instant::now() + Duration::from_secs(180);
     loop {
         let distinct = distinct_rows(&env, &db).await?;
         if distinct >= expected {
@@ -124,7 +151,8 @@ async fn seeded_chaos_loses_nothing() -> Result<()> {
         }
         ensure!(
             Instant::now() < deadline,
-            "seed {seed}: {distinct} of {expected} rows 180 s after the faults stopped ({} lost); \
+            "seed {seed}: {distinct} of {expected} rows after the faults stopped (restarted: \
+             {restarted}; {} lost); \
              faults: {faults:#?}\n{}",
             expected - distinct,
             members
@@ -139,7 +167,8 @@ async fn seeded_chaos_loses_nothing() -> Result<()> {
     let distinct = distinct_rows(&env, &db).await?;
     println!(
         "chaos seed {seed}: {} faults in {secs} s: {faults:?}; {expected} rows produced, {total} in \
-         ClickHouse, {distinct} distinct, lost {}, duplicates {}; complete {:?} after the last fault",
+         ClickHouse, {distinct} distinct, lost {}, duplicates {}; complete {:?} after the last fault \
+         (members restarted to re-form the group: {restarted})",
         faults.len(),
         expected - distinct.min(expected),
         total - distinct,
