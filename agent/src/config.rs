@@ -55,7 +55,8 @@ pub struct AgentConfig {
     /// Collection interval; ticks are aligned to multiples of it on the wall clock.
     #[serde(with = "humantime_serde")]
     pub interval: Duration,
-    /// Largest random delay added after each aligned tick, to spread a fleet's load.
+    /// Upper bound of the phase offset, drawn once per process, that shifts
+    /// every aligned tick, to spread a fleet's load.
     #[serde(with = "humantime_serde")]
     pub jitter: Duration,
     /// Stable host id. Empty: `/etc/machine-id`, else the hostname.

@@ -8,6 +8,7 @@
 //!   scheduler with its time budget.
 //! - [`publish`]: the producer, the bounded memory queue, and the hand-off to
 //!   the spool.
+//! - [`schedule`]: when ticks happen (wall-clock slots, missed slots counted).
 //! - [`spool`]: the crash-safe disk spool with its byte cap.
 //! - [`telemetry`]: the agent's own counters, `/health` and `/metrics`, logs.
 //!
@@ -19,6 +20,7 @@ pub mod config;
 pub mod otlp;
 pub mod producer;
 pub mod publish;
+pub mod schedule;
 pub mod spool;
 pub mod telemetry;
 
@@ -36,6 +38,7 @@ use tracing::{error, info, warn};
 use crate::collect::Collection;
 use crate::config::{Config, ProcessEnv};
 use crate::publish::{DropLog, Publisher, SharedDropLog};
+use crate::schedule::Schedule;
 use crate::spool::{Entry, EntryKind, Spool};
 use crate::telemetry::AgentStats;
 
@@ -80,28 +83,21 @@ pub fn now_ms() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
-/// Time from `now_ms` to the next multiple of `interval` on the wall clock,
-/// plus `jitter`. A boundary closer than `min_gap` is skipped, so that the
-/// counters primed at start-up cover a meaningful span.
-pub fn until_next_tick(
-    now_ms: u64,
-    interval: Duration,
-    jitter: Duration,
-    min_gap: Duration,
-) -> Duration {
-    let step = interval.as_millis().max(1) as u64;
-    let mut wait = step - now_ms % step;
-    if wait < min_gap.as_millis() as u64 {
-        wait += step;
-    }
-    Duration::from_millis(wait) + jitter
-}
-
-fn random_jitter(max: Duration) -> Duration {
+/// A phase offset in `[0, max)`, drawn once per process.
+fn random_offset(max: Duration) -> Duration {
     if max.is_zero() {
         return Duration::ZERO;
     }
     Duration::from_millis(rand::random_range(0..max.as_millis().max(1) as u64))
+}
+
+/// The schedule for `config`, with a fresh phase offset.
+fn schedule(config: &Config) -> Schedule {
+    Schedule::new(
+        config.agent.interval,
+        random_offset(config.agent.jitter),
+        config.agent.interval.min(Duration::from_secs(1)) / 2,
+    )
 }
 
 /// Collects one tick right away (after priming the counters for `prime`),
@@ -192,15 +188,11 @@ pub async fn run(
 
     let started = Instant::now();
     let mut seq: u64 = 0;
+    let mut ticks = schedule(&config);
     let mut next_status = Instant::now();
     let mut reload = reload_signal()?;
     loop {
-        let wait = until_next_tick(
-            now_ms(),
-            config.agent.interval,
-            random_jitter(config.agent.jitter),
-            config.agent.interval.min(Duration::from_secs(1)) / 2,
-        );
+        let next = ticks.next(now_ms());
         tokio::select! {
             _ = shutdown.cancelled() => break,
             Some(()) = reload.recv() => {
@@ -217,13 +209,27 @@ pub async fn run(
                         let spool = stop_publisher(running).await?;
                         running = start_publisher(&new, &origin.host_id, spool, &stats, &drops)?;
                         collection = Collection::new(&new, stats.clone());
+                        if (new.agent.interval, new.agent.jitter)
+                            != (config.agent.interval, config.agent.jitter)
+                        {
+                            ticks = schedule(&new);
+                        }
                         config = Config { buffer: config.buffer.clone(), ..new };
                         info!("configuration reloaded");
                     }
                 }
                 continue;
             }
-            _ = tokio::time::sleep(wait) => {}
+            _ = tokio::time::sleep(next.wait) => {}
+        }
+        let missed = ticks.mark(next.slot);
+        if missed > 0 {
+            stats.add_missed(missed);
+            warn!(
+                missed,
+                interval = ?config.agent.interval,
+                "the previous tick ran past the next slot; slots missed"
+            );
         }
 
         let time_ms = now_ms();
@@ -370,27 +376,4 @@ fn reload_signal() -> anyhow::Result<mpsc::Receiver<()>> {
         }
     });
     Ok(rx)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn ticks_align_to_the_wall_clock() {
-        let i = Duration::from_secs(10);
-        assert_eq!(
-            until_next_tick(1_000_003_000, i, Duration::ZERO, Duration::ZERO),
-            Duration::from_secs(7)
-        );
-        // Too close to the boundary: the next one.
-        assert_eq!(
-            until_next_tick(1_000_009_900, i, Duration::ZERO, Duration::from_millis(500)),
-            Duration::from_millis(10_100)
-        );
-        assert_eq!(
-            until_next_tick(1_000_000_000, i, Duration::from_millis(250), Duration::ZERO),
-            Duration::from_millis(10_250)
-        );
-    }
 }

@@ -23,6 +23,7 @@ pub struct AgentStats {
     skips: Mutex<BTreeMap<&'static str, u64>>,
     non_finite: AtomicU64,
     ticks: AtomicU64,
+    missed: AtomicU64,
     published: AtomicU64,
     spooled: AtomicU64,
     dropped: AtomicU64,
@@ -46,6 +47,8 @@ pub struct StatsSnapshot {
     pub non_finite: u64,
     /// Collection ticks.
     pub ticks: u64,
+    /// Tick slots that went by while an earlier tick was still running.
+    pub missed: u64,
     /// Records the broker acknowledged.
     pub published: u64,
     /// Records written to the spool.
@@ -90,6 +93,10 @@ impl AgentStats {
     /// Counts a collection tick.
     pub fn add_tick(&self) {
         self.ticks.fetch_add(1, Relaxed);
+    }
+    /// Counts tick slots missed because an earlier tick ran past them.
+    pub fn add_missed(&self, n: u64) {
+        self.missed.fetch_add(n, Relaxed);
     }
     /// Counts a tick that had to be split.
     pub fn add_split(&self) {
@@ -141,6 +148,7 @@ impl AgentStats {
             published: self.published.load(Relaxed),
             spooled: self.spooled.load(Relaxed),
             dropped: self.dropped.load(Relaxed),
+            missed: self.missed.load(Relaxed),
             split: self.split.load(Relaxed),
             spool_bytes: self.spool_bytes.load(Relaxed),
             spool_records: self.spool_records.load(Relaxed),
@@ -228,6 +236,12 @@ pub fn render_prometheus(s: &StatsSnapshot) -> String {
         "counter",
         "Collection ticks.",
         &plain(s.ticks as f64),
+    );
+    metric(
+        "spillway_agent_ticks_missed_total",
+        "counter",
+        "Tick slots that went by while an earlier tick was still running (no record for them).",
+        &plain(s.missed as f64),
     );
     metric(
         "spillway_agent_records_published_total",

@@ -10,6 +10,9 @@ use spillway_e2e::ingest::{Ingesting, start_ingesting};
 use spillway_e2e::process::{AgentProcess, Service, agent_config, agent_metric};
 use spillway_e2e::{TestEnv, strip_ansi, unique_name};
 
+/// The agent's count of tick slots it missed (a tick ran past the next one).
+const MISSED: &str = "spillway_agent_ticks_missed_total";
+
 /// One agent instance's ticks in ClickHouse, over every shard.
 #[derive(Debug, Clone, PartialEq)]
 struct Ticks {
@@ -168,6 +171,7 @@ async fn broker_restarted_empty_while_agents_run_loses_no_tick() -> Result<()> {
     let outage = Instant::now();
     tokio::time::sleep(Duration::from_secs(12)).await;
     // Agent A dies mid-outage, leaving a torn spool tail, and comes back.
+    let a1_missed = agent_metric(ports[0], MISSED).await? as u64;
     agents[0].kill9()?;
     let a_killed = started.elapsed();
     let spool_a = dir.path().join(&hosts[0]).join("spool");
@@ -206,6 +210,15 @@ async fn broker_restarted_empty_while_agents_run_loses_no_tick() -> Result<()> {
     }
     let drained = restarted.elapsed();
     tokio::time::sleep(Duration::from_secs(3)).await;
+    // What each running instance says it made, just before it stops (it may
+    // tick once more on its way out).
+    let mut reported = Vec::new();
+    for &p in &ports {
+        reported.push((
+            agent_metric(p, "spillway_agent_ticks_total").await? as u64,
+            agent_metric(p, MISSED).await? as u64,
+        ));
+    }
     let mut stopped = Vec::new();
     for a in &mut agents {
         stopped.push(Instant::now());
@@ -273,18 +286,27 @@ async fn broker_restarted_empty_while_agents_run_loses_no_tick() -> Result<()> {
     } else {
         (a[1], a[0])
     };
-    for (i, life) in [
-        (a1, lived(0, true)),
-        (a2, lived(0, false)),
-        (b[0], lived(1, false)),
+    for (i, life, missed) in [
+        (a1, lived(0, true), a1_missed),
+        (a2, lived(0, false), reported[0].1),
+        (b[0], lived(1, false), reported[1].1),
     ] {
         ensure!(
-            i.distinct + 2 >= life,
-            "{} ticks of {}/{} in ClickHouse, but it lived {life} s at a 1 s interval; \
-             agent A's log:\n{a_log}",
+            i.distinct + missed + 2 >= life,
+            "{} ticks of {}/{} in ClickHouse and {missed} slots missed, but it lived {life} s \
+             at a 1 s interval; agent A's log:\n{a_log}",
             i.distinct,
             i.host_id,
             i.instance_id
+        );
+    }
+    for (i, (made, _)) in [(a2, reported[0]), (b[0], reported[1])] {
+        ensure!(
+            i.distinct >= made,
+            "{}/{} made {made} ticks but ClickHouse holds {}",
+            i.host_id,
+            i.instance_id,
+            i.distinct
         );
     }
     let made: u64 = t.iter().map(|i| i.distinct).sum();
@@ -292,10 +314,11 @@ async fn broker_restarted_empty_while_agents_run_loses_no_tick() -> Result<()> {
     println!(
         "broker killed for {:?} and restarted empty, agent A kill -9'd with a torn spool \
          tail: {} agent instances, {made} ticks, all contiguous from 0 (lost 0), \
-         {dups} duplicate rows; spools drained {drained:?} and all landed {recovery:?} \
+         {dups} duplicate rows, {} tick slots missed; spools drained {drained:?} and all landed {recovery:?} \
          after the broker restart",
         restarted.duration_since(outage),
-        t.len()
+        t.len(),
+        a1_missed + reported[0].1 + reported[1].1
     );
     ensure!(
         ingester.terminate(Duration::from_secs(30))?,
