@@ -16,10 +16,13 @@ use std::time::Duration;
 
 use rdkafka::ClientConfig;
 use rdkafka::ClientContext;
-use rdkafka::error::KafkaResult;
+use rdkafka::config::RDKafkaLogLevel;
+use rdkafka::error::{KafkaError, KafkaResult};
 use rdkafka::message::OwnedHeaders;
 use rdkafka::producer::{BaseProducer, BaseRecord, DeliveryResult, Producer as _, ProducerContext};
 use tokio::sync::oneshot;
+
+use spillway_shared::kafka_log::KafkaLog;
 
 /// How long one poll of the delivery queue may block. It bounds how long
 /// the polling thread outlives its producer, and costs at most one spin of
@@ -29,9 +32,19 @@ const POLL_WINDOW: Duration = Duration::from_secs(10);
 /// The outcome of one delivery: `Err` carries librdkafka's message.
 pub type DeliveryOutcome = Result<(), String>;
 
-struct DeliveryContext;
+#[derive(Default)]
+struct DeliveryContext {
+    log: KafkaLog,
+}
 
-impl ClientContext for DeliveryContext {}
+impl ClientContext for DeliveryContext {
+    fn log(&self, level: RDKafkaLogLevel, fac: &str, message: &str) {
+        self.log.log(level, fac, message);
+    }
+    fn error(&self, error: KafkaError, reason: &str) {
+        self.log.error(error, reason);
+    }
+}
 
 impl ProducerContext for DeliveryContext {
     type DeliveryOpaque = Box<oneshot::Sender<DeliveryOutcome>>;
@@ -59,7 +72,7 @@ impl Producer {
     /// lazily, so this succeeds while the broker is down.
     pub fn new(config: &ClientConfig) -> KafkaResult<Producer> {
         let inner: Arc<BaseProducer<DeliveryContext>> =
-            Arc::new(config.create_with_context(DeliveryContext)?);
+            Arc::new(config.create_with_context(DeliveryContext::default())?);
         let stop = Arc::new(AtomicBool::new(false));
         let (producer, flag) = (inner.clone(), stop.clone());
         std::thread::Builder::new()

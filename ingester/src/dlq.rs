@@ -11,6 +11,8 @@ use std::time::Duration;
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 
+use spillway_shared::kafka_log::LogContext;
+
 /// Where a dead letter came from and why it died.
 #[derive(Debug, Clone)]
 pub struct DeadLetter<'a> {
@@ -33,13 +35,13 @@ pub struct DeadLetter<'a> {
 /// Produces dead letters.
 #[derive(Clone)]
 pub struct DeadLetters {
-    producer: FutureProducer,
+    producer: FutureProducer<LogContext>,
     topic: String,
 }
 
 impl DeadLetters {
     /// Wraps a producer.
-    pub fn new(producer: FutureProducer, topic: String) -> Self {
+    pub fn new(producer: FutureProducer<LogContext>, topic: String) -> Self {
         DeadLetters { producer, topic }
     }
 

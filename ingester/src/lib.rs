@@ -36,6 +36,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use rdkafka::producer::FutureProducer;
+use spillway_shared::kafka_log::LogContext;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info};
 
@@ -77,11 +78,11 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     for (k, v) in &config.kafka.properties {
         producer_config.set(k, v);
     }
-    let producer: FutureProducer = producer_config
+    let producer: FutureProducer<LogContext> = producer_config
         .set("bootstrap.servers", &config.kafka.brokers)
         .set("acks", "all")
         .set("enable.idempotence", "true")
-        .create()
+        .create_with_context(LogContext::default())
         .context("cannot create the dead-letter producer")?;
     let mut admin_config = rdkafka::ClientConfig::new();
     for (k, v) in &config.kafka.properties {

@@ -23,10 +23,12 @@ use std::sync::mpsc::{Receiver, SyncSender, TryRecvError};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
-use rdkafka::error::KafkaResult;
+use rdkafka::error::{KafkaError, KafkaResult};
 use rdkafka::message::Message;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
+use spillway_shared::kafka_log::KafkaLog;
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
@@ -248,9 +250,17 @@ pub(crate) struct Ctx {
     closing: AtomicBool,
     rebalance_timeout: Duration,
     stats: Arc<Stats>,
+    log: KafkaLog,
 }
 
 impl ClientContext for Ctx {
+    fn log(&self, level: RDKafkaLogLevel, fac: &str, message: &str) {
+        self.log.log(level, fac, message);
+    }
+    fn error(&self, error: KafkaError, reason: &str) {
+        self.log.error(error, reason);
+    }
+
     /// librdkafka's statistics (every 5 s): the lag of each assigned
     /// partition behind its committed offset.
     fn stats(&self, statistics: rdkafka::Statistics) {
@@ -428,6 +438,7 @@ pub(crate) fn start(
         closing: AtomicBool::new(false),
         rebalance_timeout,
         stats: stats.clone(),
+        log: KafkaLog::default(),
     };
     let consumer: BaseConsumer<Ctx> = config.create_with_context(ctx)?;
     let topics: Vec<&str> = topics.iter().map(String::as_str).collect();

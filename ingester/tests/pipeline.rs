@@ -12,6 +12,7 @@ use spillway_ingester::config::Config;
 use spillway_ingester::dlq::DeadLetters;
 use spillway_ingester::sink::{Rows, Sink, SinkError};
 use spillway_ingester::telemetry::Stats;
+use spillway_shared::kafka_log::LogContext;
 use spillway_shared::{Label, MetricKind, MetricsRecord, Origin, Record, Sample, encode};
 use tokio_util::sync::CancellationToken;
 
@@ -110,7 +111,7 @@ fn start(
     let dlq = DeadLetters::new(
         ClientConfig::new()
             .set("bootstrap.servers", brokers)
-            .create()
+            .create_with_context(LogContext::default())
             .unwrap(),
         format!("{topic}.dlq"),
     );

@@ -10,14 +10,21 @@
 //!   and the typed [`DecodeError`].
 //! - [`kafka`]: message key, headers and the default topic.
 //! - [`settings`]: configuration plumbing shared by the two binaries.
+//! - [`throttle`]: collapsing repeated log messages (also shared by both).
+//! - `kafka_log` (feature `rdkafka`): librdkafka's messages, throttled, into
+//!   `tracing`.
 //!
 //! Apart from reading configuration files ([`settings`]), this crate does no
-//! I/O, and it depends on no Kafka or ClickHouse client.
+//! I/O, and without the `rdkafka` feature it depends on no Kafka or
+//! ClickHouse client.
 
 pub mod codec;
 pub mod kafka;
+#[cfg(feature = "rdkafka")]
+pub mod kafka_log;
 pub mod record;
 pub mod settings;
+pub mod throttle;
 
 pub use codec::{
     DecodeError, EncodeError, Limits, SplitError, Wire, decode, encode, encode_into, encode_split,
