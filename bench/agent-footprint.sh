@@ -26,7 +26,9 @@ scripts/stack.sh status >/dev/null || { echo "start the stack first: scripts/sta
 eval "$(scripts/stack.sh env)"
 # BENCH_PROFILE=debug (CI's smoke run) skips the release build.
 profile=${BENCH_PROFILE:-release}
-flag=--release; [ "$profile" = debug ] && flag=
+flag=--release
+if [ "$profile" = debug ]; then flag=; fi
+if [ "${BENCH_CHECK:-0}" = 1 ]; then echo "bench: $(basename "$0") set-up ok (profile $profile)"; exit 0; fi
 cargo build $flag -p spillway-agent --quiet
 AGENT=$ROOT/target/$profile/spillway-agent
 work=$(mktemp -d)

