@@ -26,7 +26,11 @@ fuzz_target!(|data: &[u8]| {
         Record::Metrics(m) => {
             let samples = m.samples.len();
             let mut rows = Vec::new();
-            spillway_ingester::rows::sample_rows(m, &mut rows);
+            spillway_ingester::rows::sample_rows(
+                m,
+                &spillway_ingester::precision::Precision::default(),
+                &mut rows,
+            );
             assert_eq!(rows.len(), samples);
         }
         Record::Status(s) => {

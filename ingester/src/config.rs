@@ -22,6 +22,8 @@ pub struct Config {
     pub quality: QualityConfig,
     /// How long data is kept.
     pub retention: RetentionConfig,
+    /// How values are stored.
+    pub storage: StorageConfig,
     /// The optional HTTP listener.
     pub http: HttpConfig,
     /// Logs.
@@ -227,16 +229,39 @@ impl QualityConfig {
     }
 }
 
-/// How long data is kept, in days; 0 keeps it forever. The ingester drops
-/// whole daily (monthly for `ingest_quality`) partitions once they are
-/// entirely older than this.
+/// How values are stored.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StorageConfig {
+    /// Stored precision of gauges; the first rule that matches a metric
+    /// applies; counters are stored exactly. `[]` stores every value as sent.
+    pub precision: Vec<crate::precision::PrecisionRule>,
+}
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        StorageConfig {
+            precision: crate::precision::default_rules(),
+        }
+    }
+}
+
+/// How long data is kept, in days; 0 keeps it forever. On the modern schema
+/// profile `migrate` sets each table's TTL from these (whole parts are
+/// dropped, `ttl_only_drop_parts`); on the legacy profile (ClickHouse before
+/// 24.8, no TTL) the ingester drops whole daily (monthly for the hourly tier
+/// and `ingest_quality`) partitions once they are entirely older than this.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RetentionConfig {
     /// `samples`.
     pub samples_days: u32,
-    /// `samples_1m` (the rollup).
+    /// `samples_1m` (the 1-minute tier).
     pub rollup_days: u32,
+    /// `samples_1h` (the 1-hour tier).
+    pub rollup_1h_days: u32,
+    /// `agent_status` (heartbeat history).
+    pub status_days: u32,
     /// `ingest_quality`.
     pub quality_days: u32,
     /// How often partitions are checked.
@@ -249,6 +274,8 @@ impl Default for RetentionConfig {
         RetentionConfig {
             samples_days: 30,
             rollup_days: 400,
+            rollup_1h_days: 1830,
+            status_days: 90,
             quality_days: 90,
             check_interval: Duration::from_secs(3600),
         }
@@ -454,6 +481,21 @@ impl Config {
                     "clickhouse.shards[{i}].database `{}` must be [A-Za-z0-9_]+",
                     s.database
                 ));
+            }
+        }
+        for (i, rule) in self.storage.precision.iter().enumerate() {
+            if let Err(why) = rule.rounding() {
+                e.push(format!("storage.precision[{i}]: {why}"));
+            }
+            if rule.metrics.is_empty() {
+                e.push(format!("storage.precision[{i}].metrics must name at least one metric"));
+            }
+            for m in &rule.metrics {
+                if m.is_empty() || m.trim_start_matches('*').trim_end_matches('*').contains('*') {
+                    e.push(format!(
+                        "storage.precision[{i}]: `{m}` must be a metric name, `prefix*` or `*suffix`"
+                    ));
+                }
             }
         }
         let b = &self.batch;

@@ -106,7 +106,9 @@ pub async fn run<S: Sink + Clone>(
     let decoders = config.pipeline.decode_threads;
     // Decoded chunks are several times their records' size: queue few.
     let (events_tx, mut events) = mpsc::channel::<Event>(decoders + 1);
-    let decode::Decoders { inputs, threads } = decode::start(decoders, shards, events_tx.clone())?;
+    let precision = crate::precision::Precision::new(&config.storage.precision);
+    let decode::Decoders { inputs, threads } =
+        decode::start(decoders, shards, &precision, events_tx.clone())?;
     let poller = poll::start(
         consumer_config(&config),
         &config.kafka.topics,

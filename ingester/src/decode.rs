@@ -12,6 +12,7 @@ use spillway_shared::{Limits, Record, SeqRange, decode};
 use tokio::sync::mpsc;
 
 use crate::poll::Event;
+use crate::precision::Precision;
 use crate::rows::{sample_row_mem, sample_row_size, sample_rows, status_row};
 use crate::shard::shard_for;
 use crate::sink::Rows;
@@ -77,7 +78,12 @@ pub(crate) struct Rejected {
 }
 
 /// Decodes one record into rows for its shard.
-pub(crate) fn decode_record(raw: Raw, limits: &Limits, shards: usize) -> Decoded {
+pub(crate) fn decode_record(
+    raw: Raw,
+    limits: &Limits,
+    precision: &Precision,
+    shards: usize,
+) -> Decoded {
     let outcome = match decode(&raw.payload, limits) {
         Err(e) => Err(Rejected {
             kind: e.kind(),
@@ -95,7 +101,7 @@ pub(crate) fn decode_record(raw: Raw, limits: &Limits, shards: usize) -> Decoded
                     };
                     let time_ms = m.time_ms;
                     let mut rows = Vec::with_capacity(m.samples.len());
-                    sample_rows(m, &mut rows);
+                    sample_rows(m, precision, &mut rows);
                     let bytes = rows.iter().map(sample_row_size).sum();
                     let mem = rows.iter().map(sample_row_mem).sum();
                     (Rows::Samples(rows), bytes, mem, time_ms, tick)
@@ -133,6 +139,7 @@ pub(crate) struct Decoders {
 pub(crate) fn start(
     threads: usize,
     shards: usize,
+    precision: &Precision,
     events: mpsc::Sender<Event>,
 ) -> std::io::Result<Decoders> {
     let mut inputs = Vec::with_capacity(threads);
@@ -141,10 +148,11 @@ pub(crate) fn start(
         // Two chunks queued per decoder keep it busy without hoarding.
         let (tx, rx) = std::sync::mpsc::sync_channel::<Chunk>(2);
         let events = events.clone();
+        let precision = precision.clone();
         handles.push(
             std::thread::Builder::new()
                 .name(format!("decode-{i}"))
-                .spawn(move || decoder(rx, events, shards))?,
+                .spawn(move || decoder(rx, events, &precision, shards))?,
         );
         inputs.push(tx);
     }
@@ -154,13 +162,18 @@ pub(crate) fn start(
     })
 }
 
-fn decoder(input: Receiver<Chunk>, events: mpsc::Sender<Event>, shards: usize) {
+fn decoder(
+    input: Receiver<Chunk>,
+    events: mpsc::Sender<Event>,
+    precision: &Precision,
+    shards: usize,
+) {
     let limits = Limits::default();
     while let Ok(chunk) = input.recv() {
         let decoded: Vec<Decoded> = chunk
             .records
             .into_iter()
-            .map(|raw| decode_record(raw, &limits, shards))
+            .map(|raw| decode_record(raw, &limits, precision, shards))
             .collect();
         let event = Event::Decoded {
             seq: chunk.seq,

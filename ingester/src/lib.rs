@@ -6,6 +6,7 @@
 //! - [`consume`]: the pipeline (consumer, batches, insert workers, commits).
 //! - [`offsets`]: the contiguous commit watermark.
 //! - [`rows`]: records → table rows.
+//! - [`precision`]: the stored precision of gauges.
 //! - [`shard`]: host → shard.
 //! - [`sink`]: the ClickHouse sink, behind a trait.
 //! - [`dlq`]: the dead-letter topic.
@@ -23,6 +24,7 @@ pub mod migrate;
 pub mod offsets;
 pub mod otlp;
 mod poll;
+pub mod precision;
 pub mod quality;
 pub mod retention;
 pub mod rows;

@@ -46,7 +46,12 @@ enum Command {
     /// Consume and insert until stopped (the default).
     Run,
     /// Apply the schema migrations to every shard, then exit.
-    Migrate,
+    Migrate {
+        /// The schema profile for shards that have none yet (default: by
+        /// server version: `modern` from ClickHouse 24.8 on).
+        #[arg(long, value_enum)]
+        profile: Option<spillway_ingester::migrate::Profile>,
+    },
     /// Validate the configuration, print every problem, exit 2 if invalid.
     CheckConfig,
     /// Drop partitions older than the [retention] settings, once, then exit.
@@ -99,7 +104,7 @@ fn main() -> ExitCode {
     };
     let result = runtime.block_on(async move {
         match command {
-            Command::Migrate => migrate(&config).await,
+            Command::Migrate { profile } => migrate(&config, profile).await,
             Command::Prune => prune(&config).await,
             Command::Loadgen(args) => {
                 spillway_ingester::loadgen::run(&config.kafka.brokers, &args).await
@@ -120,14 +125,24 @@ fn main() -> ExitCode {
     }
 }
 
-async fn migrate(config: &Config) -> anyhow::Result<()> {
+async fn migrate(
+    config: &Config,
+    profile: Option<spillway_ingester::migrate::Profile>,
+) -> anyhow::Result<()> {
+    let options = spillway_ingester::migrate::Options {
+        cluster: config.clickhouse.cluster.clone(),
+        profile,
+        retention: config.retention.clone(),
+    };
     for shard in &config.clickhouse.shards {
-        let cluster = config.clickhouse.cluster.as_deref();
-        let r = spillway_ingester::migrate::migrate_shard(shard, cluster).await?;
+        let r = spillway_ingester::migrate::migrate_shard(shard, &options).await?;
         println!(
             "shard {} (ClickHouse {}), database {}:",
             r.url, r.server_version, shard.database
         );
+        if let Some((p, why)) = &r.profile {
+            println!("  profile   {} ({why})", p.name());
+        }
         for m in &r.applied {
             println!("  applied   {m}");
         }
@@ -138,10 +153,13 @@ async fn migrate(config: &Config) -> anyhow::Result<()> {
             println!("  skipped   {m}: {why}");
         }
         for t in &r.distributed {
-            println!(
-                "  distributed table {t} over cluster {}",
-                cluster.unwrap_or_default()
-            );
+            match &options.cluster {
+                Some(c) => println!("  distributed table {t} over cluster {c}"),
+                None => println!("  merge table {t} over the local table"),
+            }
+        }
+        for t in &r.ttl {
+            println!("  ttl       {t}");
         }
     }
     Ok(())

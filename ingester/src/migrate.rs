@@ -1,16 +1,75 @@
 //! Schema migrations: the files of `migrations/`, embedded in the binary and
 //! applied in order to every shard by `spillway-ingester migrate`.
 //!
-//! Each shard tracks what it applied in `schema_migrations` (version,
+//! Each shard tracks what it applied in `schema_migrations` (file name,
 //! checksum). Applying twice changes nothing; a file whose checksum changed
 //! after it was applied stops the run with an error. A file may start with
 //! `-- min_server_version: MAJOR.MINOR`; on an older server it is skipped,
 //! reported and not recorded, so a run after a server upgrade applies it.
+//!
+//! **Profiles.** One wire and one set of column names and RowBinary types,
+//! two physical layouts: `modern` (ClickHouse 24.8 and later:
+//! LowCardinality, codecs, TTL, deduplication windows) and `legacy` (older
+//! servers down to 18.16: plain types, retention by partition drops). A
+//! migration may come as one file for both (`0001_samples.sql`) or as one
+//! file per profile (`0006_storage_v2.modern.sql`, `.legacy.sql`); the
+//! runner applies the variant of the shard's profile. A shard keeps the
+//! profile its tables were built with; a new one takes it from the server's
+//! version (or `migrate --profile`).
+//!
+//! **Guards.** ClickHouse 18.16 has no `IF [NOT] EXISTS` for columns, so a
+//! statement may be preceded by `-- if: SELECT ...`: it runs only when that
+//! query returns a non-zero number. Files stay safe to re-run after a
+//! failure half-way.
 #![deny(clippy::unwrap_used, clippy::expect_used)]
 
 use serde::Deserialize;
 
-use crate::config::ShardConfig;
+use crate::config::{RetentionConfig, ShardConfig};
+
+/// A physical layout of the tables.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Profile {
+    /// Plain types, no codecs or TTL: ClickHouse 18.16 up to 24.7.
+    Legacy,
+    /// LowCardinality, codecs, TTL, deduplication windows: 24.8 and later.
+    Modern,
+}
+
+/// The oldest server the modern profile is built for: 24.8, the oldest
+/// long-term-support release whose insert deduplication covers materialized
+/// views the way current releases do (the exactly-once path relies on it).
+pub const MODERN_MIN_VERSION: (u32, u32) = (24, 8);
+
+impl Profile {
+    /// The profile for a server version.
+    pub fn for_server(version: (u32, u32)) -> Profile {
+        if version >= MODERN_MIN_VERSION {
+            Profile::Modern
+        } else {
+            Profile::Legacy
+        }
+    }
+
+    /// `legacy` or `modern`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Profile::Legacy => "legacy",
+            Profile::Modern => "modern",
+        }
+    }
+
+    /// The profile a migration file name is for, if only one.
+    pub fn of_file(name: &str) -> Option<Profile> {
+        if name.ends_with(".legacy.sql") {
+            Some(Profile::Legacy)
+        } else if name.ends_with(".modern.sql") {
+            Some(Profile::Modern)
+        } else {
+            None
+        }
+    }
+}
 
 /// One migration file.
 #[derive(Debug, Clone, Copy)]
@@ -19,6 +78,14 @@ pub struct Migration {
     pub name: &'static str,
     /// The SQL.
     pub sql: &'static str,
+}
+
+impl Migration {
+    /// What the variants of one migration share: the name up to the first
+    /// `.` (`0006_storage_v2`).
+    pub fn version(&self) -> &'static str {
+        self.name.split('.').next().unwrap_or(self.name)
+    }
 }
 
 /// Every migration, in order. A unit test checks that this list matches
@@ -44,6 +111,14 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "0005_ingester_status.sql",
         sql: include_str!("../../migrations/0005_ingester_status.sql"),
     },
+    Migration {
+        name: "0006_storage_v2.legacy.sql",
+        sql: include_str!("../../migrations/0006_storage_v2.legacy.sql"),
+    },
+    Migration {
+        name: "0006_storage_v2.modern.sql",
+        sql: include_str!("../../migrations/0006_storage_v2.modern.sql"),
+    },
 ];
 
 /// Migration failed.
@@ -58,6 +133,21 @@ pub enum MigrateError {
         context: String,
         /// The client's error.
         source: clickhouse::error::Error,
+    },
+    /// The shard's tables are in another profile than the one asked for.
+    #[error(
+        "shard {url}: its tables are in the {tables} profile ({file} applied); \
+         `--profile {asked}` cannot change that: see docs/operations.md, \"Schema profiles\""
+    )]
+    ProfileMismatch {
+        /// The shard.
+        url: String,
+        /// The profile of the tables.
+        tables: &'static str,
+        /// A file that shows it.
+        file: String,
+        /// The profile asked for.
+        asked: &'static str,
     },
     /// An applied file was edited afterwards.
     #[error(
@@ -83,25 +173,55 @@ pub struct ShardReport {
     pub url: String,
     /// The server's version string.
     pub server_version: String,
+    /// The profile of the shard's tables, and why.
+    pub profile: Option<(Profile, String)>,
     /// Files applied now.
     pub applied: Vec<String>,
     /// Files skipped now, with why.
     pub skipped: Vec<(String, String)>,
     /// Files that were already applied (or skipped) before.
     pub unchanged: Vec<String>,
-    /// Distributed tables created (or re-created after a schema change).
+    /// `_all` tables created (or re-created after a schema change).
     pub distributed: Vec<String>,
+    /// TTLs set from `[retention]` (modern profile).
+    pub ttl: Vec<String>,
 }
 
-/// The tables that get a Distributed `<name>_all` twin when a cluster is
-/// configured.
+/// What `migrate` is asked to do besides the files.
+#[derive(Debug, Clone, Default)]
+pub struct Options {
+    /// The cluster of the Distributed `_all` tables; without one, the `_all`
+    /// tables read the local table (Merge), so the same queries serve both.
+    pub cluster: Option<String>,
+    /// A profile for a shard that has none yet (default: by server version).
+    pub profile: Option<Profile>,
+    /// Retention, for the modern profile's TTLs.
+    pub retention: RetentionConfig,
+}
+
+/// The tables that get an `<name>_all` twin: Distributed over the cluster
+/// when one is configured, else a Merge table over the local one.
 pub const DISTRIBUTED: &[&str] = &[
     "samples",
     "samples_1m",
+    "samples_1h",
     "agent_status",
+    "agent_status_latest",
     "ingest_quality",
     "ingester_status",
 ];
+
+/// Tables with a TTL on the modern profile: (table, time column, the
+/// retention setting that gives its days).
+pub fn ttls(r: &RetentionConfig) -> [(&'static str, &'static str, u32); 5] {
+    [
+        ("samples", "time", r.samples_days),
+        ("samples_1m", "minute", r.rollup_days),
+        ("samples_1h", "time", r.rollup_1h_days),
+        ("agent_status", "time", r.status_days),
+        ("ingest_quality", "period_end", r.quality_days),
+    ]
+}
 
 /// A stable checksum of a file's text.
 pub fn checksum(sql: &str) -> String {
@@ -126,20 +246,37 @@ pub fn parse_version(v: &str) -> Option<(u32, u32)> {
     Some((it.next()??, it.next()??))
 }
 
+/// One statement of a file, with its guard.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Statement {
+    /// A query whose non-zero result lets the statement run.
+    pub guard: Option<String>,
+    /// The statement.
+    pub sql: String,
+}
+
 /// Splits a file into statements: `;` ends a statement at the end of a line.
-/// Comment-only lines are dropped.
-pub fn statements(sql: &str) -> Vec<String> {
+/// Comment lines are dropped, but for `-- if: QUERY` before a statement.
+pub fn statements(sql: &str) -> Vec<Statement> {
     let mut out = Vec::new();
     let mut cur = String::new();
+    let mut guard = None;
     for line in sql.lines() {
-        if line.trim_start().starts_with("--") {
+        let trimmed = line.trim_start();
+        if let Some(comment) = trimmed.strip_prefix("--") {
+            if let Some(q) = comment.trim().strip_prefix("if:") {
+                guard = Some(q.trim().to_owned());
+            }
             continue;
         }
         let trimmed = line.trim_end();
         if let Some(stmt) = trimmed.strip_suffix(';') {
             cur.push_str(stmt);
             if !cur.trim().is_empty() {
-                out.push(cur.trim().to_owned());
+                out.push(Statement {
+                    guard: guard.take(),
+                    sql: cur.trim().to_owned(),
+                });
             }
             cur.clear();
         } else {
@@ -148,7 +285,10 @@ pub fn statements(sql: &str) -> Vec<String> {
         }
     }
     if !cur.trim().is_empty() {
-        out.push(cur.trim().to_owned());
+        out.push(Statement {
+            guard: guard.take(),
+            sql: cur.trim().to_owned(),
+        });
     }
     out
 }
@@ -165,13 +305,58 @@ struct NewRow<'a> {
     checksum: &'a str,
 }
 
-/// Applies every migration to one shard.
-/// With `cluster`, also creates a Distributed `<table>_all` over the
-/// cluster for each of [`DISTRIBUTED`], re-created when a migration ran so
-/// that it follows the schema.
+/// The profile for a shard: the one its applied files show, else the one
+/// asked for, else the server's.
+fn choose_profile(
+    url: &str,
+    applied: &[AppliedRow],
+    asked: Option<Profile>,
+    server: (u32, u32),
+    server_version: &str,
+) -> Result<(Profile, String), MigrateError> {
+    if let Some((file, tables)) = applied
+        .iter()
+        .find_map(|r| Some((r.version.clone(), Profile::of_file(&r.version)?)))
+    {
+        if let Some(asked) = asked.filter(|a| *a != tables) {
+            return Err(MigrateError::ProfileMismatch {
+                url: url.to_owned(),
+                tables: tables.name(),
+                file,
+                asked: asked.name(),
+            });
+        }
+        return Ok((tables, format!("the tables were built so ({file})")));
+    }
+    Ok(match asked {
+        Some(p) => (p, "asked for with --profile".to_owned()),
+        None => {
+            let p = Profile::for_server(server);
+            let why = match p {
+                Profile::Modern => format!(
+                    "ClickHouse {server_version} is {}.{} or newer",
+                    MODERN_MIN_VERSION.0, MODERN_MIN_VERSION.1
+                ),
+                Profile::Legacy => format!(
+                    "ClickHouse {server_version} is older than {}.{}",
+                    MODERN_MIN_VERSION.0, MODERN_MIN_VERSION.1
+                ),
+            };
+            (p, why)
+        }
+    })
+}
+
+#[derive(Debug, Deserialize, clickhouse::Row)]
+struct EngineRow {
+    engine_full: String,
+}
+
+/// Applies every migration to one shard, creates the `_all` tables and, on
+/// the modern profile, sets the TTLs from `options.retention`.
 pub async fn migrate_shard(
     shard: &ShardConfig,
-    cluster: Option<&str>,
+    options: &Options,
 ) -> Result<ShardReport, MigrateError> {
     let url = shard.url.clone();
     let err = |context: &str| {
@@ -207,12 +392,17 @@ pub async fn migrate_shard(
         .fetch_all()
         .await
         .map_err(err("read schema_migrations"))?;
+    let (profile, why) = choose_profile(&url, &applied, options.profile, server, &server_version)?;
     let mut report = ShardReport {
         url: url.clone(),
         server_version,
+        profile: Some((profile, why)),
         ..Default::default()
     };
     for m in MIGRATIONS {
+        if Profile::of_file(m.name).is_some_and(|p| p != profile) {
+            continue;
+        }
         let sum = checksum(m.sql);
         if let Some(row) = applied.iter().find(|r| r.version == m.name) {
             if row.checksum != sum {
@@ -240,10 +430,22 @@ pub async fn migrate_shard(
             continue;
         }
         for stmt in statements(m.sql) {
-            db.query(&stmt)
+            let context = format!("apply {}", m.name);
+            if let Some(guard) = &stmt.guard {
+                // Whatever number type the guard returns, read a UInt64.
+                let go: u64 = db
+                    .query_raw(&format!("SELECT toUInt64(({guard}))"))
+                    .fetch_one()
+                    .await
+                    .map_err(err(&format!("{context}: guard `{guard}`")))?;
+                if go == 0 {
+                    continue;
+                }
+            }
+            db.query_raw(&stmt.sql)
                 .execute()
                 .await
-                .map_err(err(&format!("apply {}", m.name)))?;
+                .map_err(err(&format!("{context}: `{}`", first_line(&stmt.sql))))?;
         }
         let mut insert = db
             .insert::<NewRow<'_>>("schema_migrations")
@@ -259,28 +461,59 @@ pub async fn migrate_shard(
         insert.end().await.map_err(err("record migration"))?;
         report.applied.push(m.name.to_owned());
     }
-    if let Some(cluster) = cluster {
-        for table in DISTRIBUTED {
-            let all = format!("{table}_all");
-            if !report.applied.is_empty() {
-                db.query(&format!("DROP TABLE IF EXISTS {all}"))
-                    .execute()
-                    .await
-                    .map_err(err(&format!("drop {all}")))?;
-            }
-            let sql = format!(
-                "CREATE TABLE IF NOT EXISTS {all} AS {table} \
-                 ENGINE = Distributed({cluster}, {db}, {table})",
-                db = shard.database
-            );
+    for table in DISTRIBUTED {
+        let all = format!("{table}_all");
+        if !report.applied.is_empty() {
+            db.query(&format!("DROP TABLE IF EXISTS {all}"))
+                .execute()
+                .await
+                .map_err(err(&format!("drop {all}")))?;
+        }
+        let engine = match &options.cluster {
+            Some(cluster) => format!("Distributed({cluster}, {}, {table})", shard.database),
+            None => format!("Merge({}, '^{table}$')", shard.database),
+        };
+        db.query(&format!("CREATE TABLE IF NOT EXISTS {all} AS {table} ENGINE = {engine}"))
+            .execute()
+            .await
+            .map_err(err(&format!("create {all}")))?;
+        report.distributed.push(all);
+    }
+    if profile == Profile::Modern {
+        for (table, column, days) in ttls(&options.retention) {
+            let EngineRow { engine_full } = db
+                .query("SELECT engine_full FROM system.tables WHERE database = currentDatabase() AND name = ?")
+                .bind(table)
+                .fetch_one()
+                .await
+                .map_err(err(&format!("read the TTL of {table}")))?;
+            let want = format!("TTL {column} + toIntervalDay({days})");
+            let (sql, what) = if days == 0 {
+                if !engine_full.contains(" TTL ") {
+                    continue;
+                }
+                (format!("ALTER TABLE {table} REMOVE TTL"), format!("{table}: kept forever"))
+            } else {
+                if engine_full.contains(&want) {
+                    continue;
+                }
+                (
+                    format!("ALTER TABLE {table} MODIFY TTL {column} + INTERVAL {days} DAY"),
+                    format!("{table}: {days} days"),
+                )
+            };
             db.query(&sql)
                 .execute()
                 .await
-                .map_err(err(&format!("create {all}")))?;
-            report.distributed.push(all);
+                .map_err(err(&format!("set the TTL of {table}")))?;
+            report.ttl.push(what);
         }
     }
     Ok(report)
+}
+
+fn first_line(sql: &str) -> &str {
+    sql.lines().next().unwrap_or(sql)
 }
 
 #[cfg(test)]
@@ -304,12 +537,51 @@ mod tests {
     fn statements_and_versions() {
         let sql = "-- min_server_version: 20.3\n-- note\nCREATE TABLE a (x UInt8)\nENGINE = Log;\n\nSELECT 1;\n";
         assert_eq!(min_server_version(sql), Some((20, 3)));
-        assert_eq!(
-            statements(sql),
-            vec!["CREATE TABLE a (x UInt8)\nENGINE = Log", "SELECT 1"]
-        );
+        let sql: Vec<String> = statements(sql).into_iter().map(|s| s.sql).collect();
+        assert_eq!(sql, vec!["CREATE TABLE a (x UInt8)\nENGINE = Log", "SELECT 1"]);
         assert_eq!(min_server_version(MIGRATIONS[0].sql), None);
         assert_eq!(parse_version("18.16.1"), Some((18, 16)));
         assert_eq!(statements(MIGRATIONS[2].sql).len(), 2);
+    }
+
+    #[test]
+    fn guards_belong_to_the_next_statement() {
+        let sql = "-- note\n-- if: SELECT 1\nALTER TABLE a\n  DROP COLUMN b;\nSELECT 2;\n";
+        let s = statements(sql);
+        assert_eq!(s.len(), 2);
+        assert_eq!(s[0].guard.as_deref(), Some("SELECT 1"));
+        assert_eq!(s[0].sql, "ALTER TABLE a\n  DROP COLUMN b");
+        assert_eq!(s[1].guard, None);
+    }
+
+    #[test]
+    fn profiles() {
+        assert_eq!(Profile::for_server((18, 16)), Profile::Legacy);
+        assert_eq!(Profile::for_server((24, 3)), Profile::Legacy);
+        assert_eq!(Profile::for_server((24, 8)), Profile::Modern);
+        assert_eq!(Profile::for_server((26, 9)), Profile::Modern);
+        assert_eq!(Profile::of_file("0006_storage_v2.modern.sql"), Some(Profile::Modern));
+        assert_eq!(Profile::of_file("0001_samples.sql"), None);
+        // Every per-profile migration has both variants, next to each other.
+        for m in MIGRATIONS.iter().filter(|m| Profile::of_file(m.name).is_some()) {
+            let n = MIGRATIONS.iter().filter(|o| o.version() == m.version()).count();
+            assert_eq!(n, 2, "{} needs a legacy and a modern variant", m.version());
+        }
+        let applied = |names: &[&str]| -> Vec<AppliedRow> {
+            names
+                .iter()
+                .map(|n| AppliedRow { version: (*n).to_owned(), checksum: String::new() })
+                .collect()
+        };
+        // A shard keeps the profile its tables were built with.
+        let old = applied(&["0001_samples.sql", "0006_storage_v2.legacy.sql"]);
+        assert_eq!(choose_profile("u", &old, None, (26, 9), "26.9").unwrap().0, Profile::Legacy);
+        assert!(choose_profile("u", &old, Some(Profile::Modern), (26, 9), "26.9").is_err());
+        let fresh = applied(&["0001_samples.sql"]);
+        assert_eq!(choose_profile("u", &fresh, None, (25, 8), "25.8").unwrap().0, Profile::Modern);
+        assert_eq!(
+            choose_profile("u", &fresh, Some(Profile::Legacy), (25, 8), "25.8").unwrap().0,
+            Profile::Legacy
+        );
     }
 }

@@ -6,7 +6,9 @@ use std::mem::size_of;
 use std::sync::Arc;
 
 use serde::Serialize;
-use spillway_shared::{MetricKind, MetricsRecord, StatusRecord};
+use spillway_shared::{Label, MetricKind, MetricsRecord, StatusRecord};
+
+use crate::precision::{Precision, Rounding};
 
 /// The tables the ingester writes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -33,8 +35,9 @@ impl Table {
     }
 }
 
-/// A row of `samples` (RowBinary; `ingested` takes its default). The
-/// record-wide strings are shared by all rows of a record.
+/// A row of `samples` (RowBinary). The record-wide strings are shared by
+/// all rows of a record. `label_keys` and `label_values` are not sent: the
+/// tables derive them from `labels` (ALIAS columns).
 #[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize, clickhouse::Row)]
 pub struct SampleRow {
     /// Collection time, seconds.
@@ -47,13 +50,10 @@ pub struct SampleRow {
     pub hostname: Arc<str>,
     /// Metric name.
     pub metric: String,
-    /// Labels as `k=v` pairs joined by `,`, sorted by key: one spelling per series.
+    /// The labels in one spelling per series: `k=v` pairs sorted by key,
+    /// joined by `,`; a `,` or `\\` inside a value is escaped with `\\`.
     pub labels: String,
-    /// Label keys, sorted.
-    pub label_keys: Vec<String>,
-    /// Label values, in key order.
-    pub label_values: Vec<String>,
-    /// The value.
+    /// The value, rounded to the metric's stored precision (gauges only).
     pub value: f64,
     /// `Enum8('gauge' = 1, 'counter' = 2)`.
     pub kind: i8,
@@ -100,29 +100,59 @@ fn secs(ms: u64) -> u32 {
     u32::try_from(ms / 1000).unwrap_or(u32::MAX)
 }
 
-/// The rows of a metrics record, which it consumes: names, units and labels
-/// move into the rows rather than being copied. Labels are sorted by key so
-/// that a series has one spelling whatever order the producer used.
-pub fn sample_rows(m: MetricsRecord, out: &mut Vec<SampleRow>) {
+/// Appends the labels' one spelling to `out`: sorted by key (the caller
+/// sorts), `k=v` joined by `,`, with `,` and `\\` in values escaped by a
+/// `\\` so that the spelling splits back into the same pairs. Keys cannot
+/// contain either (the record format's name rule), nor `=`.
+pub fn spell_labels(labels: &[Label], out: &mut String) {
+    for (i, l) in labels.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        out.push_str(&l.key);
+        out.push('=');
+        if l.value.contains([',', '\\']) {
+            for c in l.value.chars() {
+                if c == ',' || c == '\\' {
+                    out.push('\\');
+                }
+                out.push(c);
+            }
+        } else {
+            out.push_str(&l.value);
+        }
+    }
+}
+
+/// The rows of a metrics record, which it consumes: names and units move
+/// into the rows rather than being copied. Labels are sorted by key so that
+/// a series has one spelling whatever order the producer used; gauges are
+/// rounded to the precision `precision` gives their metric.
+pub fn sample_rows(m: MetricsRecord, precision: &Precision, out: &mut Vec<SampleRow>) {
     out.reserve(m.samples.len());
     let host_id: Arc<str> = Arc::from(m.origin.host_id);
     let hostname: Arc<str> = Arc::from(m.origin.hostname);
     let instance_id: Arc<str> = Arc::from(m.origin.instance_id);
     let time = secs(m.time_ms);
+    // Samples of one metric come in runs: look its rule up once per run.
+    let mut rule: Option<Rounding> = None;
     for s in m.samples {
         let mut labels = s.labels;
         labels.sort_unstable_by(|a, b| (&a.key, &a.value).cmp(&(&b.key, &b.value)));
         let mut joined =
             String::with_capacity(labels.iter().map(|l| l.key.len() + l.value.len() + 2).sum());
-        for (i, l) in labels.iter().enumerate() {
-            if i > 0 {
-                joined.push(',');
+        spell_labels(&labels, &mut joined);
+        let (kind, value) = match s.kind {
+            MetricKind::Gauge => {
+                let r = match rule {
+                    Some(r) if out.last().is_some_and(|prev| prev.metric == s.name) => r,
+                    _ => precision.rule(&s.name),
+                };
+                rule = Some(r);
+                (1, r.apply(s.value))
             }
-            joined.push_str(&l.key);
-            joined.push('=');
-            joined.push_str(&l.value);
-        }
-        let (label_keys, label_values) = labels.into_iter().map(|l| (l.key, l.value)).unzip();
+            MetricKind::Counter => (2, s.value),
+        };
         out.push(SampleRow {
             time,
             time_ms: m.time_ms,
@@ -130,13 +160,8 @@ pub fn sample_rows(m: MetricsRecord, out: &mut Vec<SampleRow>) {
             hostname: hostname.clone(),
             metric: s.name,
             labels: joined,
-            label_keys,
-            label_values,
-            value: s.value,
-            kind: match s.kind {
-                MetricKind::Gauge => 1,
-                MetricKind::Counter => 2,
-            },
+            value,
+            kind,
             unit: s.unit,
             instance_id: instance_id.clone(),
             seq: m.seq,
@@ -165,10 +190,10 @@ pub fn status_row(s: &StatusRecord) -> StatusRow {
 
 /// Approximate RowBinary size of a row, for the byte limit of a batch.
 pub fn sample_row_size(r: &SampleRow) -> usize {
-    60 + r.host_id.len()
+    48 + r.host_id.len()
         + r.hostname.len()
         + r.metric.len()
-        + 2 * r.labels.len()
+        + r.labels.len()
         + r.unit.len()
         + r.instance_id.len()
 }
@@ -178,25 +203,13 @@ pub fn sample_row_size(r: &SampleRow) -> usize {
 pub fn sample_row_mem(r: &SampleRow) -> usize {
     // glibc malloc: 16 bytes of overhead per allocation, rounded up.
     const ALLOC: usize = 16;
-    let labels: usize = r
-        .label_keys
-        .iter()
-        .chain(&r.label_values)
-        .map(|s| s.capacity() + ALLOC)
-        .sum();
-    size_of::<SampleRow>()
-        + r.metric.capacity()
-        + r.labels.capacity()
-        + r.unit.capacity()
-        + (r.label_keys.capacity() + r.label_values.capacity()) * size_of::<String>()
-        + labels
-        + 5 * ALLOC
+    size_of::<SampleRow>() + r.metric.capacity() + r.labels.capacity() + r.unit.capacity() + 3 * ALLOC
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use spillway_shared::{Label, Origin, Sample};
+    use spillway_shared::{Origin, Sample};
 
     #[test]
     fn labels_are_sorted_into_one_spelling() {
@@ -221,14 +234,26 @@ mod tests {
             }],
         };
         let mut rows = Vec::new();
-        sample_rows(m, &mut rows);
+        sample_rows(m, &Precision::default(), &mut rows);
         assert_eq!(rows[0].labels, "a=2,z=1");
-        assert_eq!(rows[0].label_keys, ["a", "z"]);
         assert_eq!(rows[0].time, 1_700_000_000);
         assert_eq!(rows[0].kind, 2);
         // The budget counts what the row holds in memory, which is more
         // than its RowBinary size.
         assert!(sample_row_mem(&rows[0]) > sample_row_size(&rows[0]));
-        assert!(sample_row_mem(&rows[0]) > size_of::<SampleRow>() + 4 * 16);
+        assert!(sample_row_mem(&rows[0]) > size_of::<SampleRow>() + 2 * 16);
+    }
+
+    #[test]
+    fn separators_in_values_are_escaped() {
+        let mut out = String::new();
+        spell_labels(
+            &[Label::new("a", "x,y"), Label::new("b", "c\\d=e"), Label::new("c", "")],
+            &mut out,
+        );
+        assert_eq!(out, "a=x\\,y,b=c\\\\d=e,c=");
+        out.clear();
+        spell_labels(&[Label::new("cpu.mode", "idle")], &mut out);
+        assert_eq!(out, "cpu.mode=idle");
     }
 }

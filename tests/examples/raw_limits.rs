@@ -15,6 +15,7 @@ use anyhow::{Context, Result, bail};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use spillway_ingester::precision::{Precision, default_rules};
 use spillway_ingester::rows::{SampleRow, sample_rows};
 use spillway_shared::{Limits, Record, decode};
 
@@ -83,9 +84,10 @@ async fn main() -> Result<()> {
             let records: u64 = records.parse()?;
             let mut rows: Vec<SampleRow> = Vec::new();
             let limits = Limits::default();
+            let precision = Precision::new(&default_rules());
             read(brokers, topic, records, |payload| {
                 if let Ok(Record::Metrics(m)) = decode(payload, &limits) {
-                    sample_rows(m, &mut rows);
+                    sample_rows(m, &precision, &mut rows);
                 }
             })?;
             let client = clickhouse::Client::default()

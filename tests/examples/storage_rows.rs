@@ -28,6 +28,7 @@ use rdkafka::message::Message;
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use spillway_ingester::config::{ClickHouseConfig, ShardConfig};
 use spillway_ingester::loadgen::{LoadgenArgs, ValueShape};
+use spillway_ingester::precision::{Precision, default_rules};
 use spillway_ingester::rows::{sample_rows, status_row};
 use spillway_ingester::sink::{ClickHouseSink, Rows, Sink};
 use spillway_shared::{Limits, Record, decode, encode};
@@ -225,10 +226,16 @@ async fn rows(input: &Path, outdir: &Path) -> Result<()> {
         ..ClickHouseConfig::default()
     });
     let limits = Limits::default();
+    // The ingester's default precision rules, or none with ROUND=0.
+    let precision = if std::env::var("ROUND").is_ok_and(|v| v == "0") {
+        Precision::default()
+    } else {
+        Precision::new(&default_rules())
+    };
     let (mut samples, mut status) = (Vec::new(), Vec::new());
     for payload in &records {
         match decode(payload, &limits)? {
-            Record::Metrics(m) => sample_rows(m, &mut samples),
+            Record::Metrics(m) => sample_rows(m, &precision, &mut samples),
             Record::Status(s) => status.push(status_row(&s)),
         }
     }

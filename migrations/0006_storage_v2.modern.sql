@@ -1,0 +1,154 @@
+-- Storage v2, modern profile (ClickHouse 24.8 and later): the legacy
+-- profile's columns and RowBinary types, with LowCardinality strings and
+-- codecs chosen by measurement (bench/storage.sh; the reasons are in
+-- ARCHITECTURE.md, "Storage layout"), whole-part TTL (`migrate` sets each
+-- table's from [retention]) and the deduplication window that exactly-once
+-- inserts need. Existing tables are changed in place (ALTER ... MODIFY
+-- COLUMN rewrites their parts in the background; they stay readable).
+-- Safe to re-run after a failure. Stop the ingesters while it runs
+-- (docs/operations.md, "Upgrades").
+--
+-- samples: `label_keys` and `label_values` become ALIAS columns computed
+-- from `labels` (`k=v,...`, `\` escapes `,` and `\` in values), so they
+-- cost nothing on disk; `ingested` goes (the pipeline panels read
+-- ingester_status and ingest_quality).
+-- if: SELECT count() FROM system.columns WHERE database = currentDatabase() AND table = 'samples' AND name = 'label_keys' AND default_kind = ''
+ALTER TABLE samples DROP COLUMN label_keys;
+-- if: SELECT count() FROM system.columns WHERE database = currentDatabase() AND table = 'samples' AND name = 'label_values' AND default_kind = ''
+ALTER TABLE samples DROP COLUMN label_values;
+-- if: SELECT count() FROM system.columns WHERE database = currentDatabase() AND table = 'samples' AND name = 'ingested'
+ALTER TABLE samples DROP COLUMN ingested;
+-- if: SELECT count() = 0 FROM system.columns WHERE database = currentDatabase() AND table = 'samples' AND name = 'label_keys'
+ALTER TABLE samples ADD COLUMN label_keys Array(String) ALIAS arrayMap(p -> extract(p, '^[^=]*'), extractAll(labels, '(?:[^,\\\\]|\\\\.)+'));
+-- if: SELECT count() = 0 FROM system.columns WHERE database = currentDatabase() AND table = 'samples' AND name = 'label_values'
+ALTER TABLE samples ADD COLUMN label_values Array(String) ALIAS arrayMap(p -> replaceRegexpAll(substring(p, position(p, '=') + 1), '\\\\(.)', '\\1'), extractAll(labels, '(?:[^,\\\\]|\\\\.)+'));
+-- Strings that repeat (per host, per series) as dictionaries; times and
+-- sequence numbers as deltas; values with ZSTD, which beat Gorilla, FPC and
+-- Delta on agent data.
+ALTER TABLE samples
+    MODIFY COLUMN time DateTime CODEC(Delta, ZSTD(1)),
+    MODIFY COLUMN time_ms UInt64 CODEC(Delta, ZSTD(3)),
+    MODIFY COLUMN host_id LowCardinality(String),
+    MODIFY COLUMN hostname LowCardinality(String),
+    MODIFY COLUMN metric LowCardinality(String),
+    MODIFY COLUMN labels LowCardinality(String),
+    MODIFY COLUMN value Float64 CODEC(ZSTD(3)),
+    MODIFY COLUMN unit LowCardinality(String),
+    MODIFY COLUMN instance_id LowCardinality(String),
+    MODIFY COLUMN seq UInt64 CODEC(DoubleDelta, ZSTD(1));
+ALTER TABLE samples MODIFY SETTING ttl_only_drop_parts = 1, non_replicated_deduplication_window = 1000;
+
+-- The 1-minute tier gains the last value by time; `time` names its bucket
+-- as in the other tiers. (Rollups carry host_id, not the host name: a column
+-- outside the sorting key would keep an arbitrary value after merges.)
+-- if: SELECT count() = 0 FROM system.columns WHERE database = currentDatabase() AND table = 'samples_1m' AND name = 'last_value'
+ALTER TABLE samples_1m ADD COLUMN last_value AggregateFunction(argMax, Float64, DateTime);
+-- if: SELECT count() = 0 FROM system.columns WHERE database = currentDatabase() AND table = 'samples_1m' AND name = 'time'
+ALTER TABLE samples_1m ADD COLUMN time DateTime ALIAS minute;
+ALTER TABLE samples_1m
+    MODIFY COLUMN minute DateTime CODEC(Delta, ZSTD(1)),
+    MODIFY COLUMN host_id LowCardinality(String),
+    MODIFY COLUMN metric LowCardinality(String),
+    MODIFY COLUMN labels LowCardinality(String),
+    MODIFY COLUMN min_value AggregateFunction(min, Float64) CODEC(ZSTD(1)),
+    MODIFY COLUMN max_value AggregateFunction(max, Float64) CODEC(ZSTD(1)),
+    MODIFY COLUMN sum_value AggregateFunction(sum, Float64) CODEC(ZSTD(1)),
+    MODIFY COLUMN count AggregateFunction(count) CODEC(ZSTD(1)),
+    MODIFY COLUMN last_value AggregateFunction(argMax, Float64, DateTime) CODEC(ZSTD(1));
+ALTER TABLE samples_1m MODIFY SETTING ttl_only_drop_parts = 1, non_replicated_deduplication_window = 1000;
+DROP TABLE IF EXISTS samples_1m_mv;
+CREATE MATERIALIZED VIEW IF NOT EXISTS samples_1m_mv TO samples_1m AS
+SELECT
+    toStartOfMinute(time) AS minute,
+    host_id,
+    metric,
+    labels,
+    minState(value) AS min_value,
+    maxState(value) AS max_value,
+    sumState(value) AS sum_value,
+    countState() AS count,
+    argMaxState(value, time) AS last_value
+FROM samples
+GROUP BY minute, host_id, metric, labels;
+
+-- The 1-hour tier, filled from the raw rows already there, then by its view.
+CREATE TABLE IF NOT EXISTS samples_1h
+(
+    time DateTime CODEC(Delta, ZSTD(1)),
+    host_id LowCardinality(String),
+    metric LowCardinality(String),
+    labels LowCardinality(String),
+    min_value AggregateFunction(min, Float64) CODEC(ZSTD(1)),
+    max_value AggregateFunction(max, Float64) CODEC(ZSTD(1)),
+    sum_value AggregateFunction(sum, Float64) CODEC(ZSTD(1)),
+    count AggregateFunction(count) CODEC(ZSTD(1)),
+    last_value AggregateFunction(argMax, Float64, DateTime) CODEC(ZSTD(1))
+)
+ENGINE = AggregatingMergeTree()
+PARTITION BY toYYYYMM(time)
+ORDER BY (metric, host_id, labels, time)
+SETTINGS ttl_only_drop_parts = 1, non_replicated_deduplication_window = 1000;
+-- if: SELECT count() = 0 FROM samples_1h
+INSERT INTO samples_1h
+SELECT toStartOfHour(time) AS hour, host_id, metric, labels,
+       minState(value), maxState(value), sumState(value), countState(), argMaxState(value, time)
+FROM samples
+GROUP BY hour, host_id, metric, labels;
+CREATE MATERIALIZED VIEW IF NOT EXISTS samples_1h_mv TO samples_1h AS
+SELECT
+    toStartOfHour(time) AS time,
+    host_id,
+    metric,
+    labels,
+    minState(value) AS min_value,
+    maxState(value) AS max_value,
+    sumState(value) AS sum_value,
+    countState() AS count,
+    argMaxState(value, time) AS last_value
+FROM samples
+GROUP BY time, host_id, metric, labels;
+
+-- agent_status keeps every heartbeat (a ReplacingMergeTree merged them
+-- away); agent_status_latest keeps the latest per agent instance.
+-- if: SELECT count() FROM system.tables WHERE database = currentDatabase() AND name = 'agent_status' AND engine = 'ReplacingMergeTree'
+RENAME TABLE agent_status TO agent_status_v1;
+CREATE TABLE IF NOT EXISTS agent_status
+(
+    time DateTime CODEC(Delta, ZSTD(1)),
+    time_ms UInt64 CODEC(Delta, ZSTD(1)),
+    host_id LowCardinality(String),
+    hostname LowCardinality(String),
+    instance_id LowCardinality(String),
+    agent_version LowCardinality(String),
+    uptime_ms UInt64 CODEC(Delta, ZSTD(1)),
+    last_seq Int64 CODEC(Delta, ZSTD(1)),
+    spool_bytes UInt64 CODEC(ZSTD(1)),
+    spool_records UInt64 CODEC(ZSTD(1)),
+    dropped_first Array(UInt64),
+    dropped_last Array(UInt64),
+    last_error String CODEC(ZSTD(1)),
+    ingested DateTime DEFAULT now() CODEC(Delta, ZSTD(1))
+)
+ENGINE = MergeTree()
+PARTITION BY toYYYYMM(time)
+ORDER BY (host_id, instance_id, time)
+SETTINGS ttl_only_drop_parts = 1;
+-- if: SELECT (SELECT count() FROM system.tables WHERE database = currentDatabase() AND name = 'agent_status_v1') * ((SELECT count() FROM agent_status) = 0)
+INSERT INTO agent_status SELECT * FROM agent_status_v1;
+-- if: SELECT count() FROM system.tables WHERE database = currentDatabase() AND name = 'agent_status_v1'
+DROP TABLE agent_status_v1;
+CREATE TABLE IF NOT EXISTS agent_status_latest AS agent_status
+ENGINE = ReplacingMergeTree(time)
+ORDER BY (host_id, instance_id);
+-- if: SELECT count() = 0 FROM agent_status_latest
+INSERT INTO agent_status_latest SELECT * FROM agent_status;
+CREATE MATERIALIZED VIEW IF NOT EXISTS agent_status_latest_mv TO agent_status_latest AS
+SELECT * FROM agent_status;
+
+-- The accounting tables: dictionaries for their ids, whole-part TTL.
+ALTER TABLE ingest_quality
+    MODIFY COLUMN ingester LowCardinality(String),
+    MODIFY COLUMN host_id LowCardinality(String),
+    MODIFY COLUMN instance_id LowCardinality(String);
+ALTER TABLE ingest_quality MODIFY SETTING ttl_only_drop_parts = 1;
+ALTER TABLE ingester_status MODIFY COLUMN ingester LowCardinality(String);
