@@ -41,10 +41,11 @@ SELECT
 FROM samples
 GROUP BY minute, host_id, metric, labels;
 
--- The 1-hour tier, filled from the raw rows already there, then by its view.
+-- The 1-hour tier, filled from the raw rows already there, then by its view;
+-- `time` names its bucket as in the other tiers.
 CREATE TABLE IF NOT EXISTS samples_1h
 (
-    time DateTime,
+    hour DateTime,
     host_id String,
     metric String,
     labels String,
@@ -52,11 +53,12 @@ CREATE TABLE IF NOT EXISTS samples_1h
     max_value AggregateFunction(max, Float64),
     sum_value AggregateFunction(sum, Float64),
     count AggregateFunction(count),
-    last_value AggregateFunction(argMax, Float64, DateTime)
+    last_value AggregateFunction(argMax, Float64, DateTime),
+    time DateTime ALIAS hour
 )
 ENGINE = AggregatingMergeTree()
-PARTITION BY toYYYYMM(time)
-ORDER BY (metric, host_id, labels, time);
+PARTITION BY toYYYYMM(hour)
+ORDER BY (metric, host_id, labels, hour);
 -- if: SELECT count() = 0 FROM samples_1h
 INSERT INTO samples_1h
 SELECT toStartOfHour(time) AS hour, host_id, metric, labels,
@@ -65,7 +67,7 @@ FROM samples
 GROUP BY hour, host_id, metric, labels;
 CREATE MATERIALIZED VIEW IF NOT EXISTS samples_1h_mv TO samples_1h AS
 SELECT
-    toStartOfHour(time) AS time,
+    toStartOfHour(time) AS hour,
     host_id,
     metric,
     labels,
@@ -75,7 +77,7 @@ SELECT
     countState() AS count,
     argMaxState(value, time) AS last_value
 FROM samples
-GROUP BY time, host_id, metric, labels;
+GROUP BY hour, host_id, metric, labels;
 
 -- agent_status keeps every heartbeat (a ReplacingMergeTree merged them
 -- away); agent_status_latest keeps the latest per agent instance.

@@ -217,7 +217,7 @@ pub fn ttls(r: &RetentionConfig) -> [(&'static str, &'static str, u32); 5] {
     [
         ("samples", "time", r.samples_days),
         ("samples_1m", "minute", r.rollup_days),
-        ("samples_1h", "time", r.rollup_1h_days),
+        ("samples_1h", "hour", r.rollup_1h_days),
         ("agent_status", "time", r.status_days),
         ("ingest_quality", "period_end", r.quality_days),
     ]

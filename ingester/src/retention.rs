@@ -1,8 +1,10 @@
-//! Retention: drops whole partitions whose newest row is older than the
-//! configured number of days. It works on every server version (ClickHouse
-//! 18.16 has no TTL) and never rewrites data: a partition goes entirely or
-//! not at all, so up to a day (a month for `ingest_quality`) more than the
-//! setting is kept.
+//! Retention on the legacy schema profile: drops whole partitions whose
+//! newest row is older than the configured number of days (ClickHouse
+//! before 24.8 gets no TTL from Spillway). It never rewrites data: a
+//! partition goes entirely or not at all, so up to a day (a month for the
+//! monthly-partitioned tables) more than the setting is kept. A table with a
+//! TTL (the modern profile: `migrate` sets it from the same settings) is
+//! left to the server, and a table that does not exist yet is skipped.
 //!
 //! The running ingester does this every `retention.check_interval`;
 //! `spillway-ingester prune` does it once (for cron, or to check a setting).
@@ -30,13 +32,17 @@ struct PartitionRow {
     partition_id: String,
 }
 
+#[derive(Debug, Deserialize, clickhouse::Row)]
+struct TableRow {
+    name: String,
+    engine_full: String,
+}
+
 /// The tables with a retention, and their setting.
-fn tables(r: &RetentionConfig) -> [(&'static str, u32); 3] {
-    [
-        ("samples", r.samples_days),
-        ("samples_1m", r.rollup_days),
-        ("ingest_quality", r.quality_days),
-    ]
+fn tables(r: &RetentionConfig) -> impl Iterator<Item = (&'static str, u32)> {
+    crate::migrate::ttls(r)
+        .into_iter()
+        .map(|(table, _, days)| (table, days))
 }
 
 /// Drops the expired partitions of one shard.
@@ -45,9 +51,17 @@ pub async fn prune_shard(
     retention: &RetentionConfig,
 ) -> Result<Vec<Dropped>, clickhouse::error::Error> {
     let client = crate::sink::client(shard);
+    let existing: Vec<TableRow> = client
+        .query("SELECT name, engine_full FROM system.tables WHERE database = ?")
+        .bind(&shard.database)
+        .fetch_all()
+        .await?;
     let mut dropped = Vec::new();
     for (table, days) in tables(retention) {
-        if days == 0 {
+        let Some(t) = existing.iter().find(|t| t.name == table) else {
+            continue;
+        };
+        if days == 0 || t.engine_full.contains(" TTL ") {
             continue;
         }
         // `max_time` is the newest value of the partition key's DateTime

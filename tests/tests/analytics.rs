@@ -58,7 +58,13 @@ fn fleet_wide(sql: &str) -> String {
         out.push_str(word);
         if matches!(
             word.as_str(),
-            "samples" | "samples_1m" | "agent_status" | "ingest_quality"
+            "samples"
+                | "samples_1m"
+                | "samples_1h"
+                | "agent_status"
+                | "agent_status_latest"
+                | "ingest_quality"
+                | "ingester_status"
         ) {
             out.push_str("_all");
         }
@@ -76,21 +82,24 @@ fn fleet_wide(sql: &str) -> String {
     out
 }
 
-/// The Grafana ClickHouse plugin's macros, expanded as the plugin does for
-/// the last hour, and the `host` variable.
-fn expand_panel_sql(sql: &str, host: &str) -> Result<String> {
+/// The Grafana ClickHouse plugin's macros and Grafana's own time-range
+/// variables, expanded as they are for a range of `range` seconds ending
+/// now, and the `host` variable.
+fn expand_panel_sql(sql: &str, host: &str, range: u64) -> Result<String> {
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)?
         .as_secs();
-    let mut out = sql.replace("${host}", host);
+    let from = now - range;
+    let mut out = sql
+        .replace("${host}", host)
+        .replace("${__from:date:seconds}", &from.to_string())
+        .replace("${__to:date:seconds}", &now.to_string());
     while let Some(start) = out.find("$__timeFilter(") {
         let rest = &out[start + "$__timeFilter(".len()..];
         let end = rest.find(')').context("unclosed $__timeFilter")?;
         let column = rest[..end].to_owned();
-        let expanded = format!(
-            "{column} >= toDateTime({}) AND {column} <= toDateTime({now})",
-            now - 3600
-        );
+        let expanded =
+            format!("{column} >= toDateTime({from}) AND {column} <= toDateTime({now})");
         out.replace_range(start..start + "$__timeFilter(".len() + end + 1, &expanded);
     }
     ensure!(!out.contains('$'), "unexpanded macro in panel SQL:\n{out}");
@@ -115,14 +124,14 @@ async fn run_everywhere(env: &TestEnv, db: &str, sql: &str) -> Result<Vec<String
 }
 
 /// Synthetic rows: a filesystem filling up, a host gone silent an hour ago,
-/// an agent with missing ticks.
+/// an agent with missing ticks, a counter that resets, an agent that
+/// dropped ticks.
 async fn load_synthetic(env: &TestEnv, db: &str) -> Result<()> {
     let ch = env.clickhouse(0).with_database(db);
     let fs = |ago: u64, state: &str, value: f64| {
         format!(
             "(now() - {ago}, 0, 'disk-filling-host', 'disk-filling-host', 'system.filesystem.usage', \
              'system.filesystem.mountpoint=/data,system.filesystem.state={state}', \
-             ['system.filesystem.mountpoint', 'system.filesystem.state'], ['/data', '{state}'], \
              {value}, 'gauge', 'By', 'i', 0)"
         )
     };
@@ -134,14 +143,35 @@ async fn load_synthetic(env: &TestEnv, db: &str) -> Result<()> {
     ]
     .join(", ");
     ch.query(&format!(
-        "INSERT INTO samples (time, time_ms, host_id, hostname, metric, labels, label_keys, \
-         label_values, value, kind, unit, instance_id, seq) VALUES {rows}"
+        "INSERT INTO samples (time, time_ms, host_id, hostname, metric, labels, \
+         value, kind, unit, instance_id, seq) VALUES {rows}"
     ))
     .execute()
     .await?;
     ch.query(
         "INSERT INTO samples (time, time_ms, host_id, hostname, metric, value, kind, unit, seq) \
          VALUES (now() - 3600, 0, 'silent-host', 'silent-host', 'system.uptime', 1, 'gauge', 's', 0)",
+    )
+    .execute()
+    .await?;
+    // A counter read once an hour; the host rebooted before the last reading.
+    ch.query(
+        "INSERT INTO samples (time, time_ms, host_id, hostname, metric, labels, value, kind, unit, \
+         instance_id, seq) VALUES \
+         (toStartOfHour(now()) - 3 * 3600 + 60, 0, 'reset-host', 'reset-host', 'system.network.io', \
+          'network.io.direction=receive', 100, 'counter', 'By', 'a', 0), \
+         (toStartOfHour(now()) - 2 * 3600 + 60, 0, 'reset-host', 'reset-host', 'system.network.io', \
+          'network.io.direction=receive', 500, 'counter', 'By', 'a', 1), \
+         (toStartOfHour(now()) - 3600 + 60, 0, 'reset-host', 'reset-host', 'system.network.io', \
+          'network.io.direction=receive', 70, 'counter', 'By', 'b', 0)",
+    )
+    .execute()
+    .await?;
+    ch.query(
+        "INSERT INTO agent_status (time, time_ms, host_id, hostname, instance_id, agent_version, \
+         uptime_ms, last_seq, spool_bytes, spool_records, dropped_first, dropped_last, last_error) \
+         VALUES (now() - 1800, 0, 'drop-host', 'drop-host', 'i', 'e2e', 1000, 99, 0, 0, [40], [45], ''), \
+         (now() - 1700, 0, 'drop-host', 'drop-host', 'i', 'e2e', 1100, 120, 0, 0, [], [], '')",
     )
     .execute()
     .await?;
@@ -299,20 +329,20 @@ spool_dir = "{spool}"
         ));
     }
     ensure!(sqls.len() >= 12, "only {} panel queries", sqls.len());
+    // Each range reads its own tier: raw rows up to an hour, the 1-minute
+    // tier up to three days, the 1-hour tier beyond.
     let mut empty = Vec::new();
-    for (title, sql) in &sqls {
-        let results = run_everywhere(&env, &db, &expand_panel_sql(sql, &hostname)?).await?;
-        if results.concat().trim().is_empty() {
-            empty.push(title.clone());
+    for (range, tier) in [(3600, "raw"), (86400, "1m"), (30 * 86400, "1h")] {
+        for (title, sql) in &sqls {
+            let sql = expand_panel_sql(sql, &hostname, range)?;
+            let results = run_everywhere(&env, &db, &sql).await?;
+            if results.concat().trim().is_empty() {
+                empty.push(format!("{title} ({tier})"));
+            }
         }
     }
-    // Agent spools are empty and nothing is missing on a healthy run; every
-    // other panel shows this host's data.
-    let allowed_empty = ["Agents reporting drops or errors"];
-    let unexpected: Vec<&String> = empty
-        .iter()
-        .filter(|t| !allowed_empty.contains(&t.as_str()))
-        .collect();
+    // Every panel shows this host's data or the synthetic hosts'.
+    let unexpected: Vec<&String> = empty.iter().collect();
     ensure!(unexpected.is_empty(), "panels without data: {unexpected:?}");
     println!(
         "{} documented queries and {} dashboard queries ran",
