@@ -17,6 +17,12 @@ if ! python3 -c 'import msgpack' 2>/dev/null; then
   step "pip install msgpack (for the interop test)"
   python3 -m pip install --quiet msgpack
 fi
+# Modern ClickHouse in process: chdb-core (ClickHouse 26.9), behind
+# ClickHouse's HTTP interface on loopback (tests/chdb/server.py).
+if ! python3 -c 'import chdb, lz4' 2>/dev/null; then
+  step "pip install chdb-core lz4 (modern ClickHouse for the test suite)"
+  python3 -m pip install --quiet 'chdb-core==26.9.0' 'lz4>=4'
+fi
 
 started_stack=0
 if [ -n "${SPILLWAY_KAFKA_BROKERS:-}" ] && [ -n "${SPILLWAY_CLICKHOUSE_URL:-}" ]; then
@@ -76,6 +82,27 @@ cargo build --workspace --bins --locked
 
 step "cargo test (unit, component and end-to-end)"
 cargo test --workspace --locked -- --include-ignored
+
+step "modern ClickHouse (chdb-core, ClickHouse 26.9): the modern profile, every documented query and panel, the upgrade"
+chdb_dir=$(mktemp -d)
+python3 tests/chdb/server.py --data "$chdb_dir" --cluster spillway >"$chdb_dir/server.log" 2>&1 &
+chdb_pid=$!
+stop_chdb() { kill "$chdb_pid" 2>/dev/null || true; wait "$chdb_pid" 2>/dev/null || true; rm -rf "$chdb_dir"; }
+for _ in $(seq 1 100); do
+  grep -q '^listening on' "$chdb_dir/server.log" 2>/dev/null && break
+  kill -0 "$chdb_pid" 2>/dev/null || { cat "$chdb_dir/server.log"; exit 1; }
+  sleep 0.2
+done
+chdb_url="http://$(sed -n 's/^listening on \([0-9.:]*\).*/\1/p' "$chdb_dir/server.log")"
+echo "$(head -1 "$chdb_dir/server.log")"
+if ! SPILLWAY_CLICKHOUSE_URL=$chdb_url SPILLWAY_CLICKHOUSE_URLS=$chdb_url SPILLWAY_CLICKHOUSE_CLUSTER=spillway \
+    SPILLWAY_CLICKHOUSE_USER=default SPILLWAY_CLICKHOUSE_PASSWORD= \
+    cargo test -p spillway-e2e --locked --test analytics --test storage -- --include-ignored; then
+  tail -20 "$chdb_dir/server.log"
+  stop_chdb
+  exit 1
+fi
+stop_chdb
 
 step "fuzz smoke run (every target for 20 s from the kept corpus; a crash fails)"
 scripts/fuzz.sh 20

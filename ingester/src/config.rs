@@ -488,10 +488,16 @@ impl Config {
                 e.push(format!("storage.precision[{i}]: {why}"));
             }
             if rule.metrics.is_empty() {
-                e.push(format!("storage.precision[{i}].metrics must name at least one metric"));
+                e.push(format!(
+                    "storage.precision[{i}].metrics must name at least one metric"
+                ));
             }
             for m in &rule.metrics {
-                if m.is_empty() || m.trim_start_matches('*').trim_end_matches('*').contains('*') {
+                if m.is_empty()
+                    || m.trim_start_matches('*')
+                        .trim_end_matches('*')
+                        .contains('*')
+                {
                     e.push(format!(
                         "storage.precision[{i}]: `{m}` must be a metric name, `prefix*` or `*suffix`"
                     ));

@@ -92,18 +92,18 @@ pub fn record(
 
 fn uniform_samples(args: &LoadgenArgs, h: usize, seq: u64) -> Vec<Sample> {
     (0..args.samples)
-            .map(|i| Sample {
-                name: format!("sim.metric_{}", i % 20),
-                value: ((h as u64 * 31 + seq * 7 + i as u64) % 1000) as f64 / 10.0,
-                kind: if i % 5 == 0 {
-                    MetricKind::Counter
-                } else {
-                    MetricKind::Gauge
-                },
-                unit: "1".into(),
-                labels: vec![Label::new("slot", (i / 20).to_string())],
-            })
-            .collect()
+        .map(|i| Sample {
+            name: format!("sim.metric_{}", i % 20),
+            value: ((h as u64 * 31 + seq * 7 + i as u64) % 1000) as f64 / 10.0,
+            kind: if i % 5 == 0 {
+                MetricKind::Counter
+            } else {
+                MetricKind::Gauge
+            },
+            unit: "1".into(),
+            labels: vec![Label::new("slot", (i / 20).to_string())],
+        })
+        .collect()
 }
 
 /// A deterministic pseudo-random number in [0, 1) for (a, b, c).
@@ -132,7 +132,12 @@ fn counter(h: u64, seq: u64, key: u64, rate: f64, interval_s: f64) -> (f64, f64)
         // The integral of a rate that swings between 0.5 and 1.5 × `rate`.
         let phase = noise(h, key, 2) * std::f64::consts::TAU;
         let t = s as f64 * interval_s;
-        base + (rate * (t - 40.0 * interval_s * ((t / (40.0 * interval_s) + phase).cos() - phase.cos()) * 0.5)).floor()
+        base + (rate
+            * (t - 40.0
+                * interval_s
+                * ((t / (40.0 * interval_s) + phase).cos() - phase.cos())
+                * 0.5))
+            .floor()
     };
     let now = at(seq);
     let rate = if seq == 0 {
@@ -158,7 +163,14 @@ fn gauge(name: &str, unit: &str, value: f64, labels: &[(&str, &str)]) -> Sample 
 /// constants (limits), slow drifts, counters and their rates.
 fn host_samples(h: usize, seq: u64, time_ms: u64, interval_ms: u32) -> Vec<Sample> {
     const MODES: [&str; 8] = [
-        "user", "nice", "system", "idle", "iowait", "interrupt", "softirq", "steal",
+        "user",
+        "nice",
+        "system",
+        "idle",
+        "iowait",
+        "interrupt",
+        "softirq",
+        "steal",
     ];
     let hu = h as u64;
     let interval_s = f64::from(interval_ms.max(1)) / 1000.0;
@@ -175,7 +187,16 @@ fn host_samples(h: usize, seq: u64, time_ms: u64, interval_ms: u32) -> Vec<Sampl
         let iowait = (j * busy * 0.05 * noise(hu, seq, cpu)).round() as u64;
         let softirq = u64::from(noise(hu, seq, 100 + cpu) < 0.1);
         let used = (user + system + iowait + softirq).min(per_cpu_jiffies);
-        let jiffies = [user, 0, system, per_cpu_jiffies - used, iowait, 0, softirq, 0];
+        let jiffies = [
+            user,
+            0,
+            system,
+            per_cpu_jiffies - used,
+            iowait,
+            0,
+            softirq,
+            0,
+        ];
         let n = cpu.to_string();
         for (m, mode) in MODES.iter().enumerate() {
             total[m] += jiffies[m];
@@ -198,7 +219,13 @@ fn host_samples(h: usize, seq: u64, time_ms: u64, interval_ms: u32) -> Vec<Sampl
     }
     out.push(gauge("system.cpu.logical.count", "{cpu}", cpus as f64, &[]));
     for (key, name) in [(1, "1m"), (5, "5m"), (15, "15m")] {
-        let load = drift(hu, seq / key, 30 + key, cpus as f64 * 0.3, cpus as f64 * 0.2);
+        let load = drift(
+            hu,
+            seq / key,
+            30 + key,
+            cpus as f64 * 0.3,
+            cpus as f64 * 0.2,
+        );
         out.push(gauge(
             &format!("system.cpu.load_average.{name}"),
             "{thread}",
@@ -213,18 +240,41 @@ fn host_samples(h: usize, seq: u64, time_ms: u64, interval_ms: u32) -> Vec<Sampl
     let cached = (drift(hu, seq, 41, 0.3, 0.05) * total_mem as f64 / page).round() * page;
     let buffers = (drift(hu, seq, 42, 0.02, 0.005) * total_mem as f64 / page).round() * page;
     let free = total_mem as f64 - used - cached - buffers;
-    for (state, v) in [("used", used), ("free", free), ("buffers", buffers), ("cached", cached)] {
-        out.push(gauge("system.memory.usage", "By", v, &[("system.memory.state", state)]));
+    for (state, v) in [
+        ("used", used),
+        ("free", free),
+        ("buffers", buffers),
+        ("cached", cached),
+    ] {
+        out.push(gauge(
+            "system.memory.usage",
+            "By",
+            v,
+            &[("system.memory.state", state)],
+        ));
     }
     out.push(gauge("system.memory.limit", "By", total_mem as f64, &[]));
-    out.push(gauge("system.memory.utilization", "1", used / total_mem as f64, &[]));
-    out.push(gauge("system.linux.memory.available", "By", free + cached, &[]));
+    out.push(gauge(
+        "system.memory.utilization",
+        "1",
+        used / total_mem as f64,
+        &[],
+    ));
+    out.push(gauge(
+        "system.linux.memory.available",
+        "By",
+        free + cached,
+        &[],
+    ));
     // Filesystems: 4 KiB blocks; `/data` fills slowly on some hosts.
-    for (f, (mount, device, size)) in [("/", "/dev/sda1", 100u64 << 30), ("/data", "/dev/sdb1", 1u64 << 40)]
-        .iter()
-        .enumerate()
+    for (f, (mount, device, size)) in [
+        ("/", "/dev/sda1", 100u64 << 30),
+        ("/data", "/dev/sdb1", 1u64 << 40),
+    ]
+    .iter()
+    .enumerate()
     {
-        let growth = if h % 7 == 0 { 4096.0 * 50.0 } else { 0.0 };
+        let growth = if h.is_multiple_of(7) { 4096.0 * 50.0 } else { 0.0 };
         let base = (noise(hu, f as u64, 50) * 0.6 + 0.1) * *size as f64;
         let used = ((base + growth * seq as f64) / 4096.0).round() * 4096.0;
         let reserved = (*size as f64 * 0.05 / 4096.0).round() * 4096.0;
@@ -240,9 +290,17 @@ fn host_samples(h: usize, seq: u64, time_ms: u64, interval_ms: u32) -> Vec<Sampl
         for (state, v) in [("used", used), ("free", free), ("reserved", reserved)] {
             out.push(gauge("system.filesystem.usage", "By", v, &labels(state)));
         }
-        let l = [("system.device", *device), ("system.filesystem.mountpoint", *mount)];
+        let l = [
+            ("system.device", *device),
+            ("system.filesystem.mountpoint", *mount),
+        ];
         out.push(gauge("system.filesystem.limit", "By", *size as f64, &l));
-        out.push(gauge("system.filesystem.utilization", "1", used / *size as f64, &l));
+        out.push(gauge(
+            "system.filesystem.utilization",
+            "1",
+            used / *size as f64,
+            &l,
+        ));
     }
     // Disks and network: counters and their rates.
     let mut counters = |name: &str, unit: &str, rate: f64, key: u64, labels: &[(&str, &str)]| {
@@ -250,20 +308,46 @@ fn host_samples(h: usize, seq: u64, time_ms: u64, interval_ms: u32) -> Vec<Sampl
         let mut c = gauge(name, unit, value, labels);
         c.kind = MetricKind::Counter;
         out.push(c);
-        out.push(gauge(&format!("{name}.rate"), &format!("{unit}/s"), per_s, labels));
+        out.push(gauge(
+            &format!("{name}.rate"),
+            &format!("{unit}/s"),
+            per_s,
+            labels,
+        ));
     };
     for (d, dir) in ["read", "write"].iter().enumerate() {
         let l = [("system.device", "sda"), ("disk.io.direction", *dir)];
-        counters("system.disk.io", "By", 2e6 * (d as f64 + 1.0), 60 + d as u64, &l);
-        counters("system.disk.operations", "{operation}", 80.0, 62 + d as u64, &l);
+        counters(
+            "system.disk.io",
+            "By",
+            2e6 * (d as f64 + 1.0),
+            60 + d as u64,
+            &l,
+        );
+        counters(
+            "system.disk.operations",
+            "{operation}",
+            80.0,
+            62 + d as u64,
+            &l,
+        );
     }
     for (i, iface) in ["lo", "eth0", "eth1"].iter().enumerate() {
         for (d, dir) in ["receive", "transmit"].iter().enumerate() {
-            let l = [("network.interface.name", *iface), ("network.io.direction", *dir)];
+            let l = [
+                ("network.interface.name", *iface),
+                ("network.io.direction", *dir),
+            ];
             let k = 70 + (i * 2 + d) as u64 * 4;
             let busy = if i == 2 { 0.0 } else { 1.0 };
             counters("system.network.io", "By", busy * 1e6, k, &l);
-            counters("system.network.packets", "{packet}", busy * 900.0, k + 1, &l);
+            counters(
+                "system.network.packets",
+                "{packet}",
+                busy * 900.0,
+                k + 1,
+                &l,
+            );
             counters("system.network.errors", "{error}", 0.0, k + 2, &l);
             counters("system.network.packet.dropped", "{packet}", 0.0, k + 3, &l);
         }
@@ -278,9 +362,17 @@ fn host_samples(h: usize, seq: u64, time_ms: u64, interval_ms: u32) -> Vec<Sampl
     for p in 0..8u64 {
         let pid = (1000 + hu * 17 + p * 131).to_string();
         let name = format!("proc-{p}");
-        let l = [("process.pid", pid.as_str()), ("process.executable.name", name.as_str())];
+        let l = [
+            ("process.pid", pid.as_str()),
+            ("process.executable.name", name.as_str()),
+        ];
         let jiffies = (drift(hu, seq, 200 + p, 0.05, 0.05).max(0.0) * 100.0 * interval_s).round();
-        out.push(gauge("process.cpu.utilization", "1", f64::from(jiffies as f32 / (100.0 * interval_s) as f32), &l));
+        out.push(gauge(
+            "process.cpu.utilization",
+            "1",
+            f64::from(jiffies as f32 / (100.0 * interval_s) as f32),
+            &l,
+        ));
         let rss = (drift(hu, seq, 300 + p, 2e8, 5e7) / page).round() * page;
         out.push(gauge("process.memory.usage", "By", rss, &l));
     }

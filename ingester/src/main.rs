@@ -51,6 +51,9 @@ enum Command {
         /// server version: `modern` from ClickHouse 24.8 on).
         #[arg(long, value_enum)]
         profile: Option<spillway_ingester::migrate::Profile>,
+        /// Apply the migrations up to this version only (e.g. `0005`).
+        #[arg(long)]
+        until: Option<String>,
     },
     /// Validate the configuration, print every problem, exit 2 if invalid.
     CheckConfig,
@@ -104,7 +107,7 @@ fn main() -> ExitCode {
     };
     let result = runtime.block_on(async move {
         match command {
-            Command::Migrate { profile } => migrate(&config, profile).await,
+            Command::Migrate { profile, until } => migrate(&config, profile, until).await,
             Command::Prune => prune(&config).await,
             Command::Loadgen(args) => {
                 spillway_ingester::loadgen::run(&config.kafka.brokers, &args).await
@@ -128,11 +131,13 @@ fn main() -> ExitCode {
 async fn migrate(
     config: &Config,
     profile: Option<spillway_ingester::migrate::Profile>,
+    until: Option<String>,
 ) -> anyhow::Result<()> {
     let options = spillway_ingester::migrate::Options {
         cluster: config.clickhouse.cluster.clone(),
         profile,
         retention: config.retention.clone(),
+        until,
     };
     for shard in &config.clickhouse.shards {
         let r = spillway_ingester::migrate::migrate_shard(shard, &options).await?;

@@ -197,6 +197,9 @@ pub struct Options {
     pub profile: Option<Profile>,
     /// Retention, for the modern profile's TTLs.
     pub retention: RetentionConfig,
+    /// Apply only the migrations up to this version (`0005`); for tests of
+    /// upgrades and for staged roll-outs.
+    pub until: Option<String>,
 }
 
 /// The tables that get an `<name>_all` twin: Distributed over the cluster
@@ -403,6 +406,13 @@ pub async fn migrate_shard(
         if Profile::of_file(m.name).is_some_and(|p| p != profile) {
             continue;
         }
+        if options
+            .until
+            .as_deref()
+            .is_some_and(|until| m.version() > until && !m.version().starts_with(until))
+        {
+            continue;
+        }
         let sum = checksum(m.sql);
         if let Some(row) = applied.iter().find(|r| r.version == m.name) {
             if row.checksum != sum {
@@ -461,7 +471,15 @@ pub async fn migrate_shard(
         insert.end().await.map_err(err("record migration"))?;
         report.applied.push(m.name.to_owned());
     }
-    for table in DISTRIBUTED {
+    let existing: Vec<String> = db
+        .query("SELECT name FROM system.tables WHERE database = currentDatabase()")
+        .fetch_all()
+        .await
+        .map_err(err("list tables"))?;
+    for table in DISTRIBUTED
+        .iter()
+        .filter(|t| existing.iter().any(|e| e == *t))
+    {
         let all = format!("{table}_all");
         if !report.applied.is_empty() {
             db.query(&format!("DROP TABLE IF EXISTS {all}"))
@@ -473,14 +491,20 @@ pub async fn migrate_shard(
             Some(cluster) => format!("Distributed({cluster}, {}, {table})", shard.database),
             None => format!("Merge({}, '^{table}$')", shard.database),
         };
-        db.query(&format!("CREATE TABLE IF NOT EXISTS {all} AS {table} ENGINE = {engine}"))
-            .execute()
-            .await
-            .map_err(err(&format!("create {all}")))?;
+        db.query(&format!(
+            "CREATE TABLE IF NOT EXISTS {all} AS {table} ENGINE = {engine}"
+        ))
+        .execute()
+        .await
+        .map_err(err(&format!("create {all}")))?;
         report.distributed.push(all);
     }
     if profile == Profile::Modern {
-        for (table, column, days) in ttls(&options.retention) {
+        let with_ttl = ttls(&options.retention);
+        for (table, column, days) in with_ttl
+            .into_iter()
+            .filter(|(t, _, _)| existing.iter().any(|e| e == t))
+        {
             let EngineRow { engine_full } = db
                 .query("SELECT engine_full FROM system.tables WHERE database = currentDatabase() AND name = ?")
                 .bind(table)
@@ -492,7 +516,10 @@ pub async fn migrate_shard(
                 if !engine_full.contains(" TTL ") {
                     continue;
                 }
-                (format!("ALTER TABLE {table} REMOVE TTL"), format!("{table}: kept forever"))
+                (
+                    format!("ALTER TABLE {table} REMOVE TTL"),
+                    format!("{table}: kept forever"),
+                )
             } else {
                 if engine_full.contains(&want) {
                     continue;
@@ -538,7 +565,10 @@ mod tests {
         let sql = "-- min_server_version: 20.3\n-- note\nCREATE TABLE a (x UInt8)\nENGINE = Log;\n\nSELECT 1;\n";
         assert_eq!(min_server_version(sql), Some((20, 3)));
         let sql: Vec<String> = statements(sql).into_iter().map(|s| s.sql).collect();
-        assert_eq!(sql, vec!["CREATE TABLE a (x UInt8)\nENGINE = Log", "SELECT 1"]);
+        assert_eq!(
+            sql,
+            vec!["CREATE TABLE a (x UInt8)\nENGINE = Log", "SELECT 1"]
+        );
         assert_eq!(min_server_version(MIGRATIONS[0].sql), None);
         assert_eq!(parse_version("18.16.1"), Some((18, 16)));
         assert_eq!(statements(MIGRATIONS[2].sql).len(), 2);
@@ -560,27 +590,49 @@ mod tests {
         assert_eq!(Profile::for_server((24, 3)), Profile::Legacy);
         assert_eq!(Profile::for_server((24, 8)), Profile::Modern);
         assert_eq!(Profile::for_server((26, 9)), Profile::Modern);
-        assert_eq!(Profile::of_file("0006_storage_v2.modern.sql"), Some(Profile::Modern));
+        assert_eq!(
+            Profile::of_file("0006_storage_v2.modern.sql"),
+            Some(Profile::Modern)
+        );
         assert_eq!(Profile::of_file("0001_samples.sql"), None);
         // Every per-profile migration has both variants, next to each other.
-        for m in MIGRATIONS.iter().filter(|m| Profile::of_file(m.name).is_some()) {
-            let n = MIGRATIONS.iter().filter(|o| o.version() == m.version()).count();
+        for m in MIGRATIONS
+            .iter()
+            .filter(|m| Profile::of_file(m.name).is_some())
+        {
+            let n = MIGRATIONS
+                .iter()
+                .filter(|o| o.version() == m.version())
+                .count();
             assert_eq!(n, 2, "{} needs a legacy and a modern variant", m.version());
         }
         let applied = |names: &[&str]| -> Vec<AppliedRow> {
             names
                 .iter()
-                .map(|n| AppliedRow { version: (*n).to_owned(), checksum: String::new() })
+                .map(|n| AppliedRow {
+                    version: (*n).to_owned(),
+                    checksum: String::new(),
+                })
                 .collect()
         };
         // A shard keeps the profile its tables were built with.
         let old = applied(&["0001_samples.sql", "0006_storage_v2.legacy.sql"]);
-        assert_eq!(choose_profile("u", &old, None, (26, 9), "26.9").unwrap().0, Profile::Legacy);
+        assert_eq!(
+            choose_profile("u", &old, None, (26, 9), "26.9").unwrap().0,
+            Profile::Legacy
+        );
         assert!(choose_profile("u", &old, Some(Profile::Modern), (26, 9), "26.9").is_err());
         let fresh = applied(&["0001_samples.sql"]);
-        assert_eq!(choose_profile("u", &fresh, None, (25, 8), "25.8").unwrap().0, Profile::Modern);
         assert_eq!(
-            choose_profile("u", &fresh, Some(Profile::Legacy), (25, 8), "25.8").unwrap().0,
+            choose_profile("u", &fresh, None, (25, 8), "25.8")
+                .unwrap()
+                .0,
+            Profile::Modern
+        );
+        assert_eq!(
+            choose_profile("u", &fresh, Some(Profile::Legacy), (25, 8), "25.8")
+                .unwrap()
+                .0,
             Profile::Legacy
         );
     }

@@ -35,9 +35,7 @@ impl Rounding {
         let places = match self {
             Rounding::Exact => return value,
             Rounding::Decimals(d) => i32::from(d),
-            Rounding::Significant(k) => {
-                i32::from(k) - (value.abs().log10().floor() as i32 + 1)
-            }
+            Rounding::Significant(k) => i32::from(k) - (value.abs().log10().floor() as i32 + 1),
         };
         let rounded = if places >= 0 {
             let scale = 10f64.powi(places);
@@ -118,7 +116,11 @@ pub fn default_rules() -> Vec<PrecisionRule> {
         // Rates derived from counters that are stored exactly.
         PrecisionRule::new(&["*.rate"], None, Some(4)),
         // /proc/uptime and /proc/loadavg have two decimals.
-        PrecisionRule::new(&["system.uptime", "system.cpu.load_average.*"], Some(2), None),
+        PrecisionRule::new(
+            &["system.uptime", "system.cpu.load_average.*"],
+            Some(2),
+            None,
+        ),
     ]
 }
 
@@ -175,7 +177,10 @@ mod tests {
 
     #[test]
     fn rounding() {
-        assert_eq!(Rounding::Decimals(4).apply(0.268_656_716_417_910_45), 0.2687);
+        assert_eq!(
+            Rounding::Decimals(4).apply(0.268_656_716_417_910_45),
+            0.2687
+        );
         assert_eq!(Rounding::Decimals(0).apply(2.5), 3.0);
         assert_eq!(Rounding::Significant(3).apply(0.001_234_567), 0.001_23);
         assert_eq!(Rounding::Significant(4).apply(123_456.789), 123_500.0);
@@ -204,8 +209,16 @@ mod tests {
 
     #[test]
     fn invalid_rules_say_why() {
-        assert!(PrecisionRule::new(&["x"], Some(1), Some(2)).rounding().is_err());
+        assert!(
+            PrecisionRule::new(&["x"], Some(1), Some(2))
+                .rounding()
+                .is_err()
+        );
         assert!(PrecisionRule::new(&["x"], None, None).rounding().is_err());
-        assert!(PrecisionRule::new(&["x"], None, Some(0)).rounding().is_err());
+        assert!(
+            PrecisionRule::new(&["x"], None, Some(0))
+                .rounding()
+                .is_err()
+        );
     }
 }

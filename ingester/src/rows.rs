@@ -203,7 +203,11 @@ pub fn sample_row_size(r: &SampleRow) -> usize {
 pub fn sample_row_mem(r: &SampleRow) -> usize {
     // glibc malloc: 16 bytes of overhead per allocation, rounded up.
     const ALLOC: usize = 16;
-    size_of::<SampleRow>() + r.metric.capacity() + r.labels.capacity() + r.unit.capacity() + 3 * ALLOC
+    size_of::<SampleRow>()
+        + r.metric.capacity()
+        + r.labels.capacity()
+        + r.unit.capacity()
+        + 3 * ALLOC
 }
 
 #[cfg(test)]
@@ -248,7 +252,11 @@ mod tests {
     fn separators_in_values_are_escaped() {
         let mut out = String::new();
         spell_labels(
-            &[Label::new("a", "x,y"), Label::new("b", "c\\d=e"), Label::new("c", "")],
+            &[
+                Label::new("a", "x,y"),
+                Label::new("b", "c\\d=e"),
+                Label::new("c", ""),
+            ],
             &mut out,
         );
         assert_eq!(out, "a=x\\,y,b=c\\\\d=e,c=");

@@ -81,7 +81,12 @@ fn dump(brokers: &str, topic: &str, out: &Path) -> Result<()> {
         .set("enable.auto.commit", "false")
         .create()?;
     let metadata = c.fetch_metadata(Some(topic), Duration::from_secs(10))?;
-    let partitions = metadata.topics().first().context("no such topic")?.partitions().len();
+    let partitions = metadata
+        .topics()
+        .first()
+        .context("no such topic")?
+        .partitions()
+        .len();
     let mut tpl = TopicPartitionList::new();
     let mut want = 0i64;
     for p in 0..partitions as i32 {
@@ -104,7 +109,10 @@ fn dump(brokers: &str, topic: &str, out: &Path) -> Result<()> {
         }
     }
     file.flush()?;
-    println!("dumped {n} of {want} records from {topic} to {}", out.display());
+    println!(
+        "dumped {n} of {want} records from {topic} to {}",
+        out.display()
+    );
     if n < want {
         bail!("{} records were not read", want - n);
     }
@@ -143,7 +151,11 @@ fn fleet(hosts: usize, ticks: u64, out: &Path) -> Result<()> {
         }
     }
     file.flush()?;
-    println!("{} records of {hosts} simulated hosts to {}", hosts as u64 * ticks, out.display());
+    println!(
+        "{} records of {hosts} simulated hosts to {}",
+        hosts as u64 * ticks,
+        out.display()
+    );
     Ok(())
 }
 
@@ -190,7 +202,10 @@ async fn capture(
         .and_then(|q| q.split_once('('))
         .and_then(|(t, rest)| Some((t, rest.split_once(')')?.0)))
     else {
-        return (axum::http::StatusCode::BAD_REQUEST, format!("not an insert: {query}"));
+        return (
+            axum::http::StatusCode::BAD_REQUEST,
+            format!("not an insert: {query}"),
+        );
     };
     let data = if params.get("decompress").is_some_and(|v| v == "1") {
         match decompress(&body) {
@@ -202,8 +217,7 @@ async fn capture(
     };
     let table = table.trim_matches('`').to_owned();
     let mut c = shared.lock().unwrap_or_else(|p| p.into_inner());
-    c.columns
-        .insert(table.clone(), columns.replace('`', ""));
+    c.columns.insert(table.clone(), columns.replace('`', ""));
     c.bodies.entry(table).or_default().extend(data);
     (axum::http::StatusCode::OK, String::new())
 }
@@ -255,12 +269,20 @@ async fn rows(input: &Path, outdir: &Path) -> Result<()> {
     for (table, body) in &captured.bodies {
         let path: PathBuf = outdir.join(format!("{table}.rowbinary"));
         std::fs::write(&path, body)?;
-        std::fs::write(outdir.join(format!("{table}.columns")), &captured.columns[table])?;
+        std::fs::write(
+            outdir.join(format!("{table}.columns")),
+            &captured.columns[table],
+        )?;
     }
     println!(
         "{} records, {n} sample rows; tables: {}",
         records.len(),
-        captured.bodies.keys().cloned().collect::<Vec<_>>().join(", ")
+        captured
+            .bodies
+            .keys()
+            .cloned()
+            .collect::<Vec<_>>()
+            .join(", ")
     );
     Ok(())
 }

@@ -177,6 +177,7 @@ pub mod clickhouse_server;
 pub mod consume;
 pub mod ingest;
 pub mod process;
+pub mod sql;
 
 /// The text of a log line without its colour codes.
 pub fn strip_ansi(line: &str) -> String {

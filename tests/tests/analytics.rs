@@ -6,81 +6,11 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, bail, ensure};
+use anyhow::{Context, Result, ensure};
 use spillway_e2e::ingest::{count, ingester_config, migrate};
 use spillway_e2e::process::Service;
+use spillway_e2e::sql::{documented_queries, fleet_wide, run_everywhere};
 use spillway_e2e::{TestEnv, unique_name};
-
-/// A documented query and what its result must contain.
-struct Documented {
-    title: String,
-    expect: String,
-    sql: String,
-}
-
-/// Reads every ```sql block of docs/queries.md with the `<!-- expect: X -->`
-/// line before it: `rows` (some shard returns a row) or a string that must
-/// appear in the results.
-fn documented_queries() -> Result<Vec<Documented>> {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/queries.md");
-    let text = std::fs::read_to_string(path)?;
-    let mut out = Vec::new();
-    let (mut title, mut expect) = (String::new(), None::<String>);
-    let mut lines = text.lines();
-    while let Some(line) = lines.next() {
-        if let Some(t) = line.strip_prefix("## ") {
-            title = t.to_owned();
-        } else if let Some(e) = line
-            .strip_prefix("<!-- expect: ")
-            .and_then(|e| e.strip_suffix(" -->"))
-        {
-            expect = Some(e.to_owned());
-        } else if line == "```sql" {
-            let sql: Vec<&str> = lines.by_ref().take_while(|l| *l != "```").collect();
-            let Some(expect) = expect.take() else {
-                bail!("query `{title}` has no <!-- expect: --> line");
-            };
-            out.push(Documented {
-                title: title.clone(),
-                expect,
-                sql: sql.join("\n"),
-            });
-        }
-    }
-    Ok(out)
-}
-
-/// The query over the Distributed `_all` tables.
-fn fleet_wide(sql: &str) -> String {
-    let mut out = String::with_capacity(sql.len() + 16);
-    let mut word = String::new();
-    let flush = |word: &mut String, out: &mut String| {
-        out.push_str(word);
-        if matches!(
-            word.as_str(),
-            "samples"
-                | "samples_1m"
-                | "samples_1h"
-                | "agent_status"
-                | "agent_status_latest"
-                | "ingest_quality"
-                | "ingester_status"
-        ) {
-            out.push_str("_all");
-        }
-        word.clear();
-    };
-    for c in sql.chars() {
-        if c.is_ascii_alphanumeric() || c == '_' {
-            word.push(c);
-        } else {
-            flush(&mut word, &mut out);
-            out.push(c);
-        }
-    }
-    flush(&mut word, &mut out);
-    out
-}
 
 /// The Grafana ClickHouse plugin's macros and Grafana's own time-range
 /// variables, expanded as they are for a range of `range` seconds ending
@@ -98,28 +28,10 @@ fn expand_panel_sql(sql: &str, host: &str, range: u64) -> Result<String> {
         let rest = &out[start + "$__timeFilter(".len()..];
         let end = rest.find(')').context("unclosed $__timeFilter")?;
         let column = rest[..end].to_owned();
-        let expanded =
-            format!("{column} >= toDateTime({from}) AND {column} <= toDateTime({now})");
+        let expanded = format!("{column} >= toDateTime({from}) AND {column} <= toDateTime({now})");
         out.replace_range(start..start + "$__timeFilter(".len() + end + 1, &expanded);
     }
     ensure!(!out.contains('$'), "unexpanded macro in panel SQL:\n{out}");
-    Ok(out)
-}
-
-/// Runs `sql` on every shard; returns the shards' TSV results.
-async fn run_everywhere(env: &TestEnv, db: &str, sql: &str) -> Result<Vec<String>> {
-    let mut out = Vec::new();
-    for shard in 0..env.clickhouse_urls.len() {
-        let bytes = env
-            .clickhouse(shard)
-            .with_database(db)
-            .query(sql)
-            .fetch_bytes("TSV")?
-            .collect()
-            .await
-            .with_context(|| format!("shard {shard}:\n{sql}"))?;
-        out.push(String::from_utf8_lossy(&bytes).into_owned());
-    }
     Ok(out)
 }
 
