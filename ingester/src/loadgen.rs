@@ -274,7 +274,11 @@ fn host_samples(h: usize, seq: u64, time_ms: u64, interval_ms: u32) -> Vec<Sampl
     .iter()
     .enumerate()
     {
-        let growth = if h.is_multiple_of(7) { 4096.0 * 50.0 } else { 0.0 };
+        let growth = if h.is_multiple_of(7) {
+            4096.0 * 50.0
+        } else {
+            0.0
+        };
         let base = (noise(hu, f as u64, 50) * 0.6 + 0.1) * *size as f64;
         let used = ((base + growth * seq as f64) / 4096.0).round() * 4096.0;
         let reserved = (*size as f64 * 0.05 / 4096.0).round() * 4096.0;
