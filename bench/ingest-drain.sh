@@ -84,8 +84,9 @@ for i in $(seq "$RUNS"); do
   "$INGESTER" -c "$work/ingester.toml" migrate >/dev/null
   config "$raw" "bench_raw_${run}_$i" >"$work/raw.toml"
   "$INGESTER" -c "$work/raw.toml" migrate >/dev/null
-  # The raw insert goes to a table without the rollup view, as a plain INSERT.
+  # The raw insert goes to a table without the rollup views, as a plain INSERT.
   ch "DROP TABLE $raw.samples_1m_mv"
+  ch "DROP TABLE $raw.samples_1h_mv"
 
   echo "==> run $i: raw consume"
   consume=$("$LIMITS" consume "$SPILLWAY_KAFKA_BROKERS" "$topic" $RECORDS)

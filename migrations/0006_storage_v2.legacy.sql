@@ -19,9 +19,11 @@ ALTER TABLE samples ADD COLUMN label_keys Array(String) ALIAS arrayMap(p -> extr
 -- if: SELECT count() = 0 FROM system.columns WHERE database = currentDatabase() AND table = 'samples' AND name = 'label_values'
 ALTER TABLE samples ADD COLUMN label_values Array(String) ALIAS arrayMap(p -> replaceRegexpAll(substring(p, position(p, '=') + 1), '\\\\(.)', '\\1'), extractAll(labels, '(?:[^,\\\\]|\\\\.)+'));
 
--- The 1-minute tier gains the last value by time; `time` names its bucket
--- as in the other tiers. (Rollups carry host_id, not the host name: a column
--- outside the sorting key would keep an arbitrary value after merges.)
+-- The 1-minute tier gains the host name (last in the sorting key: a column
+-- outside it would keep an arbitrary value after merges) and the last value
+-- by time; `time` names its bucket as in the other tiers.
+-- if: SELECT count() = 0 FROM system.columns WHERE database = currentDatabase() AND table = 'samples_1m' AND name = 'hostname'
+ALTER TABLE samples_1m ADD COLUMN hostname String AFTER host_id, MODIFY ORDER BY (metric, host_id, labels, minute, hostname);
 -- if: SELECT count() = 0 FROM system.columns WHERE database = currentDatabase() AND table = 'samples_1m' AND name = 'last_value'
 ALTER TABLE samples_1m ADD COLUMN last_value AggregateFunction(argMax, Float64, DateTime);
 -- if: SELECT count() = 0 FROM system.columns WHERE database = currentDatabase() AND table = 'samples_1m' AND name = 'time'
@@ -31,6 +33,7 @@ CREATE MATERIALIZED VIEW IF NOT EXISTS samples_1m_mv TO samples_1m AS
 SELECT
     toStartOfMinute(time) AS minute,
     host_id,
+    hostname,
     metric,
     labels,
     minState(value) AS min_value,
@@ -39,7 +42,7 @@ SELECT
     countState() AS count,
     argMaxState(value, time) AS last_value
 FROM samples
-GROUP BY minute, host_id, metric, labels;
+GROUP BY minute, host_id, hostname, metric, labels;
 
 -- The 1-hour tier, filled from the raw rows already there, then by its view;
 -- `time` names its bucket as in the other tiers.
@@ -47,6 +50,7 @@ CREATE TABLE IF NOT EXISTS samples_1h
 (
     hour DateTime,
     host_id String,
+    hostname String,
     metric String,
     labels String,
     min_value AggregateFunction(min, Float64),
@@ -58,17 +62,18 @@ CREATE TABLE IF NOT EXISTS samples_1h
 )
 ENGINE = AggregatingMergeTree()
 PARTITION BY toYYYYMM(hour)
-ORDER BY (metric, host_id, labels, hour);
+ORDER BY (metric, host_id, labels, hour, hostname);
 -- if: SELECT count() = 0 FROM samples_1h
 INSERT INTO samples_1h
-SELECT toStartOfHour(time) AS hour, host_id, metric, labels,
+SELECT toStartOfHour(time) AS hour, host_id, hostname, metric, labels,
        minState(value), maxState(value), sumState(value), countState(), argMaxState(value, time)
 FROM samples
-GROUP BY hour, host_id, metric, labels;
+GROUP BY hour, host_id, hostname, metric, labels;
 CREATE MATERIALIZED VIEW IF NOT EXISTS samples_1h_mv TO samples_1h AS
 SELECT
     toStartOfHour(time) AS hour,
     host_id,
+    hostname,
     metric,
     labels,
     minState(value) AS min_value,
@@ -77,7 +82,7 @@ SELECT
     countState() AS count,
     argMaxState(value, time) AS last_value
 FROM samples
-GROUP BY hour, host_id, metric, labels;
+GROUP BY hour, host_id, hostname, metric, labels;
 
 -- agent_status keeps every heartbeat (a ReplacingMergeTree merged them
 -- away); agent_status_latest keeps the latest per agent instance.

@@ -38,9 +38,11 @@ ALTER TABLE samples
     MODIFY COLUMN seq UInt64 CODEC(DoubleDelta, ZSTD(1));
 ALTER TABLE samples MODIFY SETTING ttl_only_drop_parts = 1, non_replicated_deduplication_window = 1000;
 
--- The 1-minute tier gains the last value by time; `time` names its bucket
--- as in the other tiers. (Rollups carry host_id, not the host name: a column
--- outside the sorting key would keep an arbitrary value after merges.)
+-- The 1-minute tier gains the host name (last in the sorting key: a column
+-- outside it would keep an arbitrary value after merges) and the last value
+-- by time; `time` names its bucket as in the other tiers.
+-- if: SELECT count() = 0 FROM system.columns WHERE database = currentDatabase() AND table = 'samples_1m' AND name = 'hostname'
+ALTER TABLE samples_1m ADD COLUMN hostname LowCardinality(String) AFTER host_id, MODIFY ORDER BY (metric, host_id, labels, minute, hostname);
 -- if: SELECT count() = 0 FROM system.columns WHERE database = currentDatabase() AND table = 'samples_1m' AND name = 'last_value'
 ALTER TABLE samples_1m ADD COLUMN last_value AggregateFunction(argMax, Float64, DateTime);
 -- if: SELECT count() = 0 FROM system.columns WHERE database = currentDatabase() AND table = 'samples_1m' AND name = 'time'
@@ -61,6 +63,7 @@ CREATE MATERIALIZED VIEW IF NOT EXISTS samples_1m_mv TO samples_1m AS
 SELECT
     toStartOfMinute(time) AS minute,
     host_id,
+    hostname,
     metric,
     labels,
     minState(value) AS min_value,
@@ -69,7 +72,7 @@ SELECT
     countState() AS count,
     argMaxState(value, time) AS last_value
 FROM samples
-GROUP BY minute, host_id, metric, labels;
+GROUP BY minute, host_id, hostname, metric, labels;
 
 -- The 1-hour tier, filled from the raw rows already there, then by its view;
 -- `time` names its bucket as in the other tiers.
@@ -77,6 +80,7 @@ CREATE TABLE IF NOT EXISTS samples_1h
 (
     hour DateTime CODEC(Delta, ZSTD(1)),
     host_id LowCardinality(String),
+    hostname LowCardinality(String),
     metric LowCardinality(String),
     labels LowCardinality(String),
     min_value AggregateFunction(min, Float64) CODEC(ZSTD(1)),
@@ -88,18 +92,19 @@ CREATE TABLE IF NOT EXISTS samples_1h
 )
 ENGINE = AggregatingMergeTree()
 PARTITION BY toYYYYMM(hour)
-ORDER BY (metric, host_id, labels, hour)
+ORDER BY (metric, host_id, labels, hour, hostname)
 SETTINGS ttl_only_drop_parts = 1, non_replicated_deduplication_window = 1000;
 -- if: SELECT count() = 0 FROM samples_1h
 INSERT INTO samples_1h
-SELECT toStartOfHour(time) AS hour, host_id, metric, labels,
+SELECT toStartOfHour(time) AS hour, host_id, hostname, metric, labels,
        minState(value), maxState(value), sumState(value), countState(), argMaxState(value, time)
 FROM samples
-GROUP BY hour, host_id, metric, labels;
+GROUP BY hour, host_id, hostname, metric, labels;
 CREATE MATERIALIZED VIEW IF NOT EXISTS samples_1h_mv TO samples_1h AS
 SELECT
     toStartOfHour(time) AS hour,
     host_id,
+    hostname,
     metric,
     labels,
     minState(value) AS min_value,
@@ -108,7 +113,7 @@ SELECT
     countState() AS count,
     argMaxState(value, time) AS last_value
 FROM samples
-GROUP BY hour, host_id, metric, labels;
+GROUP BY hour, host_id, hostname, metric, labels;
 
 -- agent_status keeps every heartbeat (a ReplacingMergeTree merged them
 -- away); agent_status_latest keeps the latest per agent instance.

@@ -108,7 +108,7 @@ step "fuzz smoke run (every target for 20 s from the kept corpus; a crash fails)
 scripts/fuzz.sh 20
 
 step "benchmark set-up in each one's default (release) mode"
-for b in bench/ingest-drain.sh bench/freshness.sh bench/agent-footprint.sh; do
+for b in bench/ingest-drain.sh bench/freshness.sh bench/agent-footprint.sh bench/storage.sh; do
   BENCH_CHECK=1 BENCH_PROFILE= "$b"
 done
 
@@ -120,4 +120,5 @@ bench/ingest-drain.sh 20000 100
 bench/freshness.sh 50 6 2s
 bench/agent-footprint.sh 5
 bench/codec.sh --smoke
+bench/storage.sh 2 30
 rm -rf "$BENCH_RESULTS"

@@ -13,6 +13,8 @@
 //!   on loopback. For each table, `OUTDIR/<table>.rowbinary` holds the
 //!   request bodies (LZ4 blocks undone) and `OUTDIR/<table>.columns` the
 //!   column list of the INSERT: exactly what a server would have received.
+//!   Gauges get the default precision rules; `STORAGE_ROWS_EXACT=1` keeps
+//!   the values as sent.
 
 use std::collections::BTreeMap;
 use std::io::{BufWriter, Read, Write};
@@ -240,8 +242,9 @@ async fn rows(input: &Path, outdir: &Path) -> Result<()> {
         ..ClickHouseConfig::default()
     });
     let limits = Limits::default();
-    // The ingester's default precision rules, or none with ROUND=0.
-    let precision = if std::env::var("ROUND").is_ok_and(|v| v == "0") {
+    // The ingester's default precision rules, or exact values with
+    // STORAGE_ROWS_EXACT=1 (the previous layout stored them so).
+    let precision = if std::env::var("STORAGE_ROWS_EXACT").is_ok_and(|v| v == "1") {
         Precision::default()
     } else {
         Precision::new(&default_rules())
