@@ -575,6 +575,27 @@ mod tests {
         let c = Config::from_toml(include_str!("../../config/ingester.example.toml")).unwrap();
         c.validate().unwrap();
         assert_eq!(c.clickhouse.shards.len(), 1);
+        // The example spells out the defaults it documents.
+        assert_eq!(c.storage, StorageConfig::default());
+        assert_eq!(c.retention, RetentionConfig::default());
+    }
+
+    #[test]
+    fn precision_rules_are_checked() {
+        let c = Config::from_toml(
+            r#"
+            [kafka]
+            brokers = "b"
+            [[storage.precision]]
+            metrics = ["a*b"]
+            decimals = 2
+            significant = 3
+            "#,
+        )
+        .unwrap();
+        let errors = c.validate().unwrap_err().to_string();
+        assert!(errors.contains("storage.precision[0]: set exactly one"), "{errors}");
+        assert!(errors.contains("`a*b` must be a metric name"), "{errors}");
     }
 
     #[test]
