@@ -11,6 +11,9 @@
 #
 # The hand-written Python consumer (bench/python-baseline/consumer.py) drains
 # the same topic after the ingester in each run (BENCH_PYTHON=0 skips it).
+# BENCH_BASELINE_INGESTER=PATH drains it with another ingester binary too (an
+# earlier build, on the tables its own `migrate` makes), so a change is
+# measured side by side with the code before it.
 #
 # Each measurement runs BENCH_RUNS times (default 3) on the same topic, with a
 # fresh database and consumer group per run; the summary quotes medians.
@@ -112,6 +115,29 @@ for i in $(seq "$RUNS"); do
   ing_pid=
   line="$consume | $insert | ingester t0=$t0 t1=$t1 utime=$utime stime=$stime ticks=$tck hwm_kib=$hwm stored=$n"
 
+  if [ -n "${BENCH_BASELINE_INGESTER:-}" ]; then
+    echo "==> run $i: baseline ingester $BENCH_BASELINE_INGESTER"
+    base=bench_base_${run}_$i
+    config "$base" "$base" >"$work/base.toml"
+    "$BENCH_BASELINE_INGESTER" -c "$work/base.toml" migrate >/dev/null
+    "$BENCH_BASELINE_INGESTER" -c "$work/base.toml" run 2>"$work/base.log" &
+    ing_pid=$!
+    t0=$(date +%s.%N)
+    while :; do
+      n=$(ch "SELECT count() FROM $base.samples")
+      [ "$n" -ge "$ROWS" ] && break
+      kill -0 $ing_pid 2>/dev/null || { tail -20 "$work/base.log"; exit 1; }
+      sleep 0.2
+    done
+    t1=$(date +%s.%N)
+    read -r utime stime < <(awk '{print $14, $15}' /proc/$ing_pid/stat)
+    hwm=$(awk '/VmHWM/ {print $2}' /proc/$ing_pid/status)
+    kill -TERM $ing_pid; wait $ing_pid || true
+    ing_pid=
+    line="$line | baseline t0=$t0 t1=$t1 utime=$utime stime=$stime ticks=$tck hwm_kib=$hwm stored=$n"
+    ch "DROP DATABASE $base"
+  fi
+
   if [ -n "$PYTHON" ]; then
     echo "==> run $i: python baseline"
     py=bench_py_${run}_$i
@@ -134,9 +160,9 @@ rows, records = int(sys.argv[1]), int(sys.argv[2])
 kv = lambda s: dict(p.split("=") for p in s.split()[1:])
 runs = []
 for line in open(sys.argv[3]):
-    parts = [kv(part) for part in line.split(" | ")]
-    c, i, g = parts[:3]
-    p = parts[3] if len(parts) > 3 else None
+    parts = {part.split()[0]: kv(part) for part in line.split(" | ")}
+    c, i, g = parts["consume"], parts["insert"], parts["ingester"]
+    p, b = parts.get("python"), parts.get("baseline")
     wall = float(g["t1"]) - float(g["t0"])
     cpu = (int(g["utime"]) + int(g["stime"])) / int(g["ticks"])
     r = dict(
@@ -150,6 +176,12 @@ for line in open(sys.argv[3]):
         bytes=int(c["bytes"]),
     )
     r["ratio"] = r["ingester"] / min(r["consume"], r["insert"])
+    if b:
+        bwall = float(b["t1"]) - float(b["t0"])
+        r["base"] = rows / bwall
+        r["base_ratio"] = r["base"] / min(r["consume"], r["insert"])
+        r["base_cpu"] = (int(b["utime"]) + int(b["stime"])) / int(b["ticks"]) / (rows / 1e6)
+        r["cpu_vs_base"] = r["cpu"] / r["base_cpu"]
     if p:
         r["python"] = rows / (float(p["t1"]) - float(p["t0"]))
         r["python_cpu"] = (float(p["utime"]) + float(p["stime"])) / (rows / 1e6)
@@ -172,6 +204,11 @@ line("**ingester / min(limits)**", "ratio", "{:.2f}", ">= 0.8")
 line("**ingester CPU-s per million rows**", "cpu", "{:.2f}", "<= 2")
 line("ingester peak RSS (VmHWM), MiB", "rss", "{:.0f}")
 line("rows stored", "stored", "{:,.0f}")
+if "base" in runs[0]:
+    line("baseline ingester drain, rows/s", "base", "{:,.0f}")
+    line("baseline ingester / min(limits)", "base_ratio", "{:.2f}")
+    line("baseline ingester CPU-s per million rows", "base_cpu", "{:.2f}")
+    line("**ingester CPU / baseline CPU**", "cpu_vs_base", "{:.2f}")
 if "python" in runs[0]:
     line("Python baseline, rows/s", "python", "{:,.0f}")
     line("Python baseline CPU-s per million rows", "python_cpu", "{:.2f}")
