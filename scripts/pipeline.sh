@@ -47,6 +47,9 @@ SPILLWAY_AGENT_SPOOL_DIR=$STATE/spool SPILLWAY_AGENT_INTERVAL=2s SPILLWAY_AGENT_
   "$BIN/spillway-agent" >"$STATE/agent.log" 2>&1 &
 pids+=($!)
 
+# Bold headers only on a terminal; plain text in logs.
+if [ -t 1 ]; then TABLE=PrettyCompactMonoBlock; else TABLE=PrettyCompactNoEscapes; fi
+
 query() {
   local sql=$1 url
   for url in ${SPILLWAY_CLICKHOUSE_URLS//,/ }; do
@@ -65,10 +68,10 @@ done
 step "this host's latest CPU utilization by mode, from ClickHouse"
 query "SELECT labels, round(argMax(value, time_ms), 3) FROM samples
        WHERE metric = 'system.cpu.utilization' AND labels LIKE 'cpu.mode=%'
-       GROUP BY labels ORDER BY labels FORMAT PrettyCompactMonoBlock"
+       GROUP BY labels ORDER BY labels FORMAT $TABLE"
 step "rows per metric family (top 10)"
 query "SELECT metric, count() AS n FROM samples GROUP BY metric ORDER BY n DESC LIMIT 10
-       FORMAT PrettyCompactMonoBlock"
+       FORMAT $TABLE"
 step "agent status"
 query "SELECT hostname, instance_id, last_seq, spool_records, last_error FROM agent_status
-       ORDER BY time DESC LIMIT 1 FORMAT PrettyCompactMonoBlock"
+       ORDER BY time DESC LIMIT 1 FORMAT $TABLE"
