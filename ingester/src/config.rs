@@ -594,7 +594,10 @@ mod tests {
         )
         .unwrap();
         let errors = c.validate().unwrap_err().to_string();
-        assert!(errors.contains("storage.precision[0]: set exactly one"), "{errors}");
+        assert!(
+            errors.contains("storage.precision[0]: set exactly one"),
+            "{errors}"
+        );
         assert!(errors.contains("`a*b` must be a metric name"), "{errors}");
     }
 

@@ -241,6 +241,22 @@ spool_dir = "{spool}"
         ));
     }
     ensure!(sqls.len() >= 12, "only {} panel queries", sqls.len());
+    // The same dashboard serves one server and a cluster: every table it
+    // reads is an `_all` table.
+    for (title, sql) in &sqls {
+        for table in sql.split("FROM ").skip(1).filter_map(|rest| {
+            let name: String = rest
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                .collect();
+            (!name.is_empty()).then_some(name)
+        }) {
+            ensure!(
+                table.ends_with("_all"),
+                "`{title}` reads `{table}`, not an _all table"
+            );
+        }
+    }
     // Each range reads its own tier: raw rows up to an hour, the 1-minute
     // tier up to three days, the 1-hour tier beyond.
     let mut empty = Vec::new();
