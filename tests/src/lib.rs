@@ -107,8 +107,13 @@ impl TestEnv {
         let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
         let results = admin.create_topics([&topic], &opts).await?;
         for r in results {
-            if let Err((topic, code)) = r {
-                bail!("cannot create topic {topic}: {code}");
+            match r {
+                Ok(_) => {}
+                // The admin client retries a CreateTopics whose answer came
+                // late; the first attempt made it. The metadata check below
+                // still requires the partition count asked for.
+                Err((_, rdkafka::types::RDKafkaErrorCode::TopicAlreadyExists)) => {}
+                Err((topic, code)) => bail!("cannot create topic {topic}: {code}"),
             }
         }
         let deadline = std::time::Instant::now() + Duration::from_secs(15);
