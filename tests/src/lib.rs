@@ -76,7 +76,12 @@ impl TestEnv {
         let mut c = ClientConfig::new();
         c.set("bootstrap.servers", &self.kafka_brokers)
             .set("socket.timeout.ms", "10000")
-            .set("message.timeout.ms", "30000");
+            .set("message.timeout.ms", "30000")
+            // A metadata request for a topic must not create it with the
+            // broker's default partition count before CreateTopics lands
+            // (librdkafka's producer-side clients, the admin among them,
+            // ask for auto-creation by default).
+            .set("allow.auto.create.topics", "false");
         c
     }
 
@@ -129,9 +134,42 @@ impl TestEnv {
                 return Ok(());
             }
             if std::time::Instant::now() > deadline {
-                bail!("topic {name} did not appear within 15 s");
+                let seen: Vec<String> = md
+                    .topics()
+                    .iter()
+                    .map(|t| {
+                        format!(
+                            "{} ({} partitions, {:?})",
+                            t.name(),
+                            t.partitions().len(),
+                            t.error()
+                        )
+                    })
+                    .collect();
+                bail!("topic {name} did not appear within 15 s; the broker reports {seen:?}");
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Creates a topic for clients that may have had it auto-created first
+    /// (an agent's producer asks a restarted broker for its topic's metadata,
+    /// which creates it with the broker's default partition count): an
+    /// existing topic is accepted with whatever partitions it has.
+    pub async fn ensure_topic(&self, name: &str, partitions: i32) -> Result<()> {
+        match self.create_topic(name, partitions).await {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                let admin: AdminClient<DefaultClientContext> = self.kafka_config().create()?;
+                let md = admin
+                    .inner()
+                    .fetch_metadata(Some(name), Duration::from_secs(5))?;
+                let exists = md
+                    .topics()
+                    .iter()
+                    .any(|t| t.name() == name && t.error().is_none() && !t.partitions().is_empty());
+                if exists { Ok(()) } else { Err(e) }
+            }
         }
     }
 

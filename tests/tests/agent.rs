@@ -327,7 +327,8 @@ async fn broker_outage_loses_no_tick_even_across_agent_kill9() -> Result<()> {
     let outage = outage_start.elapsed();
 
     broker.restart()?;
-    env.create_topic(&topic, 1).await?;
+    // The agent's producer may ask for the topic first (and so create it).
+    env.ensure_topic(&topic, 1).await?;
     let recovery_start = Instant::now();
     let ticks_now = wait_for_metric(
         port,
@@ -428,7 +429,8 @@ async fn full_spool_drops_oldest_and_reports_exactly_which() -> Result<()> {
     .with_context(|| format!("agent log:\n{}", agent.log()))?;
 
     broker.restart()?;
-    env.create_topic(&topic, 1).await?;
+    // The agent's producer may ask for the topic first (and so create it).
+    env.ensure_topic(&topic, 1).await?;
     let ticks = wait_for_metric(
         port,
         "spillway_agent_ticks_total",

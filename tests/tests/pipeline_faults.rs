@@ -194,7 +194,8 @@ async fn broker_restarted_empty_while_agents_run_loses_no_tick() -> Result<()> {
     tokio::time::sleep(Duration::from_secs(30).saturating_sub(outage.elapsed())).await;
 
     broker.restart()?;
-    env.create_topic(&topic, 2).await?;
+    // The agents' producers may ask for the topic first (and so create it).
+    env.ensure_topic(&topic, 2).await?;
     let restarted = Instant::now();
     // Both agents replay their spools and tick a few more times.
     let deadline = Instant::now() + Duration::from_secs(90);
