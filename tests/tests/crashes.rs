@@ -285,9 +285,6 @@ async fn a_table_dropped_and_recreated_is_retried_then_recovers() -> Result<()> 
     wait_complete(&env, &db, first, Duration::from_secs(60), || ingester.log()).await?;
 
     // Every shard's samples table goes; ClickHouse now refuses the INSERTs.
-    let ddl = std::fs::read_to_string(
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../migrations/0001_samples.sql"),
-    )?;
     let saved = format!("{db}.samples_saved");
     for shard in 0..env.clickhouse_urls.len() {
         let ch = env.clickhouse(shard).with_database(&db);
@@ -305,11 +302,14 @@ async fn a_table_dropped_and_recreated_is_retried_then_recovers() -> Result<()> 
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    // An operator re-creates it (empty) and puts the old rows back.
+    // An operator re-creates it (empty, the same structure) and puts the
+    // old rows back.
     let recreated = Instant::now();
     for shard in 0..env.clickhouse_urls.len() {
         let ch = env.clickhouse(shard).with_database(&db);
-        ch.query(&ddl).execute().await?;
+        ch.query(&format!("CREATE TABLE {db}.samples AS {saved}"))
+            .execute()
+            .await?;
         ch.query(&format!("INSERT INTO {db}.samples SELECT * FROM {saved}"))
             .execute()
             .await?;
