@@ -22,6 +22,7 @@ import argparse
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -49,9 +50,7 @@ class Server:
     def __init__(self, name, url):
         self.name, self.url = name, url
 
-    def q(self, sql, db=None):
-        if db:
-            sql = sql.replace("{db}", db)
+    def q(self, sql):
         return http(self.url, sql)
 
 
@@ -251,6 +250,7 @@ def main():
     finally:
         chdb.terminate()
         chdb.wait()
+        shutil.rmtree(work, ignore_errors=True)
     with open(args.out, "w") as f:
         for (server, label), r in results.items():
             f.write(f"\n### {label} data on ClickHouse {versions[server]} ({r['profile']} profile), "
