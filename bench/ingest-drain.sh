@@ -77,6 +77,26 @@ config "bench_fill_$run" "bench_fill_$run" >"$work/fill.toml"
 echo "    filled in $((SECONDS - start)) s"
 
 tck=$(getconf CLK_TCK)
+# drain BINARY CONFIG DATABASE LABEL: runs an ingester until every row is in
+# DATABASE.samples; sets `drained` to "LABEL t0=.. t1=.. utime=.. ...".
+drain() {
+  "$1" -c "$2" run 2>"$work/$4.log" &
+  ing_pid=$!
+  local t0 t1 n utime stime hwm
+  t0=$(date +%s.%N)
+  while :; do
+    n=$(ch "SELECT count() FROM $3.samples")
+    [ "$n" -ge "$ROWS" ] && break
+    kill -0 $ing_pid 2>/dev/null || { tail -20 "$work/$4.log"; exit 1; }
+    sleep 0.2
+  done
+  t1=$(date +%s.%N)
+  read -r utime stime < <(awk '{print $14, $15}' /proc/$ing_pid/stat)
+  hwm=$(awk '/VmHWM/ {print $2}' /proc/$ing_pid/status)
+  kill -TERM $ing_pid; wait $ing_pid || true
+  ing_pid=
+  drained="$4 t0=$t0 t1=$t1 utime=$utime stime=$stime ticks=$tck hwm_kib=$hwm stored=$n"
+}
 # The hand-written Python consumer (bench/python-baseline); BENCH_PYTHON=0 skips it.
 PYTHON=
 [ "${BENCH_PYTHON:-1}" = 1 ] && PYTHON=$(bench/python-baseline/setup.sh)
@@ -99,42 +119,16 @@ for i in $(seq "$RUNS"); do
   echo "    $insert"
 
   echo "==> run $i: ingester"
-  "$INGESTER" -c "$work/ingester.toml" run 2>"$work/ingester.log" &
-  ing_pid=$!
-  t0=$(date +%s.%N)
-  while :; do
-    n=$(ch "SELECT count() FROM $db.samples")
-    [ "$n" -ge "$ROWS" ] && break
-    kill -0 $ing_pid 2>/dev/null || { tail -20 "$work/ingester.log"; exit 1; }
-    sleep 0.2
-  done
-  t1=$(date +%s.%N)
-  read -r utime stime < <(awk '{print $14, $15}' /proc/$ing_pid/stat)
-  hwm=$(awk '/VmHWM/ {print $2}' /proc/$ing_pid/status)
-  kill -TERM $ing_pid; wait $ing_pid || true
-  ing_pid=
-  line="$consume | $insert | ingester t0=$t0 t1=$t1 utime=$utime stime=$stime ticks=$tck hwm_kib=$hwm stored=$n"
+  drain "$INGESTER" "$work/ingester.toml" "$db" ingester
+  line="$consume | $insert | $drained"
 
   if [ -n "${BENCH_BASELINE_INGESTER:-}" ]; then
     echo "==> run $i: baseline ingester $BENCH_BASELINE_INGESTER"
     base=bench_base_${run}_$i
     config "$base" "$base" >"$work/base.toml"
     "$BENCH_BASELINE_INGESTER" -c "$work/base.toml" migrate >/dev/null
-    "$BENCH_BASELINE_INGESTER" -c "$work/base.toml" run 2>"$work/base.log" &
-    ing_pid=$!
-    t0=$(date +%s.%N)
-    while :; do
-      n=$(ch "SELECT count() FROM $base.samples")
-      [ "$n" -ge "$ROWS" ] && break
-      kill -0 $ing_pid 2>/dev/null || { tail -20 "$work/base.log"; exit 1; }
-      sleep 0.2
-    done
-    t1=$(date +%s.%N)
-    read -r utime stime < <(awk '{print $14, $15}' /proc/$ing_pid/stat)
-    hwm=$(awk '/VmHWM/ {print $2}' /proc/$ing_pid/status)
-    kill -TERM $ing_pid; wait $ing_pid || true
-    ing_pid=
-    line="$line | baseline t0=$t0 t1=$t1 utime=$utime stime=$stime ticks=$tck hwm_kib=$hwm stored=$n"
+    drain "$BENCH_BASELINE_INGESTER" "$work/base.toml" "$base" baseline
+    line="$line | $drained"
     ch "DROP DATABASE $base"
   fi
 
