@@ -16,6 +16,8 @@ pub(crate) struct Source {
     /// Bytes counted against the memory budget (payload and rows).
     pub(crate) cost: usize,
     pub(crate) meta: Option<Meta>,
+    /// First offset of the range the record belongs to (see `ranges.rs`).
+    pub(crate) range: i64,
     /// Rows of this record in the batch: `rows[start..end]`.
     pub(crate) start: usize,
     pub(crate) end: usize,
@@ -29,6 +31,9 @@ pub(crate) struct Batch {
     pub(crate) sources: Vec<Source>,
     pub(crate) bytes: usize,
     pub(crate) created: Instant,
+    /// The deduplication token of its INSERT (see `journal::token`); `None`
+    /// for rows that come from no record.
+    pub(crate) token: Option<String>,
 }
 
 impl Batch {
@@ -44,6 +49,7 @@ impl Batch {
             sources: Vec::new(),
             bytes: 0,
             created: Instant::now(),
+            token: None,
         }
     }
 
@@ -61,7 +67,8 @@ impl Batch {
     }
 
     /// Splits the batch into two halves at a source-record boundary. Needs
-    /// at least two sources.
+    /// at least two sources. Each half's token extends the batch's with `.0`
+    /// or `.1`: the same rejection splits a rebuilt batch the same way.
     pub(crate) fn split(self) -> (Batch, Batch) {
         let mid = self.sources.len() / 2;
         let cut = self.sources.get(mid).map_or(self.rows.len(), |s| s.start);
@@ -73,16 +80,18 @@ impl Batch {
         }
         let mut left_rows = self.rows;
         let right_rows = left_rows.split_off(cut);
-        let half = |rows, sources| Batch {
+        let token = self.token;
+        let half = |rows, sources, side: &str| Batch {
             shard: self.shard,
             rows,
             sources,
             bytes: 0,
             created: self.created,
+            token: token.as_ref().map(|t| format!("{t}.{side}")),
         };
         (
-            half(left_rows, left_sources),
-            half(right_rows, right_sources),
+            half(left_rows, left_sources, "0"),
+            half(right_rows, right_sources, "1"),
         )
     }
 }
@@ -121,6 +130,7 @@ mod tests {
             },
             cost: 10,
             meta: None,
+            range: 0,
             start: 0,
             end: 0,
         }
@@ -133,7 +143,10 @@ mod tests {
             let rows = Rows::Status((0..n).map(|_| status(&i.to_string())).collect());
             b.push(rows, 1, source(i as i64));
         }
+        b.token = Some("g:t:0:0-2".into());
         let (l, r) = b.split();
+        assert_eq!(l.token.as_deref(), Some("g:t:0:0-2.0"));
+        assert_eq!(r.token.as_deref(), Some("g:t:0:0-2.1"));
         assert_eq!((l.sources.len(), l.rows.len()), (1, 1));
         assert_eq!((r.sources.len(), r.rows.len()), (2, 5));
         assert_eq!((r.sources[0].start, r.sources[0].end), (0, 3));

@@ -264,6 +264,9 @@ pub struct RetentionConfig {
     pub status_days: u32,
     /// `ingest_quality`.
     pub quality_days: u32,
+    /// `ingest_journal` (the ranges of offsets each INSERT was built from;
+    /// only the ranges not yet committed are ever read).
+    pub journal_days: u32,
     /// How often partitions are checked.
     #[serde(with = "humantime_serde")]
     pub check_interval: Duration,
@@ -277,6 +280,7 @@ impl Default for RetentionConfig {
             rollup_1h_days: 1830,
             status_days: 90,
             quality_days: 90,
+            journal_days: 7,
             check_interval: Duration::from_secs(3600),
         }
     }

@@ -13,14 +13,18 @@
 //! - A shard that is down keeps its batches (retrying) while the other
 //!   shards keep flowing, until the budget pauses consumption.
 //!
-//! Offsets are committed only up to the contiguous watermark of records that
-//! are durable (inserted, or dead-lettered): see `offsets.rs`. A revoked
+//! Each partition's records are cut into ranges (`ranges.rs`); a range is
+//! journaled before its INSERTs go out (`journal.rs`), its INSERTs carry its
+//! deduplication token, and its records finish together once all of it is
+//! durable. Offsets are committed only up to the contiguous watermark of
+//! finished records (`offsets.rs`), so always at the start of a range, where
+//! the next owner starts rebuilding the journaled ranges. A revoked
 //! partition is drained and committed before it goes: see `poll.rs`.
 #![deny(clippy::unwrap_used, clippy::expect_used)]
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::sync::Arc;
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use futures_util::future::join_all;
@@ -34,9 +38,11 @@ use crate::config::Config;
 use crate::decode::{self, Decoded};
 use crate::dlq::DeadLetters;
 use crate::insert::{Done, Worker, dead_letter};
+use crate::journal::{self, JournalRow};
 use crate::offsets::Watermarks;
 use crate::poll::{self, Command, CommitOffset, Event};
 use crate::quality::{IngesterStatusRow, Quality};
+use crate::ranges::{self, Span};
 use crate::rows::Table;
 use crate::shard::shard_for;
 use crate::sink::{Rows, Sink};
@@ -92,6 +98,129 @@ struct PendingRevoke {
     deadline: Instant,
 }
 
+/// One partition's ranges.
+#[derive(Default)]
+struct Partition {
+    /// Which assignment this state belongs to (journal replies for an
+    /// earlier one are ignored).
+    epoch: u64,
+    /// Records waiting for the journal to be read (`None` once it was).
+    held: Option<Vec<Decoded>>,
+    /// Journaled ranges still to rebuild, in order.
+    rebuild: VecDeque<Span>,
+    open: Option<Open>,
+    /// Closed ranges not yet durable, by their first record's offset.
+    in_flight: BTreeMap<i64, InFlight>,
+}
+
+/// The range being filled.
+struct Open {
+    /// Its first record's offset (the key of its sources' range).
+    first: i64,
+    last: i64,
+    /// The journaled range it rebuilds; `None` for a range cut here.
+    rebuild: Option<Span>,
+    created: Instant,
+    /// One per (shard, table) its rows go to.
+    batches: Vec<Batch>,
+    letters: Vec<Letter>,
+    offsets: Vec<i64>,
+    rows: usize,
+    bytes: usize,
+}
+
+impl Open {
+    /// Bytes its records count against the budget.
+    fn cost(&self) -> usize {
+        sources_cost(&self.batches, &self.letters)
+    }
+}
+
+fn sources_cost(batches: &[Batch], letters: &[Letter]) -> usize {
+    let rows: usize = batches
+        .iter()
+        .flat_map(|b| &b.sources)
+        .map(|s| s.cost)
+        .sum();
+    rows + letters.iter().map(|l| l.source.cost).sum::<usize>()
+}
+
+/// A closed range whose records are not all durable yet.
+struct InFlight {
+    offsets: Vec<i64>,
+    remaining: usize,
+}
+
+/// A range closed and on its way: to the journal, then to the workers.
+struct Closed {
+    topic: String,
+    partition: i32,
+    epoch: u64,
+    /// The range as journaled.
+    first: i64,
+    last: i64,
+    records: u32,
+    /// A journaled range built again (not journaled a second time).
+    rebuilt: bool,
+    batches: Vec<Batch>,
+    letters: Vec<Letter>,
+}
+
+impl Closed {
+    /// Bytes its records count against the budget.
+    fn cost(&self) -> usize {
+        sources_cost(&self.batches, &self.letters)
+    }
+}
+
+/// Closes a partition's open range: it is in flight until all of it is
+/// durable.
+fn close(p: &mut Partition, topic: &str, partition: i32) -> Option<Closed> {
+    let open = p.open.take()?;
+    let (first, last) = open.rebuild.unwrap_or((open.first, open.last));
+    let records = open.offsets.len();
+    p.in_flight.insert(
+        open.first,
+        InFlight {
+            offsets: open.offsets,
+            remaining: records,
+        },
+    );
+    Some(Closed {
+        topic: topic.to_owned(),
+        partition,
+        epoch: p.epoch,
+        first,
+        last,
+        records: u32::try_from(records).unwrap_or(u32::MAX),
+        rebuilt: open.rebuild.is_some(),
+        batches: open.batches,
+        letters: open.letters,
+    })
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Work for the journal task.
+enum JournalJob {
+    Write(Vec<Closed>),
+    Read(Vec<(String, i32, u64, i64)>),
+}
+
+/// What the journal task reports.
+enum JournalDone {
+    /// Journaled (or, for partitions no longer owned, given up on).
+    Written(Vec<Closed>),
+    /// The ranges to rebuild of (topic, partition, epoch).
+    Read(Vec<(String, i32, u64, Vec<Span>)>),
+}
+
+/// Partitions this member owns, shared with the journal task so that it
+/// never journals a range of a partition that has gone to another member.
+type Owned = Arc<Mutex<HashMap<(String, i32), u64>>>;
+
 /// Runs the pipeline until `shutdown`, then flushes, commits and leaves the
 /// group within `pipeline.shutdown_timeout`.
 pub async fn run<S: Sink + Clone>(
@@ -143,12 +272,34 @@ pub async fn run<S: Sink + Clone>(
     }
     let (letters_tx, letters_rx) = mpsc::channel::<Letter>(1024);
     workers.spawn(dead_letter_worker(letters_rx, dlq, done_tx, stats.clone()));
+    let owned: Owned = Arc::default();
+    // One job at a time: the pipeline sends the next once this one reports.
+    let (journal_tx, journal_jobs) = mpsc::channel::<JournalJob>(1);
+    let (journal_done_tx, mut journal_done) = mpsc::channel::<JournalDone>(1);
+    workers.spawn(journal_worker(
+        sink.clone(),
+        JournalIdentity {
+            group: config.kafka.group_id.clone(),
+            ingester: config.quality.ingester_id(),
+        },
+        owned.clone(),
+        journal_jobs,
+        journal_done_tx,
+        stats.clone(),
+        shutdown.clone(),
+    ));
     workers.close();
 
     let now = now_ms();
     let mut state = State {
         last_counters: Counters::default(),
-        batches: HashMap::new(),
+        group: config.kafka.group_id.clone(),
+        partitions: HashMap::new(),
+        epoch: 0,
+        owned,
+        to_journal: Vec::new(),
+        to_read: Vec::new(),
+        journal_busy: false,
         ready: (0..shards).map(|_| VecDeque::new()).collect(),
         letters: VecDeque::new(),
         watermarks: Watermarks::default(),
@@ -167,12 +318,14 @@ pub async fn run<S: Sink + Clone>(
     let mut failure = None;
 
     loop {
-        state.dispatch(&shard_txs, &letters_tx);
+        state.dispatch(&shard_txs, &letters_tx, &journal_tx);
         state.answer_revoke(false);
-        // Hysteresis: pause at the budget, resume at half of it.
-        if !paused && state.in_flight_bytes >= budget {
+        // Hysteresis: pause at the budget, resume at half of it. Never while
+        // rebuilding journaled ranges: they close only when their last
+        // record arrives (and a previous owner held them within its budget).
+        if !paused && state.in_flight_bytes >= budget && !state.rebuilding() {
             paused = true;
-        } else if paused && state.in_flight_bytes < budget / 2 {
+        } else if paused && (state.in_flight_bytes < budget / 2 || state.rebuilding()) {
             paused = false;
         }
         poller.pause.store(paused, Ordering::Relaxed);
@@ -191,6 +344,7 @@ pub async fn run<S: Sink + Clone>(
                         }
                     }
                 }
+                Some(Event::Assigned { partitions }) => state.assigned(partitions),
                 Some(Event::Revoke { partitions, chunks, reply }) => {
                     state.flush_all();
                     state.revoke = Some(PendingRevoke {
@@ -205,6 +359,7 @@ pub async fn run<S: Sink + Clone>(
                     break;
                 }
             },
+            Some(reply) = journal_done.recv() => state.journaled(reply, &config, &stats),
             Some(done) = done_rx.recv() => {
                 state.finish(done, &stats);
                 // Commit as soon as rows are durable (at most once per
@@ -230,10 +385,11 @@ pub async fn run<S: Sink + Clone>(
     let deadline = tokio::time::Instant::now() + config.pipeline.shutdown_timeout;
     state.summarize(&stats, true);
     state.flush_all();
-    while state.watermarks.in_flight() > 0 || state.has_queued() {
-        state.dispatch(&shard_txs, &letters_tx);
+    while state.watermarks.in_flight() > state.rebuilding_records() || state.has_queued() {
+        state.dispatch(&shard_txs, &letters_tx, &journal_tx);
         tokio::select! {
             Some(done) = done_rx.recv() => state.finish(done, &stats),
+            Some(reply) = journal_done.recv() => state.journaled(reply, &config, &stats),
             // Records still arriving are not taken: they stay uncommitted.
             Some(Event::Revoke { partitions, chunks, reply }) = events.recv() => {
                 state.revoke = Some(PendingRevoke { partitions, chunks, reply, deadline: Instant::now() });
@@ -248,6 +404,7 @@ pub async fn run<S: Sink + Clone>(
     }
     drop(shard_txs);
     drop(letters_tx);
+    drop(journal_tx);
     let offsets = state.watermarks.to_commit();
     // Closing commits synchronously and leaves the group; events that are
     // still coming are dropped (uncommitted) so nobody blocks on them.
@@ -309,7 +466,18 @@ impl Counters {
 
 struct State {
     last_counters: Counters,
-    batches: HashMap<(usize, Table), Batch>,
+    group: String,
+    /// Ranges of each assigned partition, by topic then partition.
+    partitions: HashMap<String, HashMap<i32, Partition>>,
+    /// Assignments so far.
+    epoch: u64,
+    owned: Owned,
+    /// Closed ranges waiting to be journaled.
+    to_journal: Vec<Closed>,
+    /// Partitions whose journal is to be read: (topic, partition, epoch, from).
+    to_read: Vec<(String, i32, u64, i64)>,
+    /// A journal job is out.
+    journal_busy: bool,
     ready: Vec<VecDeque<Batch>>,
     letters: VecDeque<Letter>,
     watermarks: Watermarks,
@@ -324,83 +492,281 @@ struct State {
 }
 
 impl State {
-    /// Adds a decoded record's rows to the batch of its shard, or queues it
-    /// for the dead-letter topic.
+    /// The state of a partition; a partition never announced (cannot happen
+    /// with librdkafka, which assigns before it fetches) is cut freely.
+    fn partition(&mut self, topic: &str, partition: i32) -> &mut Partition {
+        self.partitions
+            .entry(topic.to_owned())
+            .or_default()
+            .entry(partition)
+            .or_default()
+    }
+
+    /// Partitions were assigned: their journal is read before their records
+    /// are taken.
+    fn assigned(&mut self, partitions: Vec<(String, i32, Option<i64>)>) {
+        let mut owned = lock(&self.owned);
+        for (topic, partition, start) in partitions {
+            self.epoch += 1;
+            owned.insert((topic.clone(), partition), self.epoch);
+            self.to_read
+                .push((topic.clone(), partition, self.epoch, start.unwrap_or(0)));
+            let epoch = self.epoch;
+            self.partitions.entry(topic).or_default().insert(
+                partition,
+                Partition {
+                    epoch,
+                    held: Some(Vec::new()),
+                    ..Partition::default()
+                },
+            );
+        }
+    }
+
+    /// A journal job finished.
+    fn journaled(&mut self, reply: JournalDone, config: &Config, stats: &Stats) {
+        self.journal_busy = false;
+        match reply {
+            JournalDone::Written(closed) => {
+                for c in closed {
+                    let owned = self
+                        .partitions
+                        .get(&c.topic)
+                        .and_then(|p| p.get(&c.partition))
+                        .is_some_and(|p| p.epoch == c.epoch);
+                    if owned {
+                        self.release(c);
+                    } else {
+                        // Revoked meanwhile: never inserted, never committed
+                        // by this member; the next owner reads the records.
+                        self.in_flight_bytes -= c.cost();
+                    }
+                }
+            }
+            JournalDone::Read(read) => {
+                for (topic, partition, epoch, rebuild) in read {
+                    let Some(p) = self
+                        .partitions
+                        .get_mut(&topic)
+                        .and_then(|p| p.get_mut(&partition))
+                        .filter(|p| p.epoch == epoch)
+                    else {
+                        continue;
+                    };
+                    if !rebuild.is_empty() {
+                        info!(%topic, partition, ranges = rebuild.len(),
+                              first = rebuild.first().map(|r| r.0), last = rebuild.last().map(|r| r.1),
+                              "rebuilding the ranges a previous owner journaled");
+                    }
+                    p.rebuild = rebuild.into();
+                    let held = p.held.take().unwrap_or_default();
+                    for d in held {
+                        self.in_flight_bytes -= d.raw.payload.len();
+                        self.accept(d, config, stats);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Whether any partition is rebuilding journaled ranges.
+    fn rebuilding(&self) -> bool {
+        self.partitions
+            .values()
+            .flat_map(HashMap::values)
+            .any(|p| !p.rebuild.is_empty() || p.open.as_ref().is_some_and(|o| o.rebuild.is_some()))
+    }
+
+    /// Records in open rebuilt ranges: they wait for the rest of their range
+    /// and are never closed early (shutdown and revocation leave them).
+    fn rebuilding_records(&self) -> usize {
+        self.partitions
+            .values()
+            .flat_map(HashMap::values)
+            .filter_map(|p| p.open.as_ref())
+            .filter(|o| o.rebuild.is_some())
+            .map(|o| o.offsets.len())
+            .sum()
+    }
+
+    /// Adds a decoded record to its partition's open range: its rows to the
+    /// batch of their (shard, table), or a letter for the dead-letter topic.
     fn accept(&mut self, d: Decoded, config: &Config, stats: &Stats) {
+        let (topic, partition, offset) = (d.raw.topic.clone(), d.raw.partition, d.raw.offset);
+        let p = self.partition(&topic, partition);
+        if let Some(held) = &mut p.held {
+            let cost = d.raw.payload.len();
+            held.push(d);
+            self.in_flight_bytes += cost;
+            return;
+        }
         let Decoded { raw, outcome } = d;
         stats.records_in.inc();
         stats.bytes_in.inc_by(raw.payload.len() as u64);
-        self.watermarks
-            .consumed(&raw.topic, raw.partition, raw.offset);
-        let body = match outcome {
-            Ok(body) => body,
+        self.watermarks.consumed(&topic, partition, offset);
+        let p = self.partition(&topic, partition);
+        let cut = ranges::cut(&mut p.rebuild, p.open.as_ref().map(|o| o.rebuild), offset);
+        let mut closed = Vec::new();
+        if cut.close_before {
+            closed.extend(close(p, &topic, partition));
+        }
+        let open = p.open.get_or_insert_with(|| Open {
+            first: offset,
+            last: offset,
+            rebuild: cut.rebuild,
+            created: Instant::now(),
+            batches: Vec::new(),
+            letters: Vec::new(),
+            offsets: Vec::new(),
+            rows: 0,
+            bytes: 0,
+        });
+        if open.offsets.is_empty() && open.rebuild.is_some() {
+            stats.ranges_rebuilt.inc();
+        }
+        open.offsets.push(offset);
+        open.last = offset;
+        let cost = match outcome {
             Err(rejected) => {
                 stats.decode_errors.inc();
                 let cost = raw.payload.len();
-                self.in_flight_bytes += cost;
-                self.letters.push_back(Letter {
+                open.letters.push(Letter {
                     source: Source {
                         raw,
                         cost,
                         meta: None,
+                        range: open.first,
                         start: 0,
                         end: 0,
                     },
                     kind: rejected.kind,
                     message: rejected.message,
                 });
-                return;
+                cost
+            }
+            Ok(body) => {
+                let cost = raw.payload.len() + body.mem_bytes;
+                stats.rows_in.inc_by(body.rows.len() as u64);
+                let table = body.rows.table();
+                let i = match open
+                    .batches
+                    .iter()
+                    .position(|b| b.shard == body.shard && b.rows.table() == table)
+                {
+                    Some(i) => i,
+                    None => {
+                        open.batches.push(Batch::new(body.shard, table));
+                        open.batches.len() - 1
+                    }
+                };
+                open.rows += body.rows.len();
+                open.bytes += body.row_bytes;
+                let source = Source {
+                    raw,
+                    cost,
+                    meta: Some(body.meta),
+                    range: open.first,
+                    start: 0,
+                    end: 0,
+                };
+                open.batches[i].push(body.rows, body.row_bytes, source);
+                cost
             }
         };
-        let cost = raw.payload.len() + body.mem_bytes;
+        let full = open.rebuild.is_none()
+            && (open.rows >= config.batch.max_rows || open.bytes >= config.batch.max_bytes);
+        if cut.close_after || full {
+            closed.extend(close(p, &topic, partition));
+        }
         self.in_flight_bytes += cost;
-        stats.rows_in.inc_by(body.rows.len() as u64);
-        let key = (body.shard, body.rows.table());
-        let batch = self
-            .batches
-            .entry(key)
-            .or_insert_with(|| Batch::new(key.0, key.1));
-        let source = Source {
-            raw,
-            cost,
-            meta: Some(body.meta),
-            start: 0,
-            end: 0,
-        };
-        batch.push(body.rows, body.row_bytes, source);
-        if (batch.rows.len() >= config.batch.max_rows || batch.bytes >= config.batch.max_bytes)
-            && let Some(b) = self.batches.remove(&key)
-        {
-            self.ready[key.0].push_back(b);
+        for c in closed {
+            self.closed(c);
+        }
+    }
+
+    /// A range was closed: a new one is journaled first, a rebuilt one is
+    /// in the journal already.
+    fn closed(&mut self, c: Closed) {
+        if c.rebuilt {
+            self.release(c);
+        } else {
+            self.to_journal.push(c);
+        }
+    }
+
+    /// Hands a journaled range's INSERTs and letters to the workers.
+    fn release(&mut self, c: Closed) {
+        let token = journal::token(&self.group, &c.topic, c.partition, c.first, c.last);
+        for mut b in c.batches {
+            b.token = Some(token.clone());
+            self.ready[b.shard].push_back(b);
+        }
+        self.letters.extend(c.letters);
+    }
+
+    /// Closes the free ranges (not the rebuilt ones) older than `max_age`,
+    /// or all of them.
+    fn flush(&mut self, max_age: Option<Duration>) {
+        let mut closed = Vec::new();
+        for (topic, parts) in &mut self.partitions {
+            for (partition, p) in parts {
+                let due = p.open.as_ref().is_some_and(|o| {
+                    o.rebuild.is_none() && max_age.is_none_or(|age| o.created.elapsed() >= age)
+                });
+                if due {
+                    closed.extend(close(p, topic, *partition));
+                }
+            }
+        }
+        for c in closed {
+            self.closed(c);
         }
     }
 
     fn flush_aged(&mut self, max_age: Duration) {
-        let aged: Vec<(usize, Table)> = self
-            .batches
-            .iter()
-            .filter(|(_, b)| b.created.elapsed() >= max_age)
-            .map(|(k, _)| *k)
-            .collect();
-        for key in aged {
-            if let Some(b) = self.batches.remove(&key) {
-                self.ready[b.shard].push_back(b);
-            }
-        }
+        self.flush(Some(max_age));
     }
 
     fn flush_all(&mut self) {
-        for (_, b) in self.batches.drain() {
-            self.ready[b.shard].push_back(b);
-        }
+        self.flush(None);
     }
 
     fn has_queued(&self) -> bool {
-        !self.letters.is_empty() || self.ready.iter().any(|q| !q.is_empty())
+        !self.letters.is_empty()
+            || self.ready.iter().any(|q| !q.is_empty())
+            || !self.to_journal.is_empty()
+            || self.journal_busy
     }
 
-    /// Hands ready batches and letters to their workers without blocking.
-    fn dispatch(&mut self, shard_txs: &[mpsc::Sender<Batch>], letters: &mpsc::Sender<Letter>) {
+    /// Hands ready batches and letters to their workers, and the next job
+    /// to the journal task, without blocking.
+    fn dispatch(
+        &mut self,
+        shard_txs: &[mpsc::Sender<Batch>],
+        letters: &mpsc::Sender<Letter>,
+        journal: &mpsc::Sender<JournalJob>,
+    ) {
+        if !self.journal_busy {
+            let job = if !self.to_read.is_empty() {
+                Some(JournalJob::Read(std::mem::take(&mut self.to_read)))
+            } else if !self.to_journal.is_empty() {
+                Some(JournalJob::Write(std::mem::take(&mut self.to_journal)))
+            } else {
+                None
+            };
+            if let Some(job) = job {
+                match journal.try_send(job) {
+                    Ok(()) => self.journal_busy = true,
+                    Err(
+                        mpsc::error::TrySendError::Full(job)
+                        | mpsc::error::TrySendError::Closed(job),
+                    ) => match job {
+                        JournalJob::Read(r) => self.to_read = r,
+                        JournalJob::Write(w) => self.to_journal = w,
+                    },
+                }
+            }
+        }
         for (shard, queue) in self.ready.iter_mut().enumerate() {
             while let Some(batch) = queue.pop_front() {
                 if let Err(
@@ -451,12 +817,30 @@ impl State {
         }
         let now = now_ms();
         for s in done.sources {
-            self.watermarks
-                .finished(&s.raw.topic, s.raw.partition, s.raw.offset);
             self.in_flight_bytes -= s.cost;
             if let Some(meta) = &s.meta {
                 let seen = self.quality.observe(meta, now);
                 stats.observed(&seen, now.saturating_sub(meta.time_ms));
+            }
+            // A range's records finish together, so the watermark only ever
+            // stops at the start of a range.
+            let Some(p) = self
+                .partitions
+                .get_mut(&s.raw.topic)
+                .and_then(|p| p.get_mut(&s.raw.partition))
+            else {
+                continue;
+            };
+            let Some(range) = p.in_flight.get_mut(&s.range) else {
+                continue;
+            };
+            range.remaining = range.remaining.saturating_sub(1);
+            if range.remaining == 0
+                && let Some(range) = p.in_flight.remove(&s.range)
+            {
+                for o in range.offsets {
+                    self.watermarks.finished(&s.raw.topic, s.raw.partition, o);
+                }
             }
         }
     }
@@ -468,10 +852,21 @@ impl State {
         let Some(r) = &self.revoke else {
             return;
         };
+        // An open rebuilt range waits for records that will not come now:
+        // it stays in the journal for the next owner.
+        let rebuilding = |t: &str, p: i32| {
+            self.partitions
+                .get(t)
+                .and_then(|parts| parts.get(&p))
+                .and_then(|p| p.open.as_ref())
+                .filter(|o| o.rebuild.is_some())
+                .map_or(0, |o| o.offsets.len())
+        };
         let drained = self.chunks_received >= r.chunks
+            && !self.journal_busy
             && r.partitions
                 .iter()
-                .all(|(t, p)| self.watermarks.in_flight_of(t, *p) == 0);
+                .all(|(t, p)| self.watermarks.in_flight_of(t, *p) == rebuilding(t, *p));
         if !(drained || now || Instant::now() >= r.deadline) {
             // Records of those partitions may sit in a young batch.
             self.flush_all();
@@ -491,6 +886,37 @@ impl State {
             .iter()
             .filter_map(|(t, p)| self.watermarks.revoke(t, *p))
             .collect();
+        // Forget the partitions: ranges not yet journaled are dropped (never
+        // inserted, so the next owner may cut those records as it likes),
+        // and the journal task stops writing theirs.
+        let revoked: HashSet<(String, i32)> = r.partitions.into_iter().collect();
+        {
+            let mut owned = lock(&self.owned);
+            for key in &revoked {
+                owned.remove(key);
+            }
+        }
+        for (t, p) in &revoked {
+            if let Some(parts) = self.partitions.get_mut(t) {
+                if let Some(gone) = parts.remove(p) {
+                    let held = gone.held.unwrap_or_default();
+                    self.in_flight_bytes -= held.iter().map(|d| d.raw.payload.len()).sum::<usize>();
+                    self.in_flight_bytes -= gone.open.map_or(0, |o| o.cost());
+                }
+                if parts.is_empty() {
+                    self.partitions.remove(t);
+                }
+            }
+        }
+        let (keep, dropped): (Vec<Closed>, Vec<Closed>) = std::mem::take(&mut self.to_journal)
+            .into_iter()
+            .partition(|c| !revoked.contains(&(c.topic.clone(), c.partition)));
+        self.to_journal = keep;
+        for c in dropped {
+            self.in_flight_bytes -= c.cost();
+        }
+        self.to_read
+            .retain(|(t, p, _, _)| !revoked.contains(&(t.clone(), *p)));
         // The poll thread may have given up waiting; nothing else to do.
         let _sent = r.reply.try_send(offsets);
     }
@@ -556,5 +982,125 @@ async fn dead_letter_worker(
         if done.send(report).await.is_err() {
             return;
         }
+    }
+}
+
+/// Who writes the journal's rows.
+struct JournalIdentity {
+    group: String,
+    ingester: String,
+}
+
+/// Runs journal jobs one at a time, each retried until it succeeds or the
+/// pipeline shuts down. A range is written only while its partition is
+/// still owned by the assignment that cut it.
+async fn journal_worker<S: Sink>(
+    sink: S,
+    id: JournalIdentity,
+    owned: Owned,
+    mut jobs: mpsc::Receiver<JournalJob>,
+    done: mpsc::Sender<JournalDone>,
+    stats: Arc<Stats>,
+    shutdown: CancellationToken,
+) {
+    while let Some(job) = jobs.recv().await {
+        let reply = match job {
+            JournalJob::Write(closed) => {
+                let mut backoff = Backoff::new();
+                loop {
+                    let rows: Vec<JournalRow> = {
+                        let owned = lock(&owned);
+                        closed
+                            .iter()
+                            .filter(|c| {
+                                owned.get(&(c.topic.clone(), c.partition)) == Some(&c.epoch)
+                            })
+                            .map(|c| JournalRow {
+                                time: u32::try_from(now_ms() / 1000).unwrap_or(u32::MAX),
+                                consumer_group: id.group.clone(),
+                                topic: c.topic.clone(),
+                                partition: c.partition,
+                                first_offset: c.first,
+                                last_offset: c.last,
+                                records: c.records,
+                                ingester: id.ingester.clone(),
+                            })
+                            .collect()
+                    };
+                    if rows.is_empty() {
+                        break;
+                    }
+                    match sink.write_journal(&rows).await {
+                        Ok(()) => {
+                            stats.ranges_journaled.inc_by(rows.len() as u64);
+                            break;
+                        }
+                        Err(e) => {
+                            stats.journal_errors.inc();
+                            warn!(error = %e, ranges = rows.len(), retry_in = ?backoff.next_delay(),
+                                  "cannot write the insert journal; retrying");
+                            if !backoff.wait(&shutdown).await {
+                                return;
+                            }
+                        }
+                    }
+                }
+                JournalDone::Written(closed)
+            }
+            JournalJob::Read(partitions) => {
+                let mut read = Vec::with_capacity(partitions.len());
+                for (topic, partition, epoch, from) in partitions {
+                    let mut backoff = Backoff::new();
+                    let entries = loop {
+                        match sink.read_journal(&id.group, &topic, partition, from).await {
+                            Ok(entries) => break entries,
+                            Err(e) => {
+                                stats.journal_errors.inc();
+                                warn!(error = %e, %topic, partition, retry_in = ?backoff.next_delay(),
+                                      "cannot read the insert journal; the partition waits");
+                                if !backoff.wait(&shutdown).await {
+                                    return;
+                                }
+                            }
+                        }
+                    };
+                    read.push((topic, partition, epoch, journal::to_rebuild(entries, from)));
+                }
+                JournalDone::Read(read)
+            }
+        };
+        if done.send(reply).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Exponential backoff with jitter, 100 ms to 10 s, that ends on shutdown.
+struct Backoff {
+    delay: Duration,
+}
+
+impl Backoff {
+    fn new() -> Backoff {
+        Backoff {
+            delay: Duration::from_millis(100),
+        }
+    }
+
+    fn next_delay(&self) -> Duration {
+        self.delay
+    }
+
+    /// Sleeps for the current delay plus up to half of it; false if
+    /// `shutdown` fired first.
+    async fn wait(&mut self, shutdown: &CancellationToken) -> bool {
+        let jitter =
+            Duration::from_millis(rand::random_range(0..=self.delay.as_millis() as u64 / 2));
+        let go_on = tokio::select! {
+            _ = tokio::time::sleep(self.delay + jitter) => true,
+            _ = shutdown.cancelled() => false,
+        };
+        self.delay = (self.delay * 2).min(Duration::from_secs(10));
+        go_on
     }
 }

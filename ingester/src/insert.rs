@@ -132,7 +132,7 @@ impl<S: Sink> Worker<S> {
     async fn insert_with_retry(&self, b: &Batch, retries: &mut u32) -> Result<(), SinkError> {
         let mut backoff = Duration::from_millis(100);
         loop {
-            match self.sink.insert(b.shard, &b.rows).await {
+            match self.sink.insert(b.shard, &b.rows, b.token.as_deref()).await {
                 Ok(()) => {
                     self.stats.shard_up(b.shard, true);
                     return Ok(());

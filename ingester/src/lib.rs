@@ -5,6 +5,7 @@
 //! - [`config`]: TOML configuration, environment overrides, validation.
 //! - [`consume`]: the pipeline (consumer, batches, insert workers, commits).
 //! - [`offsets`]: the contiguous commit watermark.
+//! - [`journal`]: the insert journal (ranges of offsets), for exactly-once.
 //! - [`rows`]: records → table rows.
 //! - [`precision`]: the stored precision of gauges.
 //! - [`shard`]: host → shard.
@@ -19,6 +20,7 @@ pub mod consume;
 mod decode;
 pub mod dlq;
 mod insert;
+pub mod journal;
 pub mod loadgen;
 pub mod migrate;
 pub mod offsets;
@@ -26,6 +28,7 @@ pub mod otlp;
 mod poll;
 pub mod precision;
 pub mod quality;
+mod ranges;
 pub mod retention;
 pub mod rows;
 pub mod shard;
@@ -63,14 +66,14 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     for shard in &config.clickhouse.shards {
         let client = sink::client(shard);
         let n: u64 = client
-            .query("SELECT count() FROM system.tables WHERE database = ? AND name IN ('samples', 'agent_status', 'ingest_quality', 'ingester_status')")
+            .query("SELECT count() FROM system.tables WHERE database = ? AND name IN ('samples', 'agent_status', 'ingest_quality', 'ingester_status', 'ingest_journal')")
             .bind(&shard.database)
             .fetch_one()
             .await
             .with_context(|| format!("ClickHouse at {} is not reachable", shard.url))?;
-        if n < 4 {
+        if n < 5 {
             anyhow::bail!(
-                "database {} on {} lacks the samples/agent_status/ingest_quality/ingester_status tables: run `spillway-ingester migrate` first",
+                "database {} on {} lacks the samples/agent_status/ingest_quality/ingester_status/ingest_journal tables: run `spillway-ingester migrate` first",
                 shard.database,
                 shard.url
             );

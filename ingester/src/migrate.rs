@@ -119,6 +119,14 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "0006_storage_v2.modern.sql",
         sql: include_str!("../../migrations/0006_storage_v2.modern.sql"),
     },
+    Migration {
+        name: "0007_exactly_once.legacy.sql",
+        sql: include_str!("../../migrations/0007_exactly_once.legacy.sql"),
+    },
+    Migration {
+        name: "0007_exactly_once.modern.sql",
+        sql: include_str!("../../migrations/0007_exactly_once.modern.sql"),
+    },
 ];
 
 /// Migration failed.
@@ -216,13 +224,14 @@ pub const DISTRIBUTED: &[&str] = &[
 
 /// Tables with a TTL on the modern profile: (table, time column, the
 /// retention setting that gives its days).
-pub fn ttls(r: &RetentionConfig) -> [(&'static str, &'static str, u32); 5] {
+pub fn ttls(r: &RetentionConfig) -> [(&'static str, &'static str, u32); 6] {
     [
         ("samples", "time", r.samples_days),
         ("samples_1m", "minute", r.rollup_days),
         ("samples_1h", "hour", r.rollup_1h_days),
         ("agent_status", "time", r.status_days),
         ("ingest_quality", "period_end", r.quality_days),
+        ("ingest_journal", "time", r.journal_days),
     ]
 }
 
@@ -452,7 +461,9 @@ pub async fn migrate_shard(
                     continue;
                 }
             }
-            db.query_raw(&stmt.sql)
+            // Replicated tables name their ZooKeeper path after the database.
+            let sql = stmt.sql.replace("${database}", &shard.database);
+            db.query_raw(&sql)
                 .execute()
                 .await
                 .map_err(err(&format!("{context}: `{}`", first_line(&stmt.sql))))?;

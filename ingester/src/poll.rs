@@ -33,7 +33,6 @@ use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
 use crate::decode::{Chunk, Raw};
-use crate::offsets::DurableSet;
 use crate::telemetry::Stats;
 
 /// An offset to commit, with the durable records above it.
@@ -41,6 +40,12 @@ pub(crate) type CommitOffset = crate::offsets::Commit;
 
 /// What the pipeline hears from the Kafka side, in order.
 pub(crate) enum Event {
+    /// These partitions were assigned, each starting at this offset (the
+    /// committed one, or the earliest; `None` if it could not be read).
+    /// Sent before any of their records.
+    Assigned {
+        partitions: Vec<(String, i32, Option<i64>)>,
+    },
     /// A chunk of decoded records; `seq` numbers chunks from 0 in poll
     /// order (decoders may finish them out of order).
     Decoded {
@@ -100,9 +105,6 @@ struct Feed {
     /// Per topic and partition, one past the last offset handed on: where
     /// fetching must continue after a pause.
     positions: HashMap<String, HashMap<i32, i64>>,
-    /// Per topic and partition, records above the committed offset that the
-    /// last owner made durable (from the commit's metadata): skipped.
-    durable: HashMap<String, HashMap<i32, DurableSet>>,
     chunk: Chunk,
     /// Chunks handed to decoders so far.
     sent: u64,
@@ -177,8 +179,6 @@ impl Feed {
                 self.rewinds.remove(key.0);
             }
         }
-        let skip =
-            !self.durable.is_empty() && self.durable_already(&raw.topic, raw.partition, raw.offset);
         match self.positions.get_mut(key.0) {
             Some(p) => {
                 p.insert(raw.partition, raw.offset + 1);
@@ -190,35 +190,12 @@ impl Feed {
                     .insert(raw.partition, raw.offset + 1);
             }
         }
-        if skip {
-            self.stats.records_skipped_durable.inc();
-            return Fed::Taken;
-        }
         self.chunk.bytes += raw.payload.len();
         self.chunk.records.push(raw);
         if self.chunk.records.len() >= Self::MAX_RECORDS || self.chunk.bytes >= Self::MAX_BYTES {
             return self.send();
         }
         Fed::Taken
-    }
-
-    /// Whether the partition's last owner committed this record as durable
-    /// (above its watermark). Forgets the set once past its end.
-    fn durable_already(&mut self, topic: &str, partition: i32, offset: i64) -> bool {
-        let Some(parts) = self.durable.get_mut(topic) else {
-            return false;
-        };
-        let Some(set) = parts.get(&partition) else {
-            return false;
-        };
-        let known = set.contains(offset);
-        if offset + 1 >= set.end() {
-            parts.remove(&partition);
-            if parts.is_empty() {
-                self.durable.remove(topic);
-            }
-        }
-        known
     }
 
     /// Hands the open chunk to the next decoder.
@@ -296,9 +273,6 @@ impl ConsumerContext for Ctx {
                 if let Some(r) = feed.rewinds.get_mut(topic.as_str()) {
                     r.remove(partition);
                 }
-                if let Some(d) = feed.durable.get_mut(topic.as_str()) {
-                    d.remove(partition);
-                }
             }
         }
         self.stats
@@ -358,31 +332,30 @@ impl ConsumerContext for Ctx {
                         };
                         starts.push(start);
                     }
-                    let mut feed = lock(&self.feed);
-                    for (e, start) in committed.elements().iter().zip(starts) {
-                        if let Some(o) = start {
-                            feed.positions
-                                .entry(e.topic().to_owned())
-                                .or_default()
-                                .insert(e.partition(), o);
-                            let set = DurableSet::decode(o, e.metadata());
-                            if !set.is_empty() {
-                                info!(
-                                    topic = e.topic(),
-                                    partition = e.partition(),
-                                    from = o,
-                                    durable = set.len(),
-                                    "records above the committed offset are durable already; skipping them"
-                                );
-                                feed.durable
+                    let mut assigned = Vec::new();
+                    {
+                        let mut feed = lock(&self.feed);
+                        for (e, start) in committed.elements().iter().zip(starts) {
+                            if let Some(o) = start {
+                                feed.positions
                                     .entry(e.topic().to_owned())
                                     .or_default()
-                                    .insert(e.partition(), set);
+                                    .insert(e.partition(), o);
                             }
+                            assigned.push((e.topic().to_owned(), e.partition(), start));
                         }
                     }
+                    self.assigned(assigned);
                 }
-                Err(e) => warn!(error = %e, "cannot read the committed offsets"),
+                Err(e) => {
+                    warn!(error = %e, "cannot read the committed offsets");
+                    let assigned = tpl
+                        .elements()
+                        .iter()
+                        .map(|e| (e.topic().to_owned(), e.partition(), None))
+                        .collect();
+                    self.assigned(assigned);
+                }
             }
             if self.paused.load(Ordering::Relaxed)
                 && let Err(e) = consumer.pause(tpl)
@@ -398,6 +371,21 @@ impl ConsumerContext for Ctx {
         if let Err(e) = result {
             warn!(error = %e, partitions = offsets.count(), "offset commit failed");
             self.stats.commit_errors.inc();
+        }
+    }
+}
+
+impl Ctx {
+    /// Tells the pipeline which partitions it now owns and where each
+    /// starts, before any of their records is polled: it reads their
+    /// journaled ranges before taking their records.
+    fn assigned(&self, partitions: Vec<(String, i32, Option<i64>)>) {
+        if self
+            .events
+            .blocking_send(Event::Assigned { partitions })
+            .is_err()
+        {
+            debug!("the pipeline is gone; assignment not announced");
         }
     }
 }
@@ -427,7 +415,6 @@ pub(crate) fn start(
             stats: stats.clone(),
             rewinds: HashMap::new(),
             positions: HashMap::new(),
-            durable: HashMap::new(),
             chunk: Chunk::default(),
             sent: 0,
             next_decoder: 0,
@@ -576,11 +563,6 @@ fn commit(consumer: &BaseConsumer<Ctx>, offsets: &[CommitOffset], mode: CommitMo
             warn!(error = %e, "cannot build the commit list");
             return;
         }
-        if !c.metadata.is_empty()
-            && let Some(mut e) = tpl.find_partition(&c.topic, c.partition)
-        {
-            e.set_metadata(&c.metadata);
-        }
     }
     match consumer.commit(&tpl, mode) {
         Ok(()) => {
@@ -605,7 +587,6 @@ mod tests {
             stats: Arc::new(Stats::new()),
             rewinds: HashMap::new(),
             positions: HashMap::new(),
-            durable: HashMap::new(),
             chunk: Chunk::default(),
             sent: 0,
             next_decoder: 0,
@@ -631,34 +612,6 @@ mod tests {
             .flat_map(|c| c.records)
             .map(|r| r.offset)
             .collect()
-    }
-
-    #[test]
-    fn records_the_last_owner_made_durable_are_skipped() {
-        let (mut f, rx) = feed();
-        // The last owner committed 100 with 101, 102 and 104 durable above it.
-        let mut w = crate::offsets::Watermarks::default();
-        for o in 100..106 {
-            w.consumed("t", 0, o);
-        }
-        for o in [101, 102, 104] {
-            w.finished("t", 0, o);
-        }
-        let c = w.to_commit().remove(0);
-        f.positions
-            .entry("t".into())
-            .or_default()
-            .insert(0, c.offset);
-        f.durable
-            .entry("t".into())
-            .or_default()
-            .insert(0, DurableSet::decode(c.offset, &c.metadata));
-        for o in 100..110 {
-            assert_eq!(f.push(raw(o)), Fed::Taken);
-        }
-        assert_eq!(handed(&mut f, &rx), vec![100, 103, 105, 106, 107, 108, 109]);
-        assert_eq!(f.stats.records_skipped_durable.get(), 3);
-        assert!(f.durable.is_empty(), "forgotten once passed");
     }
 
     #[test]

@@ -3,9 +3,13 @@
 #![deny(clippy::unwrap_used, clippy::expect_used)]
 
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 
+use tracing::{info, warn};
+
 use crate::config::ClickHouseConfig;
+use crate::journal::JournalRow;
 use crate::quality::{IngesterStatusRow, QualityRow};
 use crate::rows::{SampleRow, StatusRow, Table};
 
@@ -132,22 +136,60 @@ pub fn classify(message: &str) -> SinkError {
     }
 }
 
-/// Inserts rows into a shard.
+/// Inserts rows into a shard, and keeps the insert journal.
 pub trait Sink: Send + Sync + 'static {
-    /// Inserts all rows in one INSERT, or fails.
+    /// Inserts all rows in one INSERT, or fails. `token` names the range of
+    /// offsets the rows were built from: an INSERT with a token the table
+    /// has seen is dropped (`None`: rows that come from no record).
     fn insert(
         &self,
         shard: usize,
         rows: &Rows,
+        token: Option<&str>,
     ) -> impl Future<Output = Result<(), SinkError>> + Send;
+
+    /// Records ranges in the insert journal, durably, in one write.
+    fn write_journal(
+        &self,
+        rows: &[JournalRow],
+    ) -> impl Future<Output = Result<(), SinkError>> + Send;
+
+    /// The journaled ranges (first, last) of one partition of `group` whose
+    /// last offset is at least `from`, in any order.
+    fn read_journal(
+        &self,
+        group: &str,
+        topic: &str,
+        partition: i32,
+        from: i64,
+    ) -> impl Future<Output = Result<Vec<(i64, i64)>, SinkError>> + Send;
+}
+
+/// How a shard drops an INSERT it has already stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Dedup {
+    /// By `insert_deduplication_token` (ClickHouse 22.2 and later), views
+    /// included.
+    Token,
+    /// By the data's hash, in Replicated tables (older servers; views are
+    /// skipped along with a dropped block).
+    Content,
+    /// Not at all: an older server whose `samples` is not replicated.
+    None,
 }
 
 /// The real sink: one `clickhouse::Client` per shard.
 #[derive(Clone)]
 pub struct ClickHouseSink {
     clients: Vec<clickhouse::Client>,
+    urls: Vec<String>,
     timeout: Duration,
+    /// Per shard, learnt at its first INSERT.
+    dedup: Arc<Vec<tokio::sync::OnceCell<Dedup>>>,
 }
+
+/// The journal's table, on the first shard.
+const JOURNAL_TABLE: &str = "ingest_journal";
 
 /// A client for one shard, with schema validation off (ClickHouse 18.16
 /// lacks the format it needs).
@@ -165,8 +207,58 @@ impl ClickHouseSink {
     pub fn new(config: &ClickHouseConfig) -> ClickHouseSink {
         ClickHouseSink {
             clients: config.shards.iter().map(client).collect(),
+            urls: config.shards.iter().map(|s| s.url.clone()).collect(),
             timeout: config.insert_timeout,
+            dedup: Arc::new(
+                config
+                    .shards
+                    .iter()
+                    .map(|_| tokio::sync::OnceCell::new())
+                    .collect(),
+            ),
         }
+    }
+
+    /// How `shard` deduplicates, asked once.
+    async fn dedup(&self, shard: usize) -> Result<Dedup, clickhouse::error::Error> {
+        let client = &self.clients[shard];
+        let url = self.url(shard);
+        self.dedup[shard]
+            .get_or_try_init(|| async move {
+                let version: String = client.query("SELECT version()").fetch_one().await?;
+                let v = crate::migrate::parse_version(&version).unwrap_or((0, 0));
+                let dedup = if v >= TOKEN_VERSION {
+                    Dedup::Token
+                } else {
+                    let replicated: u64 = client
+                        .query(
+                            "SELECT count() FROM system.tables WHERE database = currentDatabase() \
+                             AND name = 'samples' AND engine LIKE 'Replicated%'",
+                        )
+                        .fetch_one()
+                        .await?;
+                    if replicated > 0 {
+                        Dedup::Content
+                    } else {
+                        Dedup::None
+                    }
+                };
+                match dedup {
+                    Dedup::None => warn!(
+                        shard = %url, version,
+                        "ClickHouse before 22.2 and `samples` is not replicated: a crash can store \
+                         rows twice (docs/operations.md, \"Exactly-once\")"
+                    ),
+                    _ => info!(shard = %url, version, ?dedup, "inserts are deduplicated"),
+                }
+                Ok(dedup)
+            })
+            .await
+            .copied()
+    }
+
+    fn url(&self, shard: usize) -> String {
+        self.urls.get(shard).cloned().unwrap_or_default()
     }
 
     async fn insert_rows<R>(
@@ -174,38 +266,103 @@ impl ClickHouseSink {
         shard: usize,
         table: &str,
         rows: &[R],
+        token: Option<&str>,
     ) -> Result<(), clickhouse::error::Error>
     where
         R: clickhouse::RowOwned + clickhouse::RowWrite,
     {
-        let client = &self.clients[shard];
+        let mut client = self.clients[shard].clone();
+        if let Some(token) = token
+            && self.dedup(shard).await? == Dedup::Token
+        {
+            client = client
+                .with_setting("insert_deduplication_token", token)
+                .with_setting("deduplicate_blocks_in_dependent_materialized_views", "1");
+        }
         let mut insert = client.insert::<R>(table).await?;
         for row in rows {
             insert.write(row).await?;
         }
         insert.end().await
     }
+
+    async fn timed<T>(
+        &self,
+        what: &str,
+        work: impl Future<Output = Result<T, clickhouse::error::Error>>,
+    ) -> Result<T, SinkError> {
+        match tokio::time::timeout(self.timeout, work).await {
+            Err(_) => Err(SinkError::Retryable(format!(
+                "{what} timed out after {:?}",
+                self.timeout
+            ))),
+            Ok(Ok(v)) => Ok(v),
+            Ok(Err(e)) => Err(classify(&e.to_string())),
+        }
+    }
+}
+
+/// The first release with `insert_deduplication_token`.
+const TOKEN_VERSION: (u32, u32) = (22, 2);
+
+#[derive(Debug, serde::Deserialize, clickhouse::Row)]
+struct RangeRow {
+    first_offset: i64,
+    last_offset: i64,
 }
 
 impl Sink for ClickHouseSink {
-    async fn insert(&self, shard: usize, rows: &Rows) -> Result<(), SinkError> {
+    async fn insert(
+        &self,
+        shard: usize,
+        rows: &Rows,
+        token: Option<&str>,
+    ) -> Result<(), SinkError> {
         let table = rows.table().name();
         let work = async {
             match rows {
-                Rows::Samples(r) => self.insert_rows(shard, table, r).await,
-                Rows::Status(r) => self.insert_rows(shard, table, r).await,
-                Rows::Quality(r) => self.insert_rows(shard, table, r).await,
-                Rows::IngesterStatus(r) => self.insert_rows(shard, table, r).await,
+                Rows::Samples(r) => self.insert_rows(shard, table, r, token).await,
+                Rows::Status(r) => self.insert_rows(shard, table, r, token).await,
+                Rows::Quality(r) => self.insert_rows(shard, table, r, token).await,
+                Rows::IngesterStatus(r) => self.insert_rows(shard, table, r, token).await,
             }
         };
-        match tokio::time::timeout(self.timeout, work).await {
-            Err(_) => Err(SinkError::Retryable(format!(
-                "insert into {table} timed out after {:?}",
-                self.timeout
-            ))),
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => Err(classify(&e.to_string())),
-        }
+        self.timed(&format!("insert into {table}"), work).await
+    }
+
+    async fn write_journal(&self, rows: &[JournalRow]) -> Result<(), SinkError> {
+        let work = async {
+            let mut insert = self.clients[0].insert::<JournalRow>(JOURNAL_TABLE).await?;
+            for row in rows {
+                insert.write(row).await?;
+            }
+            insert.end().await
+        };
+        self.timed("journal write", work).await
+    }
+
+    async fn read_journal(
+        &self,
+        group: &str,
+        topic: &str,
+        partition: i32,
+        from: i64,
+    ) -> Result<Vec<(i64, i64)>, SinkError> {
+        let work = self.clients[0]
+            .query(
+                "SELECT first_offset, last_offset FROM ingest_journal \
+                 WHERE consumer_group = ? AND topic = ? AND partition = ? AND last_offset >= ?",
+            )
+            .bind(group)
+            .bind(topic)
+            .bind(partition)
+            .bind(from)
+            .fetch_all::<RangeRow>();
+        let rows = self.timed("journal read", work).await?;
+        Ok(rows
+            .into_iter()
+            .map(|r| (r.first_offset, r.last_offset))
+            .collect())
     }
 }
 

@@ -55,9 +55,13 @@ pub struct Stats {
     pub fetch_rewinds: Counter,
     /// Offsets given up on after every rewind failed to fetch them.
     pub offsets_missing: Counter,
-    /// Records skipped because the partition's last owner committed them
-    /// as durable above its watermark (no duplicate inserted).
-    pub records_skipped_durable: Counter,
+    /// Ranges of offsets a previous owner journaled and this member built
+    /// again, identically (ClickHouse drops what had landed).
+    pub ranges_rebuilt: Counter,
+    /// Ranges written to the insert journal.
+    pub ranges_journaled: Counter,
+    /// Failed writes or reads of the insert journal (retried).
+    pub journal_errors: Counter,
     /// Tick numbers skipped (per agent instance).
     pub seq_gaps: Counter,
     /// Skipped ticks that arrived later.
@@ -115,7 +119,9 @@ impl Stats {
             assigned_partitions: Gauge::default(),
             fetch_rewinds: Counter::default(),
             offsets_missing: Counter::default(),
-            records_skipped_durable: Counter::default(),
+            ranges_rebuilt: Counter::default(),
+            ranges_journaled: Counter::default(),
+            journal_errors: Counter::default(),
             rows_inserted_total: Counter::default(),
             dead_letters_total: Counter::default(),
             seq_gaps: Counter::default(),
@@ -207,9 +213,19 @@ impl Stats {
             s.offsets_missing.clone(),
         );
         registry.register(
-            "records_skipped_durable",
-            "Records not inserted again because the partition's last owner committed them as durable (a crash's duplicates avoided)",
-            s.records_skipped_durable.clone(),
+            "ranges_rebuilt",
+            "Ranges of offsets a previous owner journaled, built again identically (ClickHouse drops what had landed)",
+            s.ranges_rebuilt.clone(),
+        );
+        registry.register(
+            "ranges_journaled",
+            "Ranges of offsets written to the insert journal before their INSERTs",
+            s.ranges_journaled.clone(),
+        );
+        registry.register(
+            "journal_errors",
+            "Failed writes or reads of the insert journal (retried)",
+            s.journal_errors.clone(),
         );
         registry.register(
             "seq_gaps",

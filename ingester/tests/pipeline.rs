@@ -1,6 +1,7 @@
 //! Component test of the whole pipeline in one process: librdkafka's mock
 //! cluster as the broker, a fake sink behind the `Sink` trait as ClickHouse.
 
+use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -10,24 +11,33 @@ use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use spillway_ingester::config::Config;
 use spillway_ingester::dlq::DeadLetters;
+use spillway_ingester::journal::{JournalRow, token};
 use spillway_ingester::sink::{Rows, Sink, SinkError};
 use spillway_ingester::telemetry::Stats;
 use spillway_shared::kafka_log::LogContext;
 use spillway_shared::{Label, MetricKind, MetricsRecord, Origin, Record, Sample, encode};
 use tokio_util::sync::CancellationToken;
 
-/// Stores sample rows; rejects any batch holding a row of `bad_host` for
-/// its data, as ClickHouse does with a type mismatch; fails the first
-/// `flaky` inserts as a network error would.
+/// Stores sample rows, dropping an INSERT whose token it has seen as
+/// ClickHouse does; rejects any batch holding a row of `bad_host` for its
+/// data, as ClickHouse does with a type mismatch; fails the first `flaky`
+/// inserts as a network error would; keeps the journal in memory.
 #[derive(Clone, Default)]
 struct FakeSink {
     rows: Arc<Mutex<Vec<(String, u64)>>>,
+    tokens: Arc<Mutex<HashSet<String>>>,
+    journal: Arc<Mutex<Vec<JournalRow>>>,
     bad_host: String,
     flaky: Arc<Mutex<u32>>,
 }
 
 impl Sink for FakeSink {
-    async fn insert(&self, _shard: usize, rows: &Rows) -> Result<(), SinkError> {
+    async fn insert(
+        &self,
+        _shard: usize,
+        rows: &Rows,
+        token: Option<&str>,
+    ) -> Result<(), SinkError> {
         {
             let mut flaky = self.flaky.lock().unwrap();
             if *flaky > 0 {
@@ -44,9 +54,41 @@ impl Sink for FakeSink {
                 message: "Type mismatch".into(),
             });
         }
+        if let Some(token) = token
+            && !self.tokens.lock().unwrap().insert(token.to_owned())
+        {
+            return Ok(());
+        }
         let mut stored = self.rows.lock().unwrap();
         stored.extend(rows.iter().map(|r| (r.host_id.to_string(), r.seq)));
         Ok(())
+    }
+
+    async fn write_journal(&self, rows: &[JournalRow]) -> Result<(), SinkError> {
+        self.journal.lock().unwrap().extend_from_slice(rows);
+        Ok(())
+    }
+
+    async fn read_journal(
+        &self,
+        group: &str,
+        topic: &str,
+        partition: i32,
+        from: i64,
+    ) -> Result<Vec<(i64, i64)>, SinkError> {
+        Ok(self
+            .journal
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|r| {
+                r.consumer_group == group
+                    && r.topic == topic
+                    && r.partition == partition
+                    && r.last_offset >= from
+            })
+            .map(|r| (r.first_offset, r.last_offset))
+            .collect())
     }
 }
 
@@ -216,15 +258,13 @@ async fn records_reach_the_sink_bad_ones_the_dlq_and_offsets_the_end() {
     assert_eq!(total, 101);
 }
 
-/// A member that takes a partition over skips the records its last owner
-/// committed as durable above the watermark (the commit's metadata), so a
-/// crash after an out-of-order insert does not insert them twice. librdkafka's
-/// mock cluster keeps commit metadata, as Apache Kafka does (tansu 0.6 drops
-/// it on fetch: there the records are inserted again, as before).
+/// A member that takes a partition over after a crash rebuilds the ranges
+/// its last owner journaled, at exactly their boundaries and with their
+/// tokens, so the sink drops the one that had landed; then it cuts new
+/// ranges of its own and journals them first. The broker's commit metadata
+/// plays no part.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn records_committed_as_durable_above_the_watermark_are_not_inserted_again() {
-    use spillway_ingester::offsets::{DurableSet, Watermarks};
-
+async fn a_new_owner_rebuilds_the_journaled_ranges_and_nothing_lands_twice() {
     let (_mock, brokers) = cluster("m", 1);
     let producer: BaseProducer = ClientConfig::new()
         .set("bootstrap.servers", &brokers)
@@ -238,51 +278,79 @@ async fn records_committed_as_durable_above_the_watermark_are_not_inserted_again
     }
     producer.flush(Duration::from_secs(10)).unwrap();
 
-    // The last owner: 0..10 durable and committed, and 12, 13 and 20 durable
-    // above the watermark (a later batch finished first), then it died.
-    let mut w = Watermarks::default();
-    for o in 0..25 {
-        w.consumed("m", 0, o);
-    }
-    for o in (0..10).chain([12, 13, 20]) {
-        w.finished("m", 0, o);
-    }
-    let last = w.to_commit().remove(0);
-    assert_eq!(last.offset, 10);
-    assert_eq!(DurableSet::decode(10, &last.metadata).len(), 3);
+    // The last owner committed 10, journaled 10..=14, 15..=19 and 20..=24,
+    // inserted 15..=19 (a later range finished first), then died.
     let owner: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", &brokers)
         .set("group.id", "g2")
         .create()
         .unwrap();
     let mut tpl = TopicPartitionList::new();
-    tpl.add_partition_offset("m", 0, Offset::Offset(last.offset))
+    tpl.add_partition_offset("m", 0, Offset::Offset(10))
         .unwrap();
-    tpl.find_partition("m", 0)
-        .unwrap()
-        .set_metadata(&last.metadata);
     owner
         .commit(&tpl, rdkafka::consumer::CommitMode::Sync)
         .unwrap();
     drop(owner);
-
     let sink = FakeSink::default();
-    let (pipeline, stats, shutdown) = start(Config::default(), &brokers, "m", "g2", &sink);
-    let want: Vec<u64> = (10..30).filter(|s| ![12, 13, 20].contains(s)).collect();
+    for (first, last) in [(10, 14), (15, 19), (20, 24)] {
+        sink.journal.lock().unwrap().push(JournalRow {
+            time: 0,
+            consumer_group: "g2".into(),
+            topic: "m".into(),
+            partition: 0,
+            first_offset: first,
+            last_offset: last,
+            records: 5,
+            ingester: "dead".into(),
+        });
+    }
+    sink.tokens
+        .lock()
+        .unwrap()
+        .insert(token("g2", "m", 0, 15, 19));
+    sink.rows
+        .lock()
+        .unwrap()
+        .extend((15..20).flat_map(|seq| std::iter::repeat_n(("h".to_owned(), seq), 3)));
+
+    let mut config = Config::default();
+    // Ranges of its own are cut at 9 rows (3 records).
+    config.batch.max_rows = 9;
+    let (pipeline, stats, shutdown) = start(config, &brokers, "m", "g2", &sink);
     let deadline = Instant::now() + Duration::from_secs(60);
-    while sink.rows.lock().unwrap().len() < want.len() * 3 {
+    while sink.rows.lock().unwrap().len() < 20 * 3 {
         assert!(Instant::now() < deadline, "pipeline did not finish");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    // Give a wrongly re-read record time to show up.
+    // Give a wrongly re-inserted record time to show up.
     tokio::time::sleep(Duration::from_millis(500)).await;
     shutdown.cancel();
     pipeline.await.unwrap().unwrap();
 
-    let mut seqs: Vec<u64> = sink.rows.lock().unwrap().iter().map(|r| r.1).collect();
-    seqs.sort();
-    seqs.dedup();
-    assert_eq!(seqs, want, "exactly the records not yet durable");
-    assert_eq!(sink.rows.lock().unwrap().len(), want.len() * 3);
-    assert_eq!(stats.records_skipped_durable.get(), 3);
+    let mut rows = sink.rows.lock().unwrap().clone();
+    assert_eq!(rows.len(), 20 * 3, "no row stored twice");
+    rows.sort();
+    rows.dedup();
+    let seqs: Vec<u64> = rows.iter().map(|r| r.1).collect();
+    assert_eq!(
+        seqs,
+        (10..30).collect::<Vec<_>>(),
+        "every record from 10 on"
+    );
+    assert_eq!(stats.ranges_rebuilt.get(), 3);
+    let tokens = sink.tokens.lock().unwrap().clone();
+    for (first, last) in [(10, 14), (20, 24)] {
+        assert!(tokens.contains(&token("g2", "m", 0, first, last)));
+    }
+    // Its own ranges were journaled: 25..=27 and 28..=29.
+    let own: Vec<(i64, i64)> = sink
+        .journal
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|r| r.ingester != "dead")
+        .map(|r| (r.first_offset, r.last_offset))
+        .collect();
+    assert_eq!(own, vec![(25, 27), (28, 29)]);
 }

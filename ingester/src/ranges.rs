@@ -1,0 +1,143 @@
+//! Where one partition's records are cut into ranges.
+//!
+//! A range is a run of consecutive offsets of one partition; everything built
+//! from it (one INSERT per shard and table its rows go to, and its dead
+//! letters) is one unit: journaled before it is inserted, finished when all
+//! of it is durable, committed past only then. A member cuts new ranges
+//! where it likes (at `batch.max_rows`, `batch.max_bytes` or `batch.max_age`);
+//! a range a previous owner journaled is *rebuilt*: cut at exactly its
+//! journaled boundaries, never early, so that its INSERTs are the same ones.
+#![deny(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::VecDeque;
+
+/// An inclusive range of offsets, (first, last).
+pub(crate) type Span = (i64, i64);
+
+/// What to do with a record, given the open range.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Cut {
+    /// Close the open range before adding the record.
+    pub(crate) close_before: bool,
+    /// The record belongs to this journaled range (first, last): the range
+    /// it opens or joins is rebuilt, not cut freely.
+    pub(crate) rebuild: Option<Span>,
+    /// Close the range right after adding the record (its journaled end).
+    pub(crate) close_after: bool,
+}
+
+/// Decides where the record at `offset` goes. `open` is the journaled range
+/// the open range rebuilds (`Some(None)`: an open range cut freely; `None`:
+/// no open range). `rebuild` holds the journaled ranges still to come, in
+/// order; those that end before `offset` are dropped (their records were
+/// not there: compacted, or the journal outlived them).
+pub(crate) fn cut(rebuild: &mut VecDeque<Span>, open: Option<Option<Span>>, offset: i64) -> Cut {
+    let mut close_before = false;
+    while let Some(&(first, last)) = rebuild.front() {
+        if last >= offset {
+            break;
+        }
+        rebuild.pop_front();
+        if open == Some(Some((first, last))) {
+            close_before = true;
+        }
+    }
+    let open_rebuilds = matches!(open, Some(Some(_))) && !close_before;
+    match rebuild.front().copied() {
+        Some((first, last)) if offset >= first => {
+            // Inside a journaled range: a free range before it ends here.
+            if open.is_some() && open != Some(Some((first, last))) {
+                close_before = true;
+            }
+            let close_after = offset == last;
+            if close_after {
+                rebuild.pop_front();
+            }
+            Cut {
+                close_before,
+                rebuild: Some((first, last)),
+                close_after,
+            }
+        }
+        _ => Cut {
+            // Past the end of a journaled range that is still open (its last
+            // record missing): it ends before this record.
+            close_before: close_before || open_rebuilds,
+            rebuild: None,
+            close_after: false,
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Runs `offsets` through [`cut`] and returns the ranges formed, as
+    /// (first record, last record, journaled range or None), with free
+    /// ranges cut every `free_max` records.
+    /// A range formed: first record, last record, the journaled range.
+    type Formed = (i64, i64, Option<Span>);
+    /// The open range: its records, the journaled range.
+    type Filling = Option<(Vec<i64>, Option<Span>)>;
+
+    fn ranges(journal: &[Span], offsets: &[i64], free_max: usize) -> Vec<Formed> {
+        let mut rebuild: VecDeque<_> = journal.iter().copied().collect();
+        let mut out = Vec::new();
+        let mut open: Filling = None;
+        let close = |open: &mut Filling, out: &mut Vec<Formed>| {
+            if let Some((records, r)) = open.take() {
+                out.push((records[0], *records.last().unwrap(), r));
+            }
+        };
+        for &o in offsets {
+            let c = cut(&mut rebuild, open.as_ref().map(|(_, r)| *r), o);
+            if c.close_before {
+                close(&mut open, &mut out);
+            }
+            let range = open.get_or_insert_with(|| (Vec::new(), c.rebuild));
+            range.0.push(o);
+            if c.close_after || (range.1.is_none() && range.0.len() >= free_max) {
+                close(&mut open, &mut out);
+            }
+        }
+        close(&mut open, &mut out);
+        out
+    }
+
+    #[test]
+    fn journaled_ranges_are_cut_exactly_then_free_cutting_resumes() {
+        let got = ranges(&[(10, 14), (15, 22)], &(10..30).collect::<Vec<_>>(), 4);
+        assert_eq!(
+            got,
+            vec![
+                (10, 14, Some((10, 14))),
+                (15, 22, Some((15, 22))),
+                (23, 26, None),
+                (27, 29, None),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_free_range_ends_where_a_journaled_one_begins() {
+        let got = ranges(&[(13, 20)], &(10..22).collect::<Vec<_>>(), 100);
+        assert_eq!(
+            got,
+            vec![(10, 12, None), (13, 20, Some((13, 20))), (21, 21, None)]
+        );
+    }
+
+    #[test]
+    fn missing_records_do_not_hold_a_journaled_range_open() {
+        // 14 (the journaled end) and all of 15..=16 are gone.
+        let got = ranges(&[(10, 14), (15, 16)], &[10, 11, 13, 17, 18], 100);
+        assert_eq!(got, vec![(10, 13, Some((10, 14))), (17, 18, None)]);
+    }
+
+    #[test]
+    fn journaled_ranges_below_the_first_record_are_dropped() {
+        let got = ranges(&[(0, 9), (10, 11)], &[10, 11, 12], 100);
+        assert_eq!(got, vec![(10, 11, Some((10, 11))), (12, 12, None)]);
+    }
+}
