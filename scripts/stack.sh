@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# The native local stack: a real Kafka-protocol broker (tansu) and real
-# ClickHouse servers (Debian's package) on loopback, without Docker.
+# The native local stack: a real Kafka-protocol broker (tansu), real
+# ClickHouse servers (Debian's package) and the ZooKeeper they replicate
+# through (Debian's package; what makes their inserts deduplicated, so
+# exactly-once) on loopback, without Docker.
 #
 #   scripts/stack.sh up       install what is missing, start, wait until healthy
 #   scripts/stack.sh status   health of each service (exit 1 if any is down)
@@ -18,6 +20,7 @@ KAFKA_PORT=${SPILLWAY_STACK_KAFKA_PORT:-19092}
 CH_SERVERS=${SPILLWAY_STACK_CLICKHOUSE_SERVERS:-2}
 CH_HTTP_BASE=${SPILLWAY_STACK_CLICKHOUSE_HTTP_PORT:-18123}
 CH_TCP_BASE=${SPILLWAY_STACK_CLICKHOUSE_TCP_PORT:-19000}
+ZK_PORT=${SPILLWAY_STACK_ZOOKEEPER_PORT:-12181}
 TANSU_VERSION=0.6.0
 WAIT_SECS=${SPILLWAY_STACK_WAIT_SECS:-60}
 
@@ -42,6 +45,8 @@ apt_install() {
 ensure_installed() {
   command -v curl >/dev/null || apt_install curl
   command -v clickhouse-server >/dev/null || apt_install clickhouse-server
+  [ -f /usr/share/java/zookeeper.jar ] || apt_install zookeeper
+  command -v java >/dev/null || apt_install default-jre-headless
   command -v tansu >/dev/null || install_tansu
 }
 
@@ -88,6 +93,7 @@ pid_alive() { [ -f "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null; }
 
 ch_http_port() { echo $((CH_HTTP_BASE + $1 - 1)); }
 ch_tcp_port() { echo $((CH_TCP_BASE + $1 - 1)); }
+ch_interserver_port() { echo $((CH_TCP_BASE + 100 + $1 - 1)); }
 ch_url() { echo "http://127.0.0.1:$(ch_http_port "$1")"; }
 
 kafka_healthy() {
@@ -113,6 +119,25 @@ start_kafka() {
   echo $! >"$pidfile"
 }
 
+zk_healthy() {
+  [ "$( (exec 3<>"/dev/tcp/127.0.0.1/$ZK_PORT" && printf ruok >&3 && timeout 2 cat <&3) 2>/dev/null)" = imok ]
+}
+
+start_zookeeper() {
+  local pidfile=$STACK_DIR/zookeeper.pid dir=$STACK_DIR/zookeeper
+  if pid_alive "$pidfile"; then return; fi
+  zk_healthy && die "port $ZK_PORT is taken by a process this script did not start"
+  mkdir -p "$dir/data" "$STACK_DIR/log"
+  printf '%s\n' "tickTime=2000" "dataDir=$dir/data" "clientPort=$ZK_PORT" \
+    "clientPortAddress=127.0.0.1" "admin.enableServer=false" \
+    "4lw.commands.whitelist=ruok" "autopurge.purgeInterval=1" >"$dir/zoo.cfg"
+  log "starting zookeeper on 127.0.0.1:$ZK_PORT"
+  setsid nohup java -Xmx256m -cp '/usr/share/java/zookeeper.jar:/usr/share/java/*' \
+    org.apache.zookeeper.server.quorum.QuorumPeerMain "$dir/zoo.cfg" \
+    >"$STACK_DIR/log/zookeeper.log" 2>&1 </dev/null &
+  echo $! >"$pidfile"
+}
+
 start_clickhouse() {
   local n=$1 dir=$STACK_DIR/clickhouse-$1
   local pidfile=$STACK_DIR/clickhouse-$n.pid
@@ -124,6 +149,9 @@ start_clickhouse() {
       -e "s#@TCP_PORT@#$(ch_tcp_port "$n")#g" \
       -e "s#@SHARD0_TCP_PORT@#$(ch_tcp_port 1)#g" \
       -e "s#@SHARD1_TCP_PORT@#$(ch_tcp_port 2)#g" \
+      -e "s#@INTERSERVER_PORT@#$(ch_interserver_port "$n")#g" \
+      -e "s#@ZK_PORT@#$ZK_PORT#g" \
+      -e "s#@SHARD@#$n#g" \
       "$ROOT/scripts/stack/clickhouse-config.xml.in" >"$dir/config.xml"
   cp "$ROOT/scripts/stack/clickhouse-users.xml" "$dir/users.xml"
   log "starting clickhouse-$n on 127.0.0.1:$(ch_http_port "$n")"
@@ -140,6 +168,11 @@ wait_healthy() {
   until kafka_healthy; do
     pid_alive "$STACK_DIR/tansu.pid" || die "tansu exited; see $STACK_DIR/log/tansu.log"
     [ $SECONDS -lt $deadline ] || die "tansu not answering after ${WAIT_SECS}s; see $STACK_DIR/log/tansu.log"
+    sleep 0.2
+  done
+  until zk_healthy; do
+    pid_alive "$STACK_DIR/zookeeper.pid" || die "zookeeper exited; see $STACK_DIR/log/zookeeper.log"
+    [ $SECONDS -lt $deadline ] || die "zookeeper not answering after ${WAIT_SECS}s; see $STACK_DIR/log/zookeeper.log"
     sleep 0.2
   done
   for n in $(seq 1 "$CH_SERVERS"); do
@@ -184,6 +217,7 @@ export SPILLWAY_CLICKHOUSE_URLS=$urls
 export SPILLWAY_CLICKHOUSE_CLUSTER=spillway
 export SPILLWAY_CLICKHOUSE_USER=default
 export SPILLWAY_CLICKHOUSE_PASSWORD=
+export SPILLWAY_STACK_ZOOKEEPER_PORT=$ZK_PORT
 EOF
 }
 
@@ -191,10 +225,11 @@ cmd_up() {
   ensure_installed
   mkdir -p "$STACK_DIR"
   start_kafka
+  start_zookeeper
   local n
   for n in $(seq 1 "$CH_SERVERS"); do start_clickhouse "$n"; done
   wait_healthy
-  log "up: kafka 127.0.0.1:$KAFKA_PORT, $CH_SERVERS clickhouse server(s) from $(ch_url 1)"
+  log "up: kafka 127.0.0.1:$KAFKA_PORT, zookeeper 127.0.0.1:$ZK_PORT, $CH_SERVERS clickhouse server(s) from $(ch_url 1)"
   print_env
 }
 
@@ -204,6 +239,11 @@ cmd_status() {
     echo "kafka        up    127.0.0.1:$KAFKA_PORT$(pid_alive "$STACK_DIR/tansu.pid" && echo " (pid $(cat "$STACK_DIR/tansu.pid"))")"
   else
     echo "kafka        down  127.0.0.1:$KAFKA_PORT"; ok=1
+  fi
+  if zk_healthy; then
+    echo "zookeeper    up    127.0.0.1:$ZK_PORT$(pid_alive "$STACK_DIR/zookeeper.pid" && echo " (pid $(cat "$STACK_DIR/zookeeper.pid"))")"
+  else
+    echo "zookeeper    down  127.0.0.1:$ZK_PORT"; ok=1
   fi
   for n in $(seq 1 "$CH_SERVERS"); do
     if ch_healthy "$n"; then
@@ -223,6 +263,7 @@ cmd_down() {
   for n in $(seq 1 "$CH_SERVERS"); do
     stop_pidfile "$STACK_DIR/clickhouse-$n.pid" "clickhouse-$n"
   done
+  stop_pidfile "$STACK_DIR/zookeeper.pid" zookeeper
   log "down"
 }
 

@@ -593,6 +593,16 @@ impl State {
     /// batch of their (shard, table), or a letter for the dead-letter topic.
     fn accept(&mut self, d: Decoded, config: &Config, stats: &Stats) {
         let (topic, partition, offset) = (d.raw.topic.clone(), d.raw.partition, d.raw.offset);
+        let known = self
+            .partitions
+            .get(&topic)
+            .is_some_and(|parts| parts.contains_key(&partition));
+        if !known {
+            // Records of a partition never announced: read its journal
+            // first all the same, from this record on.
+            warn!(%topic, partition, offset, "records of a partition not announced as assigned");
+            self.assigned(vec![(topic.clone(), partition, Some(offset))]);
+        }
         let p = self.partition(&topic, partition);
         if let Some(held) = &mut p.held {
             let cost = d.raw.payload.len();

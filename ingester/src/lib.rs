@@ -30,6 +30,7 @@ pub mod precision;
 pub mod quality;
 mod ranges;
 pub mod retention;
+mod rowbinary;
 pub mod rows;
 pub mod shard;
 pub mod sink;

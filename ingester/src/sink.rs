@@ -261,28 +261,28 @@ impl ClickHouseSink {
         self.urls.get(shard).cloned().unwrap_or_default()
     }
 
-    async fn insert_rows<R>(
+    /// One INSERT of `rows`, sent as a single compressed block (see
+    /// `rowbinary.rs`: a body cut short is rejected, never stored in part).
+    async fn insert_rows<R: serde::Serialize>(
         &self,
         shard: usize,
         table: &str,
         rows: &[R],
         token: Option<&str>,
-    ) -> Result<(), clickhouse::error::Error>
-    where
-        R: clickhouse::RowOwned + clickhouse::RowWrite,
-    {
-        let mut client = self.clients[shard].clone();
+    ) -> Result<(), clickhouse::error::Error> {
+        let mut body = Vec::new();
+        crate::rowbinary::write_rows(&mut body, rows)
+            .map_err(|e| clickhouse::error::Error::Custom(e.to_string()))?;
+        let mut insert = self.clients[shard]
+            .insert_formatted_with(format!("INSERT INTO {table} FORMAT RowBinary"));
         if let Some(token) = token
             && self.dedup(shard).await? == Dedup::Token
         {
-            client = client
+            insert = insert
                 .with_setting("insert_deduplication_token", token)
                 .with_setting("deduplicate_blocks_in_dependent_materialized_views", "1");
         }
-        let mut insert = client.insert::<R>(table).await?;
-        for row in rows {
-            insert.write(row).await?;
-        }
+        insert.send(body.into()).await?;
         insert.end().await
     }
 

@@ -263,7 +263,7 @@ async fn rows(input: &Path, outdir: &Path) -> Result<()> {
         .map(|c| Rows::Samples(c.to_vec()))
         .chain((!status.is_empty()).then_some(Rows::Status(status)));
     for batch in batches {
-        sink.insert(0, &batch)
+        sink.insert(0, &batch, None)
             .await
             .map_err(|e| anyhow::anyhow!("{e}"))?;
     }

@@ -20,7 +20,10 @@ pub struct LocalClickHouse {
 impl LocalClickHouse {
     /// Starts a server with its data in `dir` and waits until it answers.
     pub fn start(dir: &Path) -> Result<LocalClickHouse> {
-        let (http_port, tcp_port) = (free_port()?, free_port()?);
+        let (http_port, tcp_port, interserver_port) = (free_port()?, free_port()?, free_port()?);
+        // The stack's ZooKeeper; this server's tables get paths of their own.
+        let zk_port =
+            std::env::var("SPILLWAY_STACK_ZOOKEEPER_PORT").unwrap_or_else(|_| "12181".to_owned());
         for sub in ["log", "data", "tmp", "user_files", "format_schemas"] {
             std::fs::create_dir_all(dir.join(sub))?;
         }
@@ -32,7 +35,10 @@ impl LocalClickHouse {
             .replace("@TCP_PORT@", &tcp_port.to_string())
             // A cluster of this one server: the template names two shards.
             .replace("@SHARD0_TCP_PORT@", &tcp_port.to_string())
-            .replace("@SHARD1_TCP_PORT@", &tcp_port.to_string());
+            .replace("@SHARD1_TCP_PORT@", &tcp_port.to_string())
+            .replace("@INTERSERVER_PORT@", &interserver_port.to_string())
+            .replace("@ZK_PORT@", &zk_port)
+            .replace("@SHARD@", &format!("local-{http_port}"));
         std::fs::write(dir.join("config.xml"), config)?;
         std::fs::copy(root.join("clickhouse-users.xml"), dir.join("users.xml"))?;
         let mut s = LocalClickHouse {

@@ -87,6 +87,30 @@ pub async fn wait_rows(
     }
 }
 
+/// Rows the 1-minute and 1-hour tiers account for (the sum of their
+/// `count` states) over all shards: with exactly-once inserts each equals
+/// the number of distinct raw rows.
+pub async fn rollup_rows(env: &TestEnv, db: &str) -> Result<(u64, u64)> {
+    let (mut minute, mut hour) = (0, 0);
+    for shard in 0..env.clickhouse_urls.len() {
+        minute += count(
+            env,
+            shard,
+            db,
+            "SELECT toUInt64(countMerge(count)) FROM samples_1m",
+        )
+        .await?;
+        hour += count(
+            env,
+            shard,
+            db,
+            "SELECT toUInt64(countMerge(count)) FROM samples_1h",
+        )
+        .await?;
+    }
+    Ok((minute, hour))
+}
+
 /// Runs `spillway-ingester migrate` and returns its output.
 pub fn migrate(env: &TestEnv, dir: &std::path::Path, topic: &str, db: &str) -> Result<String> {
     let mut m = Service::ingester(

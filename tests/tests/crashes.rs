@@ -7,7 +7,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Result, ensure};
 use spillway_e2e::ingest::{
-    Ingesting, distinct_rows, ingester_config, loadgen, migrate, start_ingesting, total_rows,
+    Ingesting, distinct_rows, ingester_config, loadgen, migrate, rollup_rows, start_ingesting,
+    total_rows,
 };
 use spillway_e2e::process::Service;
 use spillway_e2e::{TestEnv, strip_ansi, unique_name};
@@ -56,7 +57,8 @@ async fn wait_complete(
     }
 }
 
-/// Prints the scenario's figures and checks that nothing was lost.
+/// Prints the scenario's figures and checks that nothing was lost and
+/// nothing stored twice, in the raw table and in both tiers.
 async fn report(
     env: &TestEnv,
     db: &str,
@@ -66,9 +68,10 @@ async fn report(
 ) -> Result<()> {
     let total = total_rows(env, db).await?;
     let distinct = distinct_rows(env, db).await?;
+    let (minute, hour) = rollup_rows(env, db).await?;
     println!(
         "{scenario}: {expected} rows produced, {total} rows in ClickHouse, {distinct} distinct, \
-         lost {}, duplicates {}; {recovery}",
+         lost {}, duplicates {} (1-minute tier counts {minute}, 1-hour tier {hour}); {recovery}",
         expected.saturating_sub(distinct),
         total - distinct
     );
@@ -76,19 +79,28 @@ async fn report(
         distinct == expected,
         "{scenario}: {distinct} distinct rows, expected {expected}"
     );
+    ensure!(
+        total == distinct,
+        "{scenario}: {} duplicate rows",
+        total - distinct
+    );
+    ensure!(
+        minute == total && hour == total,
+        "{scenario}: the tiers count {minute} (1 minute) and {hour} (1 hour) rows, the raw table {total}"
+    );
     Ok(())
 }
 
-/// Records the ingester skipped at assignment because the last owner's
-/// commit named them durable (the `durable=N` of its log lines).
-fn skipped_as_durable(log: &str) -> u64 {
+/// Ranges the ingester rebuilt from the journal after taking partitions
+/// over (the `ranges=N` of its log lines).
+fn ranges_rebuilt(log: &str) -> u64 {
     log.lines()
-        .filter(|l| l.contains("durable already"))
+        .filter(|l| l.contains("rebuilding the ranges"))
         .filter_map(|l| {
             let plain: String = strip_ansi(l);
             plain
                 .split_whitespace()
-                .find_map(|w| w.strip_prefix("durable=")?.parse::<u64>().ok())
+                .find_map(|w| w.strip_prefix("ranges=")?.parse::<u64>().ok())
         })
         .sum()
 }
@@ -150,9 +162,8 @@ async fn an_ingester_killed_mid_drain_three_times_loses_nothing() -> Result<()> 
         "ingester kill -9 x3 mid-drain",
         expected,
         &format!(
-            "inserting again {recoveries:?} after each kill; {} records above a committed \
-             offset were skipped as durable",
-            skipped_as_durable(&ingester.log())
+            "inserting again {recoveries:?} after each kill; {} journaled ranges rebuilt",
+            ranges_rebuilt(&ingester.log())
         ),
     )
     .await?;
