@@ -90,7 +90,7 @@ step "cargo test (unit, component and end-to-end)"
 export SPILLWAY_CHAOS_SEED=${SPILLWAY_CHAOS_SEED:-68444223765874364}
 cargo test --workspace --locked -- --include-ignored
 
-step "modern ClickHouse (chdb-core, ClickHouse 26.9): the modern profile, every documented query and panel, the upgrade"
+step "modern ClickHouse (chdb-core, ClickHouse 26.9): the modern profile, every documented query and panel, the upgrade, exactly-once after kill -9"
 chdb_dir=$(mktemp -d)
 python3 tests/chdb/server.py --data "$chdb_dir" --cluster spillway >"$chdb_dir/server.log" 2>&1 &
 chdb_pid=$!
@@ -105,6 +105,15 @@ echo "$(head -1 "$chdb_dir/server.log")"
 if ! SPILLWAY_CLICKHOUSE_URL=$chdb_url SPILLWAY_CLICKHOUSE_URLS=$chdb_url SPILLWAY_CLICKHOUSE_CLUSTER=spillway \
     SPILLWAY_CLICKHOUSE_USER=default SPILLWAY_CLICKHOUSE_PASSWORD= \
     cargo test -p spillway-e2e --locked --test analytics --test storage -- --include-ignored; then
+  tail -20 "$chdb_dir/server.log"
+  stop_chdb
+  exit 1
+fi
+# Exactly-once on the modern profile (insert deduplication tokens, views
+# deduplicated too): the kill -9 scenarios assert 0 duplicates there as well.
+if ! SPILLWAY_CLICKHOUSE_URL=$chdb_url SPILLWAY_CLICKHOUSE_URLS=$chdb_url SPILLWAY_CLICKHOUSE_CLUSTER=spillway \
+    SPILLWAY_CLICKHOUSE_USER=default SPILLWAY_CLICKHOUSE_PASSWORD= \
+    cargo test -p spillway-e2e --locked --test crashes -- --include-ignored killed; then
   tail -20 "$chdb_dir/server.log"
   stop_chdb
   exit 1

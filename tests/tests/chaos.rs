@@ -178,6 +178,11 @@ async fn seeded_chaos_loses_nothing() -> Result<()> {
         distinct == expected,
         "seed {seed}: {distinct} distinct rows, expected {expected}"
     );
+    ensure!(
+        total == distinct,
+        "seed {seed}: {} duplicate rows",
+        total - distinct
+    );
     for m in &mut members {
         ensure!(
             m.terminate(Duration::from_secs(40))?,

@@ -108,6 +108,7 @@ async fn handover(strategy: Option<&str>) -> Result<()> {
         };
         println!("A:\n{}\nB:\n{}", events(a.log()), events(b.log()));
     }
+    ensure!(total == distinct, "{} duplicate rows", total - distinct);
     ensure!(
         b.terminate(Duration::from_secs(30))?,
         "member B exited non-zero"
@@ -196,6 +197,7 @@ async fn clickhouse_down_for_20s_loses_nothing_and_recovers_by_itself() -> Resul
         total - distinct
     );
     ensure!(distinct == first + second);
+    ensure!(total == distinct, "{} duplicate rows", total - distinct);
     ensure!(
         ingester.terminate(Duration::from_secs(30))?,
         "ingester exited non-zero"
