@@ -137,16 +137,20 @@ impl Default for ShardConfig {
     }
 }
 
-/// When a batch is flushed: whichever limit comes first.
+/// When a range of one partition's offsets is closed (then journaled and
+/// inserted, one INSERT per shard and table it has rows for): whichever
+/// limit comes first. A range rebuilt from the journal keeps its journaled
+/// boundaries instead.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct BatchConfig {
-    /// Rows per INSERT at most.
+    /// Rows per range at most.
     pub max_rows: usize,
-    /// Approximate bytes per INSERT at most.
+    /// Approximate bytes of rows per range at most.
     pub max_bytes: usize,
-    /// Oldest row's wait at most; also the floor of the insert period under
-    /// light load, which keeps ClickHouse far from TOO_MANY_PARTS.
+    /// Oldest row's wait at most; also the floor of each partition's insert
+    /// period under light load, which keeps ClickHouse far from
+    /// TOO_MANY_PARTS.
     #[serde(with = "humantime_serde")]
     pub max_age: Duration,
 }
