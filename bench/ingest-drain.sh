@@ -12,7 +12,7 @@
 # The hand-written Python consumer (bench/python-baseline/consumer.py) drains
 # the same topic after the ingester in each run (BENCH_PYTHON=0 skips it).
 # BENCH_BASELINE_INGESTER=PATH drains it with another ingester binary too (an
-# earlier build, on the tables its own `migrate` makes), so a change is
+# earlier build, on tables this revision migrates), so a change is
 # measured side by side with the code before it.
 #
 # Each measurement runs BENCH_RUNS times (default 3) on the same topic, with a
@@ -95,7 +95,10 @@ drain() {
   hwm=$(awk '/VmHWM/ {print $2}' /proc/$ing_pid/status)
   kill -TERM $ing_pid; wait $ing_pid || true
   ing_pid=
-  drained="$4 t0=$t0 t1=$t1 utime=$utime stime=$stime ticks=$tck hwm_kib=$hwm stored=$n"
+  # Parts its INSERTs created (merged ones are listed, inactive, for minutes).
+  local parts
+  parts=$(ch "SELECT count() FROM system.parts WHERE database = '$3' AND table = 'samples' AND level = 0")
+  drained="$4 t0=$t0 t1=$t1 utime=$utime stime=$stime ticks=$tck hwm_kib=$hwm stored=$n parts=$parts"
 }
 # The hand-written Python consumer (bench/python-baseline); BENCH_PYTHON=0 skips it.
 PYTHON=
@@ -126,7 +129,8 @@ for i in $(seq "$RUNS"); do
     echo "==> run $i: baseline ingester $BENCH_BASELINE_INGESTER"
     base=bench_base_${run}_$i
     config "$base" "$base" >"$work/base.toml"
-    "$BENCH_BASELINE_INGESTER" -c "$work/base.toml" migrate >/dev/null
+    # The same tables (this revision's migrations), so only the ingester differs.
+    "$INGESTER" -c "$work/base.toml" migrate >/dev/null
     drain "$BENCH_BASELINE_INGESTER" "$work/base.toml" "$base" baseline
     line="$line | $drained"
     ch "DROP DATABASE $base"
@@ -167,6 +171,7 @@ for line in open(sys.argv[3]):
         cpu=cpu / (rows / 1e6),
         rss=int(g["hwm_kib"]) / 1024,
         stored=int(g["stored"]),
+        parts=int(g["parts"]) / (wall / 60),
         bytes=int(c["bytes"]),
     )
     r["ratio"] = r["ingester"] / min(r["consume"], r["insert"])
@@ -176,6 +181,8 @@ for line in open(sys.argv[3]):
         r["base_ratio"] = r["base"] / min(r["consume"], r["insert"])
         r["base_cpu"] = (int(b["utime"]) + int(b["stime"])) / int(b["ticks"]) / (rows / 1e6)
         r["cpu_vs_base"] = r["cpu"] / r["base_cpu"]
+        r["base_parts"] = int(b["parts"]) / (bwall / 60)
+        r["parts_vs_base"] = r["parts"] / r["base_parts"]
     if p:
         r["python"] = rows / (float(p["t1"]) - float(p["t0"]))
         r["python_cpu"] = (float(p["utime"]) + float(p["stime"])) / (rows / 1e6)
@@ -198,11 +205,14 @@ line("**ingester / min(limits)**", "ratio", "{:.2f}", ">= 0.8")
 line("**ingester CPU-s per million rows**", "cpu", "{:.2f}", "<= 2")
 line("ingester peak RSS (VmHWM), MiB", "rss", "{:.0f}")
 line("rows stored", "stored", "{:,.0f}")
+line("samples parts created per minute", "parts", "{:,.0f}")
 if "base" in runs[0]:
     line("baseline ingester drain, rows/s", "base", "{:,.0f}")
     line("baseline ingester / min(limits)", "base_ratio", "{:.2f}")
     line("baseline ingester CPU-s per million rows", "base_cpu", "{:.2f}")
     line("**ingester CPU / baseline CPU**", "cpu_vs_base", "{:.2f}")
+    line("baseline samples parts per minute", "base_parts", "{:,.0f}")
+    line("**parts per minute / baseline**", "parts_vs_base", "{:.2f}")
 if "python" in runs[0]:
     line("Python baseline, rows/s", "python", "{:,.0f}")
     line("Python baseline CPU-s per million rows", "python_cpu", "{:.2f}")
