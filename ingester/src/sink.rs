@@ -263,7 +263,7 @@ impl ClickHouseSink {
 
     /// One INSERT of `rows`, sent as a single compressed block (see
     /// `rowbinary.rs`: a body cut short is rejected, never stored in part).
-    async fn insert_rows<R: serde::Serialize>(
+    async fn insert_rows<R: serde::Serialize + clickhouse::Row>(
         &self,
         shard: usize,
         table: &str,
@@ -273,8 +273,14 @@ impl ClickHouseSink {
         let mut body = Vec::new();
         crate::rowbinary::write_rows(&mut body, rows)
             .map_err(|e| clickhouse::error::Error::Custom(e.to_string()))?;
+        // The columns by name: a table may have more (with defaults).
+        let columns = R::COLUMN_NAMES
+            .iter()
+            .map(|c| format!("`{c}`"))
+            .collect::<Vec<_>>()
+            .join(", ");
         let mut insert = self.clients[shard]
-            .insert_formatted_with(format!("INSERT INTO {table} FORMAT RowBinary"));
+            .insert_formatted_with(format!("INSERT INTO {table} ({columns}) FORMAT RowBinary"));
         if let Some(token) = token
             && self.dedup(shard).await? == Dedup::Token
         {

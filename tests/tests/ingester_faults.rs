@@ -188,7 +188,9 @@ async fn clickhouse_down_for_20s_loses_nothing_and_recovers_by_itself() -> Resul
     // ranges already journaled retry their INSERTs: both are retries.
     let log = ingester.log();
     let retries = log.matches("insert failed; retrying").count()
-        + log.matches("cannot write the insert journal; retrying").count();
+        + log
+            .matches("cannot write the insert journal; retrying")
+            .count();
     ensure!(retries > 0, "no retry was logged while ClickHouse was down");
     let total = total_rows(&env, &db).await?;
     let distinct = distinct_rows(&env, &db).await?;
