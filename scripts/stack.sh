@@ -20,6 +20,7 @@ KAFKA_PORT=${SPILLWAY_STACK_KAFKA_PORT:-19092}
 CH_SERVERS=${SPILLWAY_STACK_CLICKHOUSE_SERVERS:-2}
 CH_HTTP_BASE=${SPILLWAY_STACK_CLICKHOUSE_HTTP_PORT:-18123}
 CH_TCP_BASE=${SPILLWAY_STACK_CLICKHOUSE_TCP_PORT:-19000}
+CH_INTERSERVER_BASE=${SPILLWAY_STACK_CLICKHOUSE_INTERSERVER_PORT:-18009}
 ZK_PORT=${SPILLWAY_STACK_ZOOKEEPER_PORT:-12181}
 TANSU_VERSION=0.6.0
 WAIT_SECS=${SPILLWAY_STACK_WAIT_SECS:-60}
@@ -93,7 +94,7 @@ pid_alive() { [ -f "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null; }
 
 ch_http_port() { echo $((CH_HTTP_BASE + $1 - 1)); }
 ch_tcp_port() { echo $((CH_TCP_BASE + $1 - 1)); }
-ch_interserver_port() { echo $((CH_TCP_BASE + 100 + $1 - 1)); }
+ch_interserver_port() { echo $((CH_INTERSERVER_BASE + $1 - 1)); }
 ch_url() { echo "http://127.0.0.1:$(ch_http_port "$1")"; }
 
 kafka_healthy() {
@@ -119,8 +120,11 @@ start_kafka() {
   echo $! >"$pidfile"
 }
 
+# `srvr` names the server's mode only once it serves sessions (`ruok` answers
+# earlier, while it is still loading its data).
 zk_healthy() {
-  [ "$( (exec 3<>"/dev/tcp/127.0.0.1/$ZK_PORT" && printf ruok >&3 && timeout 2 cat <&3) 2>/dev/null)" = imok ]
+  (exec 3<>"/dev/tcp/127.0.0.1/$ZK_PORT" && printf srvr >&3 && timeout 2 cat <&3) 2>/dev/null |
+    grep -q '^Mode: '
 }
 
 start_zookeeper() {
@@ -130,7 +134,7 @@ start_zookeeper() {
   mkdir -p "$dir/data" "$STACK_DIR/log"
   printf '%s\n' "tickTime=2000" "dataDir=$dir/data" "clientPort=$ZK_PORT" \
     "clientPortAddress=127.0.0.1" "admin.enableServer=false" \
-    "4lw.commands.whitelist=ruok" "autopurge.purgeInterval=1" >"$dir/zoo.cfg"
+    "4lw.commands.whitelist=srvr" "autopurge.purgeInterval=1" >"$dir/zoo.cfg"
   log "starting zookeeper on 127.0.0.1:$ZK_PORT"
   setsid nohup java -Xmx256m -cp '/usr/share/java/zookeeper.jar:/usr/share/java/*' \
     org.apache.zookeeper.server.quorum.QuorumPeerMain "$dir/zoo.cfg" \
@@ -163,16 +167,21 @@ start_clickhouse() {
   popd >/dev/null
 }
 
+# ClickHouse 18.16 with replicated tables does not start without ZooKeeper.
+wait_zookeeper() {
+  local deadline=$((SECONDS + WAIT_SECS))
+  until zk_healthy; do
+    pid_alive "$STACK_DIR/zookeeper.pid" || die "zookeeper exited; see $STACK_DIR/log/zookeeper.log"
+    [ $SECONDS -lt $deadline ] || die "zookeeper not answering after ${WAIT_SECS}s; see $STACK_DIR/log/zookeeper.log"
+    sleep 0.2
+  done
+}
+
 wait_healthy() {
   local deadline=$((SECONDS + WAIT_SECS)) n
   until kafka_healthy; do
     pid_alive "$STACK_DIR/tansu.pid" || die "tansu exited; see $STACK_DIR/log/tansu.log"
     [ $SECONDS -lt $deadline ] || die "tansu not answering after ${WAIT_SECS}s; see $STACK_DIR/log/tansu.log"
-    sleep 0.2
-  done
-  until zk_healthy; do
-    pid_alive "$STACK_DIR/zookeeper.pid" || die "zookeeper exited; see $STACK_DIR/log/zookeeper.log"
-    [ $SECONDS -lt $deadline ] || die "zookeeper not answering after ${WAIT_SECS}s; see $STACK_DIR/log/zookeeper.log"
     sleep 0.2
   done
   for n in $(seq 1 "$CH_SERVERS"); do
@@ -226,6 +235,7 @@ cmd_up() {
   mkdir -p "$STACK_DIR"
   start_kafka
   start_zookeeper
+  wait_zookeeper
   local n
   for n in $(seq 1 "$CH_SERVERS"); do start_clickhouse "$n"; done
   wait_healthy
