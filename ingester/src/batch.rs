@@ -37,8 +37,11 @@ pub(crate) struct Batch {
 }
 
 impl Batch {
-    pub(crate) fn new(shard: usize, table: Table) -> Batch {
-        Batch::of(shard, Rows::empty(table))
+    /// An empty batch with room for `rows` rows from `sources` records.
+    pub(crate) fn with_capacity(shard: usize, table: Table, rows: usize, sources: usize) -> Batch {
+        let mut b = Batch::of(shard, Rows::with_capacity(table, rows));
+        b.sources.reserve(sources);
+        b
     }
 
     /// A batch of rows that come from no record (summaries).
@@ -138,7 +141,7 @@ mod tests {
 
     #[test]
     fn split_keeps_each_records_rows_with_it() {
-        let mut b = Batch::new(0, Table::AgentStatus);
+        let mut b = Batch::with_capacity(0, Table::AgentStatus, 0, 0);
         for (i, n) in [1usize, 3, 2].into_iter().enumerate() {
             let rows = Rows::Status((0..n).map(|_| status(&i.to_string())).collect());
             b.push(rows, 1, source(i as i64));

@@ -111,6 +111,11 @@ struct Partition {
     open: Option<Open>,
     /// Closed ranges not yet durable, by their first record's offset.
     in_flight: BTreeMap<i64, InFlight>,
+    /// Rows and records per (shard, table) of the last range closed: the
+    /// next range's batches start with that much room. Growing a batch of
+    /// hundreds of thousands of rows by doubling cost a third of the
+    /// ingester's CPU in page faults and copies.
+    last_sizes: Vec<(usize, Table, usize, usize)>,
 }
 
 /// The range being filled.
@@ -177,6 +182,11 @@ impl Closed {
 /// durable.
 fn close(p: &mut Partition, topic: &str, partition: i32) -> Option<Closed> {
     let open = p.open.take()?;
+    p.last_sizes = open
+        .batches
+        .iter()
+        .map(|b| (b.shard, b.rows.table(), b.rows.len(), b.sources.len()))
+        .collect();
     let (first, last) = open.rebuild.unwrap_or((open.first, open.last));
     let records = open.offsets.len();
     p.in_flight.insert(
@@ -665,7 +675,13 @@ impl State {
                 {
                     Some(i) => i,
                     None => {
-                        open.batches.push(Batch::new(body.shard, table));
+                        let (rows, sources) = p
+                            .last_sizes
+                            .iter()
+                            .find(|(s, t, _, _)| *s == body.shard && *t == table)
+                            .map_or((0, 0), |&(_, _, rows, sources)| (rows, sources));
+                        open.batches
+                            .push(Batch::with_capacity(body.shard, table, rows, sources));
                         open.batches.len() - 1
                     }
                 };

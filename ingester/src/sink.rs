@@ -8,6 +8,8 @@ use std::time::Duration;
 
 use tracing::{info, warn};
 
+use clickhouse::insert_formatted::CompressedData;
+
 use crate::config::ClickHouseConfig;
 use crate::journal::JournalRow;
 use crate::quality::{IngesterStatusRow, QualityRow};
@@ -39,11 +41,16 @@ impl Rows {
 
     /// No rows, for `table`.
     pub fn empty(table: Table) -> Rows {
+        Rows::with_capacity(table, 0)
+    }
+
+    /// No rows, for `table`, with room for `n`.
+    pub fn with_capacity(table: Table, n: usize) -> Rows {
         match table {
-            Table::Samples => Rows::Samples(Vec::new()),
-            Table::AgentStatus => Rows::Status(Vec::new()),
-            Table::IngestQuality => Rows::Quality(Vec::new()),
-            Table::IngesterStatus => Rows::IngesterStatus(Vec::new()),
+            Table::Samples => Rows::Samples(Vec::with_capacity(n)),
+            Table::AgentStatus => Rows::Status(Vec::with_capacity(n)),
+            Table::IngestQuality => Rows::Quality(Vec::with_capacity(n)),
+            Table::IngesterStatus => Rows::IngesterStatus(Vec::with_capacity(n)),
         }
     }
 
@@ -186,6 +193,35 @@ pub struct ClickHouseSink {
     timeout: Duration,
     /// Per shard, learnt at its first INSERT.
     dedup: Arc<Vec<tokio::sync::OnceCell<Dedup>>>,
+    buffers: Buffers,
+}
+
+/// Serialization buffers kept between INSERTs. A fresh buffer of several
+/// megabytes per INSERT cost more than the serialization itself: the
+/// allocator hands large blocks back to the kernel, so every INSERT paid
+/// page faults and zeroing, plus copies as the buffer grew.
+#[derive(Clone, Default)]
+struct Buffers(Arc<std::sync::Mutex<Vec<Vec<u8>>>>);
+
+impl Buffers {
+    /// Buffers kept at most (about one per INSERT in flight).
+    const KEEP: usize = 8;
+
+    fn take(&self) -> Vec<u8> {
+        self.lock().pop().unwrap_or_default()
+    }
+
+    fn give_back(&self, mut buf: Vec<u8>) {
+        buf.clear();
+        let mut kept = self.lock();
+        if kept.len() < Self::KEEP {
+            kept.push(buf);
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Vec<u8>>> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
 }
 
 /// The journal's table, on the first shard.
@@ -216,6 +252,7 @@ impl ClickHouseSink {
                     .map(|_| tokio::sync::OnceCell::new())
                     .collect(),
             ),
+            buffers: Buffers::default(),
         }
     }
 
@@ -270,9 +307,14 @@ impl ClickHouseSink {
         rows: &[R],
         token: Option<&str>,
     ) -> Result<(), clickhouse::error::Error> {
-        let mut body = Vec::new();
-        crate::rowbinary::write_rows(&mut body, rows)
-            .map_err(|e| clickhouse::error::Error::Custom(e.to_string()))?;
+        let data = {
+            let mut body = self.buffers.take();
+            let data = crate::rowbinary::write_rows(&mut body, rows)
+                .map_err(|e| clickhouse::error::Error::Custom(e.to_string()))
+                .and_then(|()| CompressedData::new(&body, clickhouse::Compression::Lz4));
+            self.buffers.give_back(body);
+            data?
+        };
         // The columns by name: a table may have more (with defaults).
         let columns = R::COLUMN_NAMES
             .iter()
@@ -288,7 +330,7 @@ impl ClickHouseSink {
                 .with_setting("insert_deduplication_token", token)
                 .with_setting("deduplicate_blocks_in_dependent_materialized_views", "1");
         }
-        insert.send(body.into()).await?;
+        insert.send_compressed(data).await?;
         insert.end().await
     }
 
