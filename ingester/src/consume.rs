@@ -43,6 +43,7 @@ use crate::offsets::Watermarks;
 use crate::poll::{self, Command, CommitOffset, Event};
 use crate::quality::{IngesterStatusRow, Quality};
 use crate::ranges::{self, Span};
+use crate::retry::{Backoff, lock};
 use crate::rows::Table;
 use crate::shard::shard_for;
 use crate::sink::{Rows, Sink};
@@ -207,10 +208,6 @@ fn close(p: &mut Partition, topic: &str, partition: i32) -> Option<Closed> {
         batches: open.batches,
         letters: open.letters,
     })
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// Work for the journal task.
@@ -1098,35 +1095,5 @@ async fn journal_worker<S: Sink>(
         if done.send(reply).await.is_err() {
             return;
         }
-    }
-}
-
-/// Exponential backoff with jitter, 100 ms to 10 s, that ends on shutdown.
-struct Backoff {
-    delay: Duration,
-}
-
-impl Backoff {
-    fn new() -> Backoff {
-        Backoff {
-            delay: Duration::from_millis(100),
-        }
-    }
-
-    fn next_delay(&self) -> Duration {
-        self.delay
-    }
-
-    /// Sleeps for the current delay plus up to half of it; false if
-    /// `shutdown` fired first.
-    async fn wait(&mut self, shutdown: &CancellationToken) -> bool {
-        let jitter =
-            Duration::from_millis(rand::random_range(0..=self.delay.as_millis() as u64 / 2));
-        let go_on = tokio::select! {
-            _ = tokio::time::sleep(self.delay + jitter) => true,
-            _ = shutdown.cancelled() => false,
-        };
-        self.delay = (self.delay * 2).min(Duration::from_secs(10));
-        go_on
     }
 }

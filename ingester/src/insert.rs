@@ -15,6 +15,7 @@ use tracing::{error, warn};
 
 use crate::batch::{Batch, Source};
 use crate::dlq::{DeadLetter, DeadLetters};
+use crate::retry::Backoff;
 use crate::rows::Table;
 use crate::sink::{Sink, SinkError};
 use crate::telemetry::Stats;
@@ -130,7 +131,7 @@ impl<S: Sink> Worker<S> {
     }
 
     async fn insert_with_retry(&self, b: &Batch, retries: &mut u32) -> Result<(), SinkError> {
-        let mut backoff = Duration::from_millis(100);
+        let mut backoff = Backoff::new();
         loop {
             match self.sink.insert(b.shard, &b.rows, b.token.as_deref()).await {
                 Ok(()) => {
@@ -142,15 +143,10 @@ impl<S: Sink> Worker<S> {
                     *retries += 1;
                     self.stats.shard_up(b.shard, false);
                     warn!(shard = b.shard, table = b.rows.table().name(), rows = b.rows.len(), error = %e,
-                          retry_in = ?backoff, "insert failed; retrying");
-                    let jitter = Duration::from_millis(rand::random_range(
-                        0..=backoff.as_millis() as u64 / 2,
-                    ));
-                    tokio::select! {
-                        _ = tokio::time::sleep(backoff + jitter) => {}
-                        _ = self.shutdown.cancelled() => return Err(e),
+                          retry_in = ?backoff.next_delay(), "insert failed; retrying");
+                    if !backoff.wait(&self.shutdown).await {
+                        return Err(e);
                     }
-                    backoff = (backoff * 2).min(Duration::from_secs(10));
                 }
                 Err(e) => {
                     warn!(shard = b.shard, table = b.rows.table().name(), rows = b.rows.len(), error = %e,

@@ -6,6 +6,9 @@
 //! - [`consume`]: the pipeline (consumer, batches, insert workers, commits).
 //! - [`offsets`]: the contiguous commit watermark.
 //! - [`journal`]: the insert journal (ranges of offsets), for exactly-once.
+//! - `ranges`: where a partition's records are cut into ranges.
+//! - `rowbinary`: rows to RowBinary, one buffer per INSERT.
+//! - `retry`: the shared backoff.
 //! - [`rows`]: records → table rows.
 //! - [`precision`]: the stored precision of gauges.
 //! - [`shard`]: host → shard.
@@ -30,6 +33,7 @@ pub mod precision;
 pub mod quality;
 mod ranges;
 pub mod retention;
+mod retry;
 mod rowbinary;
 pub mod rows;
 pub mod shard;

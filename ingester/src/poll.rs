@@ -33,6 +33,7 @@ use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
 use crate::decode::{Chunk, Raw};
+use crate::retry::lock;
 use crate::telemetry::Stats;
 
 /// An offset to commit, with the durable records above it.
@@ -388,10 +389,6 @@ impl Ctx {
             debug!("the pipeline is gone; assignment not announced");
         }
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// Handles to the poll thread.

@@ -220,7 +220,7 @@ impl Buffers {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Vec<u8>>> {
-        self.0.lock().unwrap_or_else(|p| p.into_inner())
+        crate::retry::lock(&self.0)
     }
 }
 
