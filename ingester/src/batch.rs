@@ -16,8 +16,9 @@ pub(crate) struct Source {
     /// Bytes counted against the memory budget (payload and rows).
     pub(crate) cost: usize,
     pub(crate) meta: Option<Meta>,
-    /// First offset of the range the record belongs to (see `ranges.rs`).
-    pub(crate) range: i64,
+    /// The range the record belongs to (see `ranges.rs`): the assignment
+    /// of its partition that cut it, and its first offset.
+    pub(crate) range: (u64, i64),
     /// Rows of this record in the batch: `rows[start..end]`.
     pub(crate) start: usize,
     pub(crate) end: usize,
@@ -133,7 +134,7 @@ mod tests {
             },
             cost: 10,
             meta: None,
-            range: 0,
+            range: (0, 0),
             start: 0,
             end: 0,
         }

@@ -622,6 +622,7 @@ impl State {
         stats.bytes_in.inc_by(raw.payload.len() as u64);
         self.watermarks.consumed(&topic, partition, offset);
         let p = self.partition(&topic, partition);
+        let epoch = p.epoch;
         let cut = ranges::cut(&mut p.rebuild, p.open.as_ref().map(|o| o.rebuild), offset);
         let mut closed = Vec::new();
         if cut.close_before {
@@ -652,7 +653,7 @@ impl State {
                         raw,
                         cost,
                         meta: None,
-                        range: open.first,
+                        range: (epoch, open.first),
                         start: 0,
                         end: 0,
                     },
@@ -688,7 +689,7 @@ impl State {
                     raw,
                     cost,
                     meta: Some(body.meta),
-                    range: open.first,
+                    range: (epoch, open.first),
                     start: 0,
                     end: 0,
                 };
@@ -854,12 +855,18 @@ impl State {
             else {
                 continue;
             };
-            let Some(range) = p.in_flight.get_mut(&s.range) else {
+            // A range of an earlier assignment of the partition (revoked
+            // undrained, then assigned here again) is not this one's.
+            let (epoch, first) = s.range;
+            if p.epoch != epoch {
+                continue;
+            }
+            let Some(range) = p.in_flight.get_mut(&first) else {
                 continue;
             };
             range.remaining = range.remaining.saturating_sub(1);
             if range.remaining == 0
-                && let Some(range) = p.in_flight.remove(&s.range)
+                && let Some(range) = p.in_flight.remove(&first)
             {
                 for o in range.offsets {
                     self.watermarks.finished(&s.raw.topic, s.raw.partition, o);
