@@ -499,8 +499,8 @@ struct State {
 }
 
 impl State {
-    /// The state of a partition; a partition never announced (cannot happen
-    /// with librdkafka, which assigns before it fetches) is cut freely.
+    /// The state of a partition (`accept` announces one it has not heard of
+    /// before asking for it).
     fn partition(&mut self, topic: &str, partition: i32) -> &mut Partition {
         self.partitions
             .entry(topic.to_owned())
