@@ -198,7 +198,7 @@ async fn capture(
     body: Bytes,
 ) -> (axum::http::StatusCode, String) {
     let query = params.get("query").cloned().unwrap_or_default();
-    // "INSERT INTO `table`(`a`,`b`) FORMAT RowBinary"
+    // "INSERT INTO `table`(`a`,`b`) FORMAT RowBinary" or "INSERT INTO table (`a`, `b`) ..."
     let Some((table, columns)) = query
         .strip_prefix("INSERT INTO ")
         .and_then(|q| q.split_once('('))
@@ -217,9 +217,13 @@ async fn capture(
     } else {
         body.to_vec()
     };
-    let table = table.trim_matches('`').to_owned();
+    let table = table.trim().trim_matches('`').to_owned();
+    let columns: String = columns
+        .chars()
+        .filter(|c| *c != '`' && !c.is_whitespace())
+        .collect();
     let mut c = shared.lock().unwrap_or_else(|p| p.into_inner());
-    c.columns.insert(table.clone(), columns.replace('`', ""));
+    c.columns.insert(table.clone(), columns);
     c.bodies.entry(table).or_default().extend(data);
     (axum::http::StatusCode::OK, String::new())
 }
