@@ -184,6 +184,11 @@ pub struct PipelineConfig {
     /// On SIGTERM, how long to flush and commit before leaving anyway.
     #[serde(with = "humantime_serde")]
     pub shutdown_timeout: Duration,
+    /// Records of one partition rejected by ClickHouse in a row (none
+    /// accepted between) before it counts as a schema problem rather than
+    /// poison: the partition is paused and its rows retried instead of
+    /// dead-lettered. 0: never pause, always dead-letter.
+    pub rejects_before_pause: usize,
 }
 
 impl Default for PipelineConfig {
@@ -194,6 +199,7 @@ impl Default for PipelineConfig {
             decode_threads: 2,
             rebalance_timeout: Duration::from_secs(10),
             shutdown_timeout: Duration::from_secs(30),
+            rejects_before_pause: 16,
         }
     }
 }

@@ -47,6 +47,7 @@ use crate::retry::{Backoff, lock};
 use crate::rows::Table;
 use crate::shard::shard_for;
 use crate::sink::{Rows, Sink};
+use crate::stall::Stalls;
 use crate::telemetry::Stats;
 
 /// Builds the consumer configuration.
@@ -245,12 +246,14 @@ pub async fn run<S: Sink + Clone>(
     let precision = crate::precision::Precision::new(&config.storage.precision);
     let decode::Decoders { inputs, threads } =
         decode::start(decoders, shards, &precision, events_tx.clone())?;
+    let stalls = Arc::new(Stalls::new(config.pipeline.rejects_before_pause));
     let poller = poll::start(
         consumer_config(&config),
         &config.kafka.topics,
         inputs,
         events_tx,
         config.pipeline.rebalance_timeout,
+        stalls.clone(),
         stats.clone(),
     )?;
     info!(topics = ?config.kafka.topics, group = %config.kafka.group_id, shards, decoders,
@@ -271,6 +274,7 @@ pub async fn run<S: Sink + Clone>(
                 done: done_tx.clone(),
                 stats: stats.clone(),
                 shutdown: shutdown.clone(),
+                stalls: stalls.clone(),
                 tracer: tracer.clone(),
             };
             workers.spawn(worker.run(rx.clone()));

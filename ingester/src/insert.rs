@@ -1,7 +1,9 @@
 //! Insert workers: per shard, a fixed pool takes flushed batches from a
 //! bounded queue and makes them durable. Retryable errors are retried with
 //! exponential backoff and jitter; a batch rejected for its data is split by
-//! source record until the bad records are isolated and dead-lettered.
+//! source record until the bad records are isolated and dead-lettered,
+//! unless so many of a partition's records are rejected in a row that it is a
+//! schema problem: then the worker stalls on them (`stall.rs`).
 #![deny(clippy::unwrap_used, clippy::expect_used)]
 
 use std::sync::Arc;
@@ -11,13 +13,14 @@ use opentelemetry::KeyValue;
 use opentelemetry::trace::{Span as _, SpanKind, Status, Tracer as _};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
-use tracing::{error, warn};
+use tracing::{error, info, warn};
 
 use crate::batch::{Batch, Source};
 use crate::dlq::{DeadLetter, DeadLetters};
 use crate::retry::Backoff;
 use crate::rows::Table;
 use crate::sink::{Sink, SinkError};
+use crate::stall::{Key, Stalls};
 use crate::telemetry::Stats;
 
 /// What an insert worker reports: these sources are durable (inserted or
@@ -37,6 +40,8 @@ pub(crate) struct Worker<S> {
     pub(crate) done: mpsc::Sender<Done>,
     pub(crate) stats: Arc<Stats>,
     pub(crate) shutdown: CancellationToken,
+    /// Runs of rejected records per partition, and the stalled partitions.
+    pub(crate) stalls: Arc<Stalls>,
     /// Makes one span per batch when OTLP export is on.
     pub(crate) tracer: Option<opentelemetry_sdk::trace::SdkTracer>,
 }
@@ -96,24 +101,44 @@ impl<S: Sink> Worker<S> {
     }
 
     /// Inserts a batch; on a data error splits it in halves by source
-    /// record. Returns every source now durable.
+    /// record. The records rejected alone are dead-lettered when the batch is
+    /// done, unless the partition's run of rejections reaches the limit
+    /// first: then the worker stalls instead (see [`Self::stall`]). Returns
+    /// every source now durable.
     #[tracing::instrument(skip_all, fields(shard = batch.shard, table = batch.rows.table().name(), rows = batch.rows.len()))]
     async fn insert_isolating(&self, batch: Batch, retries: &mut u32) -> Vec<Source> {
+        let key: Option<Key> = batch
+            .sources
+            .first()
+            .map(|s| (s.raw.topic.clone(), s.raw.partition));
         let mut stack = vec![batch];
         let mut finished = Vec::new();
+        // Records rejected alone, held until the batch is done or stalls.
+        let mut rejected: Vec<(Batch, String)> = Vec::new();
         while let Some(b) = stack.pop() {
             match self.insert_with_retry(&b, retries).await {
-                Ok(()) => finished.extend(b.sources),
-                Err(SinkError::Data { code, message }) if b.sources.len() <= 1 => {
-                    let reason = format!("ClickHouse code {code}: {message}");
-                    match b.sources.first() {
-                        Some(s) => {
-                            dead_letter(&self.dlq, s, "insert_rejected", &reason, &self.stats).await
-                        }
-                        // Summary rows come from no record: nothing to keep.
-                        None => warn!(error = %reason, "summary rows rejected; dropped"),
+                Ok(()) => {
+                    if let Some(key) = &key {
+                        self.stalls.accepted(key);
                     }
                     finished.extend(b.sources);
+                }
+                Err(SinkError::Data { code, message }) if b.sources.len() <= 1 => {
+                    let reason = format!("ClickHouse code {code}: {message}");
+                    let Some(key) = &key else {
+                        // Summary rows come from no record: nothing to keep.
+                        warn!(error = %reason, "summary rows rejected; dropped");
+                        continue;
+                    };
+                    let schema_problem = self.stalls.rejected(key);
+                    rejected.push((b, reason));
+                    if schema_problem {
+                        let held: Vec<Batch> = rejected.drain(..).map(|(b, _)| b).collect();
+                        stack.extend(held);
+                        if !self.stall(key, &mut stack, &mut finished, retries).await {
+                            return finished;
+                        }
+                    }
                 }
                 Err(SinkError::Data { .. }) => {
                     let (left, right) = b.split();
@@ -127,7 +152,63 @@ impl<S: Sink> Worker<S> {
                 }
             }
         }
+        for (b, reason) in rejected {
+            if let Some(s) = b.sources.first() {
+                dead_letter(&self.dlq, s, "insert_rejected", &reason, &self.stats).await;
+            }
+            finished.extend(b.sources);
+        }
         finished
+    }
+
+    /// A schema problem on `key`'s rows: pauses the partition and retries the
+    /// top of `stack` with backoff until the server accepts it (which pops it
+    /// into `finished` and resumes the partition: true) or shutdown (false).
+    async fn stall(
+        &self,
+        key: &Key,
+        stack: &mut Vec<Batch>,
+        finished: &mut Vec<Source>,
+        retries: &mut u32,
+    ) -> bool {
+        let records: usize = stack.iter().map(|b| b.sources.len()).sum();
+        self.stalls.stall(key);
+        self.stats.schema_stalls.inc();
+        self.stats
+            .partitions_stalled
+            .set(self.stalls.count() as i64);
+        error!(topic = %key.0, partition = key.1, records,
+               "records of this partition are rejected one after another: a schema problem \
+                (a column's type changed, a migration not applied), not poison; the partition \
+                is paused and the rows are retried, nothing is dead-lettered");
+        let mut backoff = Backoff::new();
+        let go_on = loop {
+            if !backoff.wait(&self.shutdown).await {
+                break false;
+            }
+            let Some(probe) = stack.last() else {
+                break true;
+            };
+            match self.insert_with_retry(probe, retries).await {
+                Ok(()) => {
+                    if let Some(b) = stack.pop() {
+                        finished.extend(b.sources);
+                    }
+                    info!(topic = %key.0, partition = key.1,
+                          "the server accepts the partition's rows again; resuming it");
+                    break true;
+                }
+                Err(SinkError::Data { .. }) => {
+                    self.stats.insert_retries.inc();
+                }
+                Err(SinkError::Retryable(_)) => break false,
+            }
+        };
+        self.stalls.resume(key);
+        self.stats
+            .partitions_stalled
+            .set(self.stalls.count() as i64);
+        go_on
     }
 
     async fn insert_with_retry(&self, b: &Batch, retries: &mut u32) -> Result<(), SinkError> {

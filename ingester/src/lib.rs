@@ -38,6 +38,7 @@ mod rowbinary;
 pub mod rows;
 pub mod shard;
 pub mod sink;
+mod stall;
 pub mod telemetry;
 pub mod topics;
 

@@ -126,7 +126,7 @@ pub fn start(
             .build();
     }
     type ReadGauge = fn(&Stats) -> i64;
-    let gauges: [(&str, &str, ReadGauge); 3] = [
+    let gauges: [(&str, &str, ReadGauge); 4] = [
         (
             "spillway.ingester.in_flight_bytes",
             "Bytes consumed, not yet durable",
@@ -141,6 +141,11 @@ pub fn start(
             "spillway.ingester.assigned_partitions",
             "Partitions assigned",
             |s| s.assigned_partitions.get(),
+        ),
+        (
+            "spillway.ingester.partitions_stalled",
+            "Partitions paused on a schema problem (their rows rejected in a row)",
+            |s| s.partitions_stalled.get(),
         ),
     ];
     for (name, help, read) in gauges {

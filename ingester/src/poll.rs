@@ -10,14 +10,18 @@
 //!   record of those partitions durable and reply with their watermarks,
 //!   which we commit synchronously before returning. The next owner then
 //!   starts where we stopped: no loss, and no duplicate in the normal case.
-//! - On **assign**, partitions join paused if the pipeline is paused.
+//! - On **assign**, partitions join paused if the pipeline is paused (or
+//!   the partition is stalled, see `stall.rs`).
+//!
+//! Two wishes pause partitions: the memory budget pauses all of them; a
+//! stalled partition (its rows rejected in a row) is paused on its own.
 //!
 //! Polling never stops while the pipeline is full: pausing the partitions
 //! (rather than not polling) keeps rebalances served and the member inside
 //! `max.poll.interval.ms`, however long ClickHouse is away.
 #![deny(clippy::unwrap_used, clippy::expect_used)]
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, TryRecvError};
 use std::sync::{Arc, Mutex};
@@ -34,6 +38,7 @@ use tracing::{debug, info, warn};
 
 use crate::decode::{Chunk, Raw};
 use crate::retry::lock;
+use crate::stall::{Key, Stalls};
 use crate::telemetry::Stats;
 
 /// An offset to commit, with the durable records above it.
@@ -222,8 +227,11 @@ impl Feed {
 pub(crate) struct Ctx {
     feed: Mutex<Feed>,
     events: mpsc::Sender<Event>,
-    /// Whether the assigned partitions are paused now.
+    /// Whether the memory budget has every assigned partition paused now.
     paused: AtomicBool,
+    /// The partitions paused now, for either reason.
+    paused_set: Mutex<BTreeSet<Key>>,
+    stalls: Arc<Stalls>,
     /// Set when closing: revocations then need no handshake.
     closing: AtomicBool,
     rebalance_timeout: Duration,
@@ -358,8 +366,20 @@ impl ConsumerContext for Ctx {
                     self.assigned(assigned);
                 }
             }
-            if self.paused.load(Ordering::Relaxed)
-                && let Err(e) = consumer.pause(tpl)
+            let all = self.paused.load(Ordering::Relaxed);
+            let mut pause = TopicPartitionList::new();
+            let mut paused = lock(&self.paused_set);
+            for e in tpl.elements() {
+                let key = (e.topic().to_owned(), e.partition());
+                if all || self.stalls.is_stalled(&key) {
+                    pause.add_partition(e.topic(), e.partition());
+                    paused.insert(key);
+                } else {
+                    paused.remove(&key);
+                }
+            }
+            if pause.count() > 0
+                && let Err(e) = consumer.pause(&pause)
             {
                 warn!(error = %e, "cannot pause newly assigned partitions");
             }
@@ -405,6 +425,7 @@ pub(crate) fn start(
     decoders: Vec<SyncSender<Chunk>>,
     events: mpsc::Sender<Event>,
     rebalance_timeout: Duration,
+    stalls: Arc<Stalls>,
     stats: Arc<Stats>,
 ) -> anyhow::Result<Poller> {
     let ctx = Ctx {
@@ -419,6 +440,8 @@ pub(crate) fn start(
         }),
         events,
         paused: AtomicBool::new(false),
+        paused_set: Mutex::default(),
+        stalls,
         closing: AtomicBool::new(false),
         rebalance_timeout,
         stats: stats.clone(),
@@ -447,6 +470,7 @@ fn poll_loop(
     stats: Arc<Stats>,
 ) {
     let ctx = consumer.context();
+    let mut stalls_seen = ctx.stalls.generation();
     loop {
         loop {
             match commands.try_recv() {
@@ -465,7 +489,9 @@ fn poll_loop(
             }
         }
         let wanted = pause.load(Ordering::Relaxed);
-        if wanted != ctx.paused.load(Ordering::Relaxed) {
+        let stalls_now = ctx.stalls.generation();
+        if wanted != ctx.paused.load(Ordering::Relaxed) || stalls_now != stalls_seen {
+            stalls_seen = stalls_now;
             set_paused(&consumer, wanted);
         }
         let fed = match consumer.poll(Duration::from_millis(50)) {
@@ -505,7 +531,10 @@ fn poll_loop(
     }
 }
 
-fn set_paused(consumer: &BaseConsumer<Ctx>, paused: bool) {
+/// Pauses every assigned partition when `all`, else only the stalled ones,
+/// and resumes the rest; only partitions whose state changes are touched.
+fn set_paused(consumer: &BaseConsumer<Ctx>, all: bool) {
+    let ctx = consumer.context();
     let assignment = match consumer.assignment() {
         Ok(a) => a,
         Err(e) => {
@@ -513,25 +542,54 @@ fn set_paused(consumer: &BaseConsumer<Ctx>, paused: bool) {
             return;
         }
     };
-    let result = if paused {
-        consumer.pause(&assignment)
-    } else {
-        consumer.resume(&assignment)
-    };
+    let (mut pause, mut resume) = (TopicPartitionList::new(), TopicPartitionList::new());
+    let mut paused = lock(&ctx.paused_set);
+    let mut want = BTreeSet::new();
+    for e in assignment.elements() {
+        let key = (e.topic().to_owned(), e.partition());
+        let stalled = ctx.stalls.is_stalled(&key);
+        if all || stalled {
+            if !paused.contains(&key) {
+                pause.add_partition(e.topic(), e.partition());
+            }
+            want.insert(key);
+        } else if paused.contains(&key) {
+            resume.add_partition(e.topic(), e.partition());
+        }
+    }
+    let mut result = Ok(());
+    if pause.count() > 0 {
+        result = consumer.pause(&pause);
+    }
+    if result.is_ok() && resume.count() > 0 {
+        result = consumer.resume(&resume);
+    }
     match result {
         Ok(()) => {
-            consumer.context().paused.store(paused, Ordering::Relaxed);
-            info!(
-                partitions = assignment.count(),
-                "{}",
-                if paused {
-                    "memory budget full: consumption paused (partitions paused)"
-                } else {
-                    "consumption resumed (partitions resumed)"
-                }
-            );
+            *paused = want;
+            drop(paused);
+            let was = ctx.paused.swap(all, Ordering::Relaxed);
+            if was != all {
+                info!(
+                    partitions = assignment.count(),
+                    "{}",
+                    if all {
+                        "memory budget full: consumption paused (partitions paused)"
+                    } else {
+                        "consumption resumed (partitions resumed)"
+                    }
+                );
+            }
+            if !all && (pause.count() > 0 || resume.count() > 0) {
+                info!(
+                    paused = pause.count(),
+                    resumed = resume.count(),
+                    stalled = ctx.stalls.count(),
+                    "stalled partitions paused or resumed"
+                );
+            }
         }
-        Err(e) => warn!(error = %e, paused, "cannot pause or resume partitions"),
+        Err(e) => warn!(error = %e, all, "cannot pause or resume partitions"),
     }
 }
 

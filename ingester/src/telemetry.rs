@@ -62,6 +62,11 @@ pub struct Stats {
     pub ranges_journaled: Counter,
     /// Failed writes or reads of the insert journal (retried).
     pub journal_errors: Counter,
+    /// Times a partition stalled on a schema problem (its records rejected
+    /// one after another).
+    pub schema_stalls: Counter,
+    /// Partitions stalled now; any makes the ingester unready.
+    pub partitions_stalled: Gauge,
     /// Tick numbers skipped (per agent instance).
     pub seq_gaps: Counter,
     /// Skipped ticks that arrived later.
@@ -122,6 +127,8 @@ impl Stats {
             ranges_rebuilt: Counter::default(),
             ranges_journaled: Counter::default(),
             journal_errors: Counter::default(),
+            schema_stalls: Counter::default(),
+            partitions_stalled: Gauge::default(),
             rows_inserted_total: Counter::default(),
             dead_letters_total: Counter::default(),
             seq_gaps: Counter::default(),
@@ -228,6 +235,16 @@ impl Stats {
             s.journal_errors.clone(),
         );
         registry.register(
+            "schema_stalls",
+            "Times a partition stalled on a schema problem (its records rejected in a row)",
+            s.schema_stalls.clone(),
+        );
+        registry.register(
+            "partitions_stalled",
+            "Partitions paused now on a schema problem; any makes /ready 503",
+            s.partitions_stalled.clone(),
+        );
+        registry.register(
             "seq_gaps",
             "Agent ticks skipped (gaps in tick numbers)",
             s.seq_gaps.clone(),
@@ -309,9 +326,13 @@ impl Stats {
         self.ready.store(ready, Relaxed);
     }
 
-    /// Ready: started, joined the group, and every shard answers.
+    /// Ready: started, joined the group, every shard answers, and no
+    /// partition is stalled on a schema problem.
     pub fn is_ready(&self) -> bool {
-        self.ready.load(Relaxed) && self.joined.load(Relaxed) && !self.shard_down.load(Relaxed)
+        self.ready.load(Relaxed)
+            && self.joined.load(Relaxed)
+            && !self.shard_down.load(Relaxed)
+            && self.partitions_stalled.get() == 0
     }
 
     /// Records whether a shard answered.

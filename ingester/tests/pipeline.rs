@@ -29,6 +29,8 @@ struct FakeSink {
     journal: Arc<Mutex<Vec<JournalRow>>>,
     bad_host: String,
     flaky: Arc<Mutex<u32>>,
+    /// While set, every sample row is rejected (a column's type changed).
+    drift: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Sink for FakeSink {
@@ -48,6 +50,12 @@ impl Sink for FakeSink {
         let Rows::Samples(rows) = rows else {
             return Ok(());
         };
+        if self.drift.load(std::sync::atomic::Ordering::Relaxed) {
+            return Err(SinkError::Data {
+                code: 33,
+                message: "Cannot read all data".into(),
+            });
+        }
         if rows.iter().any(|r| *r.host_id == *self.bad_host) {
             return Err(SinkError::Data {
                 code: 53,
@@ -196,6 +204,10 @@ async fn records_reach_the_sink_bad_ones_the_dlq_and_offsets_the_end() {
     let mut config = Config::default();
     config.batch.max_rows = 30;
     config.pipeline.memory_budget_bytes = 1 << 20;
+    // Every record of host "bad" is rejected, and its partition may hold no
+    // other host: a run of 20 rejections, which by default would pause the
+    // partition as a schema problem (tested below). Here: isolation only.
+    config.pipeline.rejects_before_pause = 0;
     let sink = FakeSink {
         bad_host: "bad".into(),
         flaky: Arc::new(Mutex::new(2)),
@@ -353,4 +365,62 @@ async fn a_new_owner_rebuilds_the_journaled_ranges_and_nothing_lands_twice() {
         .map(|r| (r.first_offset, r.last_offset))
         .collect();
     assert_eq!(own, vec![(25, 27), (28, 29)]);
+}
+
+/// Every record of the partition rejected (a column's type changed under the
+/// ingester): after `rejects_before_pause` rejections in a row the partition
+/// stalls instead of emptying into the dead-letter topic, the ingester is
+/// unready, and once the server accepts the rows again everything lands.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partition_rejected_row_after_row_pauses_instead_of_dead_lettering() {
+    let (_mock, brokers) = cluster("drift", 2);
+    let producer: BaseProducer = ClientConfig::new()
+        .set("bootstrap.servers", &brokers)
+        .create()
+        .unwrap();
+    for seq in 0..40u64 {
+        for host in ["a", "b", "c"] {
+            let payload = record(host, seq);
+            producer
+                .send(BaseRecord::to("drift").key(host).payload(&payload))
+                .unwrap();
+        }
+    }
+    producer.flush(Duration::from_secs(10)).unwrap();
+
+    let mut config = Config::default();
+    config.pipeline.rejects_before_pause = 4;
+    let sink = FakeSink::default();
+    sink.drift.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (pipeline, stats, shutdown) = start(config, &brokers, "drift", "g3", &sink);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while stats.partitions_stalled.get() == 0 {
+        assert!(Instant::now() < deadline, "no partition stalled");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        !stats.is_ready(),
+        "a stalled partition makes the ingester unready"
+    );
+    // Held for a while: retried, never dead-lettered.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(stats.dead_letters_total.get(), 0, "nothing dead-lettered");
+    assert!(sink.rows.lock().unwrap().is_empty());
+
+    sink.drift
+        .store(false, std::sync::atomic::Ordering::Relaxed);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while sink.rows.lock().unwrap().len() < 40 * 3 * 3 || stats.partitions_stalled.get() > 0 {
+        assert!(Instant::now() < deadline, "the stalled rows did not land");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(stats.schema_stalls.get() >= 1);
+    assert_eq!(stats.dead_letters_total.get(), 0);
+    shutdown.cancel();
+    pipeline.await.unwrap().unwrap();
+    let mut rows = sink.rows.lock().unwrap().clone();
+    assert_eq!(rows.len(), 40 * 3 * 3, "no row twice");
+    rows.sort();
+    rows.dedup();
+    assert_eq!(rows.len(), 40 * 3);
 }
