@@ -135,9 +135,24 @@ impl<S: Sink> Worker<S> {
                     if schema_problem {
                         let held: Vec<Batch> = rejected.drain(..).map(|(b, _)| b).collect();
                         stack.extend(held);
-                        if !self.stall(key, &mut stack, &mut finished, retries).await {
+                        let why = "its records are rejected one after another (a column's \
+                                   type changed, a migration not applied?), not poison";
+                        let key = Some(key);
+                        if !self
+                            .stall(key, why, &mut stack, &mut finished, retries)
+                            .await
+                        {
                             return finished;
                         }
+                    }
+                }
+                Err(SinkError::Schema(why)) => {
+                    stack.push(b);
+                    if !self
+                        .stall(key.as_ref(), &why, &mut stack, &mut finished, retries)
+                        .await
+                    {
+                        return finished;
                     }
                 }
                 Err(SinkError::Data { .. }) => {
@@ -161,26 +176,36 @@ impl<S: Sink> Worker<S> {
         finished
     }
 
-    /// A schema problem on `key`'s rows: pauses the partition and retries the
-    /// top of `stack` with backoff until the server accepts it (which pops it
-    /// into `finished` and resumes the partition: true) or shutdown (false).
+    /// A schema problem (`why`) on the rows of partition `key` (`None`:
+    /// summary rows): pauses the partition and retries the top of `stack`
+    /// with backoff until the server takes it (which pops it into `finished`
+    /// and resumes the partition: true) or shutdown (false). Nothing is
+    /// dead-lettered meanwhile.
     async fn stall(
         &self,
-        key: &Key,
+        key: Option<&Key>,
+        why: &str,
         stack: &mut Vec<Batch>,
         finished: &mut Vec<Source>,
         retries: &mut u32,
     ) -> bool {
         let records: usize = stack.iter().map(|b| b.sources.len()).sum();
-        self.stalls.stall(key);
+        let (topic, partition) = key.map_or(("", -1), |(t, p)| (t.as_str(), *p));
+        if let Some(key) = key {
+            self.stalls.stall(key);
+        }
         self.stats.schema_stalls.inc();
         self.stats
             .partitions_stalled
             .set(self.stalls.count() as i64);
-        error!(topic = %key.0, partition = key.1, records,
-               "records of this partition are rejected one after another: a schema problem \
-                (a column's type changed, a migration not applied), not poison; the partition \
-                is paused and the rows are retried, nothing is dead-lettered");
+        error!(
+            topic,
+            partition,
+            records,
+            problem = why,
+            "schema problem: the partition is paused and its rows are retried until the \
+                table takes them; nothing is dead-lettered"
+        );
         let mut backoff = Backoff::new();
         let go_on = loop {
             if !backoff.wait(&self.shutdown).await {
@@ -194,17 +219,21 @@ impl<S: Sink> Worker<S> {
                     if let Some(b) = stack.pop() {
                         finished.extend(b.sources);
                     }
-                    info!(topic = %key.0, partition = key.1,
-                          "the server accepts the partition's rows again; resuming it");
+                    info!(
+                        topic,
+                        partition, "the table takes the partition's rows again; resuming it"
+                    );
                     break true;
                 }
-                Err(SinkError::Data { .. }) => {
+                Err(SinkError::Data { .. } | SinkError::Schema(_)) => {
                     self.stats.insert_retries.inc();
                 }
                 Err(SinkError::Retryable(_)) => break false,
             }
         };
-        self.stalls.resume(key);
+        if let Some(key) = key {
+            self.stalls.resume(key);
+        }
         self.stats
             .partitions_stalled
             .set(self.stalls.count() as i64);
@@ -229,6 +258,7 @@ impl<S: Sink> Worker<S> {
                         return Err(e);
                     }
                 }
+                Err(e @ SinkError::Schema(_)) => return Err(e),
                 Err(e) => {
                     warn!(shard = b.shard, table = b.rows.table().name(), rows = b.rows.len(), error = %e,
                           "batch rejected for its data; isolating the bad records");

@@ -36,6 +36,7 @@ pub mod retention;
 mod retry;
 mod rowbinary;
 pub mod rows;
+mod schema;
 pub mod shard;
 pub mod sink;
 mod stall;

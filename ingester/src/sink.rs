@@ -4,7 +4,7 @@
 
 use std::future::Future;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tracing::{info, warn};
 
@@ -104,6 +104,11 @@ pub enum SinkError {
     /// that is missing (a migration may be on its way).
     #[error("retryable insert error: {0}")]
     Retryable(String),
+    /// The table's columns do not take the rows (a type changed, a column
+    /// missing): nothing was sent. Retried until the table is fixed,
+    /// never dead-lettered.
+    #[error("the table does not take the ingester's rows: {0}")]
+    Schema(String),
     /// The server rejected the data itself; retrying the same rows cannot help.
     #[error("insert rejected (ClickHouse code {code}): {message}")]
     Data {
@@ -194,6 +199,9 @@ pub struct ClickHouseSink {
     /// Per shard, learnt at its first INSERT.
     dedup: Arc<Vec<tokio::sync::OnceCell<Dedup>>>,
     buffers: Buffers,
+    /// When each (shard, table) was last found to take our rows.
+    schema_checked:
+        Arc<std::sync::Mutex<std::collections::HashMap<(usize, &'static str), Instant>>>,
 }
 
 /// Serialization buffers kept between INSERTs. A fresh buffer of several
@@ -253,6 +261,7 @@ impl ClickHouseSink {
                     .collect(),
             ),
             buffers: Buffers::default(),
+            schema_checked: Arc::default(),
         }
     }
 
@@ -292,6 +301,52 @@ impl ClickHouseSink {
             })
             .await
             .copied()
+    }
+
+    /// What in `table` on `shard` does not take `rows` (empty: all fine).
+    /// Asked again after a failed INSERT and every [`SCHEMA_RECHECK`]: a
+    /// type changed to another of the same width fails nothing and would
+    /// store garbage.
+    async fn schema_problems<R: serde::Serialize + clickhouse::Row>(
+        &self,
+        shard: usize,
+        table: &'static str,
+        rows: &[R],
+    ) -> Result<Vec<String>, clickhouse::error::Error> {
+        let Some(row) = rows.first() else {
+            return Ok(Vec::new());
+        };
+        let fresh = crate::retry::lock(&self.schema_checked)
+            .get(&(shard, table))
+            .is_some_and(|at| at.elapsed() < SCHEMA_RECHECK);
+        if fresh {
+            return Ok(Vec::new());
+        }
+        let wires = crate::schema::wire_types(row)
+            .map_err(|e| clickhouse::error::Error::Custom(e.to_string()))?;
+        let columns: Vec<(String, String)> = self.clients[shard]
+            .query(
+                "SELECT name, type FROM system.columns \
+                 WHERE database = currentDatabase() AND table = ?",
+            )
+            .bind(table)
+            .fetch_all()
+            .await?;
+        let problems = if columns.is_empty() {
+            // A missing table is retried as before (a migration may be on
+            // its way); the INSERT says so.
+            Vec::new()
+        } else {
+            crate::schema::mismatches(R::COLUMN_NAMES, &wires, &columns)
+        };
+        if problems.is_empty() {
+            crate::retry::lock(&self.schema_checked).insert((shard, table), Instant::now());
+        }
+        Ok(problems)
+    }
+
+    fn schema_unverified(&self, shard: usize, table: &'static str) {
+        crate::retry::lock(&self.schema_checked).remove(&(shard, table));
     }
 
     fn url(&self, shard: usize) -> String {
@@ -350,6 +405,9 @@ impl ClickHouseSink {
     }
 }
 
+/// How long a table found to take our rows is trusted without asking again.
+const SCHEMA_RECHECK: Duration = Duration::from_secs(30);
+
 /// The first release with `insert_deduplication_token`.
 const TOKEN_VERSION: (u32, u32) = (22, 2);
 
@@ -367,6 +425,25 @@ impl Sink for ClickHouseSink {
         token: Option<&str>,
     ) -> Result<(), SinkError> {
         let table = rows.table().name();
+        let check = async {
+            match rows {
+                Rows::Samples(r) => self.schema_problems(shard, table, r).await,
+                Rows::Status(r) => self.schema_problems(shard, table, r).await,
+                Rows::Quality(r) => self.schema_problems(shard, table, r).await,
+                Rows::IngesterStatus(r) => self.schema_problems(shard, table, r).await,
+            }
+        };
+        let problems = self
+            .timed(&format!("checking the columns of {table}"), check)
+            .await?;
+        if !problems.is_empty() {
+            self.schema_unverified(shard, table);
+            return Err(SinkError::Schema(format!(
+                "{table} on {}: {}",
+                self.url(shard),
+                problems.join("; ")
+            )));
+        }
         let work = async {
             match rows {
                 Rows::Samples(r) => self.insert_rows(shard, table, r, token).await,
@@ -375,7 +452,12 @@ impl Sink for ClickHouseSink {
                 Rows::IngesterStatus(r) => self.insert_rows(shard, table, r, token).await,
             }
         };
-        self.timed(&format!("insert into {table}"), work).await
+        let result = self.timed(&format!("insert into {table}"), work).await;
+        if result.is_err() {
+            // A failed INSERT may be a changed table: look again first.
+            self.schema_unverified(shard, table);
+        }
+        result
     }
 
     async fn write_journal(&self, rows: &[JournalRow]) -> Result<(), SinkError> {

@@ -193,6 +193,11 @@ pub fn free_port() -> Result<u16> {
 
 /// The HTTP status of `GET path` on a loopback port, or `None` when nothing
 /// answers. Plain HTTP/1.0 over a socket: enough for `/ready` and `/metrics`.
+/// The status `/ready` answers on `port`, if it answers.
+pub fn ready(port: u16) -> Option<u16> {
+    http_get(port, "/ready").map(|(status, _)| status)
+}
+
 pub fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
     use std::io::{Read, Write};
     let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;

@@ -8,7 +8,7 @@ use spillway_e2e::clickhouse_server::LocalClickHouse;
 use spillway_e2e::ingest::{
     distinct_rows, ingester_config, loadgen, migrate, total_rows, wait_rows,
 };
-use spillway_e2e::process::{Service, free_port, http_get};
+use spillway_e2e::process::{Service, free_port, http_get, ready};
 use spillway_e2e::{TestEnv, unique_name};
 
 #[tokio::test]
@@ -209,10 +209,6 @@ async fn clickhouse_down_for_20s_loses_nothing_and_recovers_by_itself() -> Resul
         "ingester exited non-zero"
     );
     Ok(())
-}
-
-fn ready(port: u16) -> Option<u16> {
-    http_get(port, "/ready").map(|(status, _)| status)
 }
 
 /// RSS of a process in KiB.
