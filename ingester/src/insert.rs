@@ -146,6 +146,13 @@ impl<S: Sink> Worker<S> {
                         }
                     }
                 }
+                Err(SinkError::Schema(why)) if !self.stalls.pauses() => {
+                    // Configured never to pause: every record is a letter.
+                    for s in &b.sources {
+                        dead_letter(&self.dlq, s, "insert_rejected", &why, &self.stats).await;
+                    }
+                    finished.extend(b.sources);
+                }
                 Err(SinkError::Schema(why)) => {
                     stack.push(b);
                     if !self

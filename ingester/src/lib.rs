@@ -32,6 +32,7 @@ mod poll;
 pub mod precision;
 pub mod quality;
 mod ranges;
+pub mod replay;
 pub mod retention;
 mod retry;
 mod rowbinary;

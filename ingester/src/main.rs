@@ -63,6 +63,9 @@ enum Command {
     Prune,
     /// Produce simulated agent records (for tests and benchmarks).
     Loadgen(spillway_ingester::loadgen::LoadgenArgs),
+    /// Ingest dead letters again once their cause is fixed, each record
+    /// once however often this is run or interrupted (docs/operations.md).
+    ReplayDlq(spillway_ingester::replay::ReplayArgs),
 }
 
 fn load(cli: &Cli) -> Result<Config, ConfigErrors> {
@@ -112,6 +115,7 @@ fn main() -> ExitCode {
             Command::Loadgen(args) => {
                 spillway_ingester::loadgen::run(&config.kafka.brokers, &args).await
             }
+            Command::ReplayDlq(args) => replay_dlq(&config, &args).await,
             Command::Run | Command::CheckConfig => {
                 let shutdown = CancellationToken::new();
                 tokio::spawn(stop_on_signal(shutdown.clone()));
@@ -167,6 +171,21 @@ async fn migrate(
             println!("  ttl       {t}");
         }
     }
+    Ok(())
+}
+
+async fn replay_dlq(
+    config: &Config,
+    args: &spillway_ingester::replay::ReplayArgs,
+) -> anyhow::Result<()> {
+    let shutdown = CancellationToken::new();
+    tokio::spawn(stop_on_signal(shutdown.clone()));
+    let sink = spillway_ingester::sink::ClickHouseSink::new(&config.clickhouse);
+    let report = spillway_ingester::replay::run(config, args, &sink, &shutdown).await?;
+    println!(
+        "replay-dlq{}: {report}",
+        if args.dry_run { " (dry run)" } else { "" }
+    );
     Ok(())
 }
 

@@ -50,6 +50,11 @@ impl Stalls {
         }
     }
 
+    /// Whether a schema problem pauses partitions (a limit of 0: never).
+    pub(crate) fn pauses(&self) -> bool {
+        self.limit > 0
+    }
+
     /// A record of `key` was accepted: its run of rejections ends.
     pub(crate) fn accepted(&self, key: &Key) {
         lock(&self.state).runs.remove(key);

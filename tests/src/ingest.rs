@@ -3,7 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use anyhow::{Result, ensure};
+use anyhow::{Context, Result, ensure};
 
 use crate::TestEnv;
 use crate::process::Service;
@@ -209,4 +209,27 @@ pub async fn start_ingesting(
         db,
         ingester,
     })
+}
+
+/// Runs `sql` (an ALTER) in database `db` on every shard.
+pub async fn alter_everywhere(env: &TestEnv, db: &str, sql: &str) -> Result<()> {
+    for shard in 0..env.clickhouse_urls.len() {
+        env.clickhouse(shard)
+            .with_database(db)
+            .query(sql)
+            .execute()
+            .await
+            .with_context(|| format!("{sql} on shard {shard}"))?;
+    }
+    Ok(())
+}
+
+/// Records in the dead-letter topic of `topic` (one partition).
+pub fn dead_letters(env: &TestEnv, topic: &str) -> Result<i64> {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    let consumer: BaseConsumer = env.kafka_config().create()?;
+    let (low, high) = consumer
+        .fetch_watermarks(&format!("{topic}.dlq"), 0, Duration::from_secs(10))
+        .context("cannot read the dead-letter topic's offsets")?;
+    Ok(high - low)
 }
