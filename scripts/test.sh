@@ -90,6 +90,27 @@ step "cargo test (unit, component and end-to-end)"
 export SPILLWAY_CHAOS_SEED=${SPILLWAY_CHAOS_SEED:-68444223765874364}
 cargo test --workspace --locked -- --include-ignored
 
+step "second Kafka implementation (librdkafka's mock cluster, which returns commit metadata): the kill -9 and rebalance-while-ClickHouse-down scenarios"
+cargo build -p spillway-e2e --examples --locked
+mock_log=$(mktemp)
+target/debug/examples/mock_broker >"$mock_log" 2>&1 &
+mock_pid=$!
+for _ in $(seq 1 50); do
+  grep -q '^bootstrap' "$mock_log" && break
+  kill -0 "$mock_pid" 2>/dev/null || { cat "$mock_log"; exit 1; }
+  sleep 0.2
+done
+read -r _ mock_bootstrap _ mock_control <"$mock_log"
+echo "mock cluster at $mock_bootstrap (control $mock_control)"
+if ! SPILLWAY_KAFKA_BROKERS=$mock_bootstrap SPILLWAY_KAFKA_CONTROL=$mock_control \
+    cargo test -p spillway-e2e --locked --test crashes -- --include-ignored killed a_rebalance; then
+  kill "$mock_pid" 2>/dev/null || true
+  exit 1
+fi
+kill "$mock_pid" 2>/dev/null || true
+wait "$mock_pid" 2>/dev/null || true
+rm -f "$mock_log"
+
 step "modern ClickHouse (chdb-core, ClickHouse 26.9): the modern profile, every documented query and panel, the upgrade, exactly-once after kill -9"
 chdb_dir=$(mktemp -d)
 python3 tests/chdb/server.py --data "$chdb_dir" --cluster spillway >"$chdb_dir/server.log" 2>&1 &

@@ -42,6 +42,23 @@ pub struct TestEnv {
     /// shards above, for the Distributed tables; the stack defines
     /// `spillway`. Without one, tests do not check Distributed tables.
     pub clickhouse_cluster: Option<String>,
+    /// The control port of librdkafka's mock cluster when that is the
+    /// broker (`examples/mock_broker.rs`): it creates the topics.
+    pub kafka_control: Option<String>,
+}
+
+/// Asks the mock broker at `control` for topic `name`.
+fn create_mock_topic(control: &str, name: &str, partitions: i32) -> Result<()> {
+    use std::io::{BufRead, BufReader, Write};
+    let mut stream = std::net::TcpStream::connect(control)
+        .with_context(|| format!("mock broker control port {control}"))?;
+    writeln!(stream, "{name} {partitions}")?;
+    let mut answer = String::new();
+    BufReader::new(stream).read_line(&mut answer)?;
+    if answer.trim() != "ok" {
+        bail!("mock broker: cannot create {name}: {}", answer.trim());
+    }
+    Ok(())
 }
 
 impl TestEnv {
@@ -57,6 +74,9 @@ impl TestEnv {
         let urls = var("SPILLWAY_CLICKHOUSE_URLS", &first);
         TestEnv {
             kafka_brokers: var("SPILLWAY_KAFKA_BROKERS", "127.0.0.1:19092"),
+            kafka_control: std::env::var("SPILLWAY_KAFKA_CONTROL")
+                .ok()
+                .filter(|v| !v.is_empty()),
             clickhouse_urls: urls.split(',').map(|s| s.trim().to_owned()).collect(),
             clickhouse_user: var("SPILLWAY_CLICKHOUSE_USER", "default"),
             clickhouse_password: std::env::var("SPILLWAY_CLICKHOUSE_PASSWORD").unwrap_or_default(),
@@ -107,6 +127,20 @@ impl TestEnv {
     /// broker reports it.
     pub async fn create_topic(&self, name: &str, partitions: i32) -> Result<()> {
         self.require_kafka()?;
+        if let Some(control) = &self.kafka_control {
+            // librdkafka's mock cluster (examples/mock_broker.rs): topics
+            // come from its control port, dead-letter topic included.
+            create_mock_topic(control, name, partitions)?;
+            if !name.ends_with(".dlq") {
+                create_mock_topic(control, &format!("{name}.dlq"), 1)?;
+            }
+        } else {
+            self.create_topic_with_admin(name, partitions).await?;
+        }
+        self.wait_for_topic(name, partitions).await
+    }
+
+    async fn create_topic_with_admin(&self, name: &str, partitions: i32) -> Result<()> {
         let admin: AdminClient<DefaultClientContext> = self.kafka_config().create()?;
         let topic = NewTopic::new(name, partitions, TopicReplication::Fixed(1));
         let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
@@ -121,6 +155,12 @@ impl TestEnv {
                 Err((topic, code)) => bail!("cannot create topic {topic}: {code}"),
             }
         }
+        Ok(())
+    }
+
+    /// Waits until the broker reports `name` with `partitions` partitions.
+    async fn wait_for_topic(&self, name: &str, partitions: i32) -> Result<()> {
+        let admin: AdminClient<DefaultClientContext> = self.kafka_config().create()?;
         let deadline = std::time::Instant::now() + Duration::from_secs(15);
         loop {
             let md = admin

@@ -6,6 +6,7 @@
 use std::time::{Duration, Instant};
 
 use anyhow::{Result, ensure};
+use spillway_e2e::clickhouse_server::LocalClickHouse;
 use spillway_e2e::ingest::{
     Ingesting, distinct_rows, ingester_config, loadgen, migrate, rollup_rows, start_ingesting,
     total_rows,
@@ -57,6 +58,19 @@ async fn wait_complete(
     }
 }
 
+/// What the rollup tiers must count.
+#[derive(Clone, Copy, PartialEq)]
+enum Tiers {
+    /// Exactly the raw rows.
+    Exact,
+    /// At most the raw rows: ClickHouse 18.16 itself was killed mid-INSERT.
+    /// Its views are fed after the raw table's part is written; a server
+    /// killed between the two leaves a tier short of that block, and the
+    /// retried INSERT is deduplicated in the raw table, which on 18.16 also
+    /// skips the views (docs/operations.md, "Exactly-once").
+    AtMost,
+}
+
 /// Prints the scenario's figures and checks that nothing was lost and
 /// nothing stored twice, in the raw table and in both tiers.
 async fn report(
@@ -65,6 +79,7 @@ async fn report(
     scenario: &str,
     expected: u64,
     recovery: &str,
+    tiers: Tiers,
 ) -> Result<()> {
     let total = total_rows(env, db).await?;
     let distinct = distinct_rows(env, db).await?;
@@ -84,8 +99,12 @@ async fn report(
         "{scenario}: {} duplicate rows",
         total - distinct
     );
+    let tiers_ok = match tiers {
+        Tiers::Exact => minute == total && hour == total,
+        Tiers::AtMost => minute <= total && hour <= total,
+    };
     ensure!(
-        minute == total && hour == total,
+        tiers_ok,
         "{scenario}: the tiers count {minute} (1 minute) and {hour} (1 hour) rows, the raw table {total}"
     );
     Ok(())
@@ -165,6 +184,7 @@ async fn an_ingester_killed_mid_drain_three_times_loses_nothing() -> Result<()> 
             "inserting again {recoveries:?} after each kill; {} journaled ranges rebuilt",
             ranges_rebuilt(&ingester.log())
         ),
+        Tiers::Exact,
     )
     .await?;
     ensure!(
@@ -279,6 +299,7 @@ async fn one_of_three_ingesters_killed_and_added_back_loses_nothing() -> Result<
         "3 ingesters, one killed -9 and added back",
         expected,
         &format!("{after_kill}; all rows {recovered:?} after the member came back"),
+        Tiers::Exact,
     )
     .await?;
     for m in &mut members {
@@ -349,10 +370,107 @@ async fn a_table_taken_away_and_put_back_is_retried_then_recovers() -> Result<()
             ingester.log().matches("insert failed; retrying").count(),
             recreated.elapsed()
         ),
+        Tiers::Exact,
     )
     .await?;
     ensure!(
         ingester.terminate(Duration::from_secs(30))?,
+        "ingester exited non-zero"
+    );
+    Ok(())
+}
+
+/// ClickHouse dies while records flow (ranges journaled but not inserted
+/// among them), one of two members is killed meanwhile, and the other takes
+/// its partitions over while neither the journal nor the tables answer.
+/// Once ClickHouse is back: every row once, in the raw table and both tiers.
+#[tokio::test]
+#[ignore = "needs the local stack"]
+async fn a_rebalance_while_clickhouse_is_down_loses_nothing_and_stores_nothing_twice() -> Result<()>
+{
+    let base = TestEnv::from_env();
+    let dir = tempfile::tempdir()?;
+    let mut ch = LocalClickHouse::start(&dir.path().join("clickhouse"))?;
+    let env = TestEnv {
+        clickhouse_urls: vec![ch.url()],
+        ..base
+    };
+    let (topic, group, db) = (
+        unique_name("e2e_rebal_down"),
+        unique_name("g"),
+        unique_name("e2e_rebal_down"),
+    );
+    env.create_topic(&topic, 4).await?;
+    migrate(&env, dir.path(), &topic, &db)?;
+    let config = ingester_config(&env, &topic, &group, &db);
+    let mut a = Service::ingester(&dir.path().join("a"), &config, &[])?;
+    let mut b = Service::ingester(&dir.path().join("b"), &config, &[])?;
+    let first = loadgen(&env, dir.path(), &topic, "before", 50, 2)?;
+    wait_at_least(&env, &db, first, Duration::from_secs(60), || {
+        format!("{}\n{}", a.log(), b.log())
+    })
+    .await?;
+
+    // Records flowing when ClickHouse dies: some ranges are journaled and
+    // their INSERTs in flight.
+    let (hosts, ticks) = (200, 30);
+    let mut during = Service::ingester(
+        &dir.path().join("loadgen-during"),
+        &config,
+        &[
+            "loadgen",
+            "--topic",
+            &topic,
+            "--hosts",
+            &hosts.to_string(),
+            "--ticks",
+            &ticks.to_string(),
+            "--samples",
+            "40",
+            "--host-prefix",
+            "during",
+        ],
+    )?;
+    wait_at_least(&env, &db, first + 20_000, Duration::from_secs(60), || {
+        a.log()
+    })
+    .await?;
+    ch.kill()?;
+    let down = Instant::now();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    // The rebalance: B dies, A takes its partitions over while the journal
+    // cannot be read.
+    b.kill9()?;
+    ensure!(
+        during.wait(Duration::from_secs(120))?,
+        "loadgen failed:\n{}",
+        during.log()
+    );
+    // Long enough for the group to re-form without B (session timeout 6 s).
+    tokio::time::sleep(Duration::from_secs(15)).await;
+    ch.restart()?;
+    let expected = first + hosts * ticks * 40;
+    wait_complete(&env, &db, expected, Duration::from_secs(240), || a.log()).await?;
+    ensure!(
+        a.log().matches("partitions assigned").count() >= 2,
+        "A was never given B's partitions:\n{}",
+        a.log()
+    );
+    report(
+        &env,
+        &db,
+        "rebalance while ClickHouse is down",
+        expected,
+        &format!(
+            "ClickHouse down {:?}; {} journaled ranges rebuilt by the member that took over",
+            down.elapsed(),
+            ranges_rebuilt(&a.log())
+        ),
+        Tiers::AtMost,
+    )
+    .await?;
+    ensure!(
+        a.terminate(Duration::from_secs(30))?,
         "ingester exited non-zero"
     );
     Ok(())
