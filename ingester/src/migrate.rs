@@ -127,6 +127,14 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "0007_exactly_once.modern.sql",
         sql: include_str!("../../migrations/0007_exactly_once.modern.sql"),
     },
+    Migration {
+        name: "0008_rollups_exactly_once.legacy.sql",
+        sql: include_str!("../../migrations/0008_rollups_exactly_once.legacy.sql"),
+    },
+    Migration {
+        name: "0008_rollups_exactly_once.modern.sql",
+        sql: include_str!("../../migrations/0008_rollups_exactly_once.modern.sql"),
+    },
 ];
 
 /// Migration failed.

@@ -197,7 +197,7 @@ pub struct ClickHouseSink {
     urls: Vec<String>,
     timeout: Duration,
     /// Per shard, learnt at its first INSERT.
-    dedup: Arc<Vec<tokio::sync::OnceCell<Dedup>>>,
+    traits: Arc<Vec<tokio::sync::OnceCell<ShardTraits>>>,
     buffers: Buffers,
     /// When each (shard, table) was last found to take our rows.
     schema_checked:
@@ -253,7 +253,7 @@ impl ClickHouseSink {
             clients: config.shards.iter().map(client).collect(),
             urls: config.shards.iter().map(|s| s.url.clone()).collect(),
             timeout: config.insert_timeout,
-            dedup: Arc::new(
+            traits: Arc::new(
                 config
                     .shards
                     .iter()
@@ -267,9 +267,14 @@ impl ClickHouseSink {
 
     /// How `shard` deduplicates, asked once.
     async fn dedup(&self, shard: usize) -> Result<Dedup, clickhouse::error::Error> {
+        Ok(self.traits(shard).await?.dedup)
+    }
+
+    /// How `shard` deduplicates and where its samples go, asked once.
+    async fn traits(&self, shard: usize) -> Result<ShardTraits, clickhouse::error::Error> {
         let client = &self.clients[shard];
         let url = self.url(shard);
-        self.dedup[shard]
+        self.traits[shard]
             .get_or_try_init(|| async move {
                 let version: String = client.query("SELECT version()").fetch_one().await?;
                 let v = crate::migrate::parse_version(&version).unwrap_or((0, 0));
@@ -297,7 +302,20 @@ impl ClickHouseSink {
                     ),
                     _ => info!(shard = %url, version, ?dedup, "inserts are deduplicated"),
                 }
-                Ok(dedup)
+                // The legacy profile's entry table (migration 0008): its
+                // views feed `samples` and the tiers, each deduplicating.
+                let entry: u64 = client
+                    .query(
+                        "SELECT count() FROM system.tables WHERE database = currentDatabase() \
+                         AND name = 'samples_in'",
+                    )
+                    .fetch_one()
+                    .await?;
+                let samples_table = if entry > 0 { "samples_in" } else { "samples" };
+                Ok(ShardTraits {
+                    dedup,
+                    samples_table,
+                })
             })
             .await
             .copied()
@@ -311,6 +329,7 @@ impl ClickHouseSink {
         &self,
         shard: usize,
         table: &'static str,
+        real: &'static str,
         rows: &[R],
     ) -> Result<Vec<String>, clickhouse::error::Error> {
         let Some(row) = rows.first() else {
@@ -324,21 +343,28 @@ impl ClickHouseSink {
         }
         let wires = crate::schema::wire_types(row)
             .map_err(|e| clickhouse::error::Error::Custom(e.to_string()))?;
-        let columns: Vec<(String, String)> = self.clients[shard]
-            .query(
-                "SELECT name, type FROM system.columns \
-                 WHERE database = currentDatabase() AND table = ?",
-            )
-            .bind(table)
-            .fetch_all()
-            .await?;
-        let problems = if columns.is_empty() {
+        // An entry table's views convert into the real table's types, so
+        // both must take the rows.
+        let mut problems = Vec::new();
+        for name in std::iter::once(table).chain((table != real).then_some(real)) {
+            let columns: Vec<(String, String)> = self.clients[shard]
+                .query(
+                    "SELECT name, type FROM system.columns \
+                     WHERE database = currentDatabase() AND table = ?",
+                )
+                .bind(name)
+                .fetch_all()
+                .await?;
             // A missing table is retried as before (a migration may be on
             // its way); the INSERT says so.
-            Vec::new()
-        } else {
-            crate::schema::mismatches(R::COLUMN_NAMES, &wires, &columns)
-        };
+            if !columns.is_empty() {
+                problems.extend(
+                    crate::schema::mismatches(R::COLUMN_NAMES, &wires, &columns)
+                        .into_iter()
+                        .map(|p| format!("{name}: {p}")),
+                );
+            }
+        }
         if problems.is_empty() {
             crate::retry::lock(&self.schema_checked).insert((shard, table), Instant::now());
         }
@@ -408,6 +434,15 @@ impl ClickHouseSink {
 /// How long a table found to take our rows is trusted without asking again.
 const SCHEMA_RECHECK: Duration = Duration::from_secs(30);
 
+/// What a shard's first INSERT learns about it.
+#[derive(Debug, Clone, Copy)]
+struct ShardTraits {
+    dedup: Dedup,
+    /// Where sample rows are inserted: `samples`, or `samples_in` on a
+    /// legacy server whose tiers are replicated (migration 0008).
+    samples_table: &'static str,
+}
+
 /// The first release with `insert_deduplication_token`.
 const TOKEN_VERSION: (u32, u32) = (22, 2);
 
@@ -424,13 +459,21 @@ impl Sink for ClickHouseSink {
         rows: &Rows,
         token: Option<&str>,
     ) -> Result<(), SinkError> {
-        let table = rows.table().name();
+        let table = match rows {
+            Rows::Samples(_) => {
+                self.timed("asking the server", self.traits(shard))
+                    .await?
+                    .samples_table
+            }
+            _ => rows.table().name(),
+        };
+        let real = rows.table().name();
         let check = async {
             match rows {
-                Rows::Samples(r) => self.schema_problems(shard, table, r).await,
-                Rows::Status(r) => self.schema_problems(shard, table, r).await,
-                Rows::Quality(r) => self.schema_problems(shard, table, r).await,
-                Rows::IngesterStatus(r) => self.schema_problems(shard, table, r).await,
+                Rows::Samples(r) => self.schema_problems(shard, table, real, r).await,
+                Rows::Status(r) => self.schema_problems(shard, table, real, r).await,
+                Rows::Quality(r) => self.schema_problems(shard, table, real, r).await,
+                Rows::IngesterStatus(r) => self.schema_problems(shard, table, real, r).await,
             }
         };
         let problems = self
@@ -439,7 +482,7 @@ impl Sink for ClickHouseSink {
         if !problems.is_empty() {
             self.schema_unverified(shard, table);
             return Err(SinkError::Schema(format!(
-                "{table} on {}: {}",
+                "on {}: {}",
                 self.url(shard),
                 problems.join("; ")
             )));

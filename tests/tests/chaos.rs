@@ -11,7 +11,7 @@ use anyhow::{Result, ensure};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use spillway_e2e::clickhouse_server::LocalClickHouse;
-use spillway_e2e::ingest::{distinct_rows, ingester_config, migrate, total_rows};
+use spillway_e2e::ingest::{distinct_rows, ingester_config, migrate, rollup_rows, total_rows};
 use spillway_e2e::process::Service;
 use spillway_e2e::{TestEnv, unique_name};
 
@@ -165,10 +165,11 @@ async fn seeded_chaos_loses_nothing() -> Result<()> {
     }
     let total = total_rows(&env, &db).await?;
     let distinct = distinct_rows(&env, &db).await?;
+    let (minute, hour) = rollup_rows(&env, &db).await?;
     println!(
         "chaos seed {seed}: {} faults in {secs} s: {faults:?}; {expected} rows produced, {total} in \
-         ClickHouse, {distinct} distinct, lost {}, duplicates {}; complete {:?} after the last fault \
-         (members restarted to re-form the group: {restarted})",
+         ClickHouse, {distinct} distinct, lost {}, duplicates {} (tiers count {minute} and {hour}); \
+         complete {:?} after the last fault (members restarted to re-form the group: {restarted})",
         faults.len(),
         expected - distinct.min(expected),
         total - distinct,
@@ -182,6 +183,10 @@ async fn seeded_chaos_loses_nothing() -> Result<()> {
         total == distinct,
         "seed {seed}: {} duplicate rows",
         total - distinct
+    );
+    ensure!(
+        minute == total && hour == total,
+        "seed {seed}: the tiers count {minute} (1 minute) and {hour} (1 hour) rows, the raw table {total}"
     );
     for m in &mut members {
         ensure!(

@@ -58,19 +58,6 @@ async fn wait_complete(
     }
 }
 
-/// What the rollup tiers must count.
-#[derive(Clone, Copy, PartialEq)]
-enum Tiers {
-    /// Exactly the raw rows.
-    Exact,
-    /// At most the raw rows: ClickHouse 18.16 itself was killed mid-INSERT.
-    /// Its views are fed after the raw table's part is written; a server
-    /// killed between the two leaves a tier short of that block, and the
-    /// retried INSERT is deduplicated in the raw table, which on 18.16 also
-    /// skips the views (docs/operations.md, "Exactly-once").
-    AtMost,
-}
-
 /// Prints the scenario's figures and checks that nothing was lost and
 /// nothing stored twice, in the raw table and in both tiers.
 async fn report(
@@ -79,7 +66,6 @@ async fn report(
     scenario: &str,
     expected: u64,
     recovery: &str,
-    tiers: Tiers,
 ) -> Result<()> {
     let total = total_rows(env, db).await?;
     let distinct = distinct_rows(env, db).await?;
@@ -99,12 +85,8 @@ async fn report(
         "{scenario}: {} duplicate rows",
         total - distinct
     );
-    let tiers_ok = match tiers {
-        Tiers::Exact => minute == total && hour == total,
-        Tiers::AtMost => minute <= total && hour <= total,
-    };
     ensure!(
-        tiers_ok,
+        minute == total && hour == total,
         "{scenario}: the tiers count {minute} (1 minute) and {hour} (1 hour) rows, the raw table {total}"
     );
     Ok(())
@@ -184,7 +166,6 @@ async fn an_ingester_killed_mid_drain_three_times_loses_nothing() -> Result<()> 
             "inserting again {recoveries:?} after each kill; {} journaled ranges rebuilt",
             ranges_rebuilt(&ingester.log())
         ),
-        Tiers::Exact,
     )
     .await?;
     ensure!(
@@ -299,7 +280,6 @@ async fn one_of_three_ingesters_killed_and_added_back_loses_nothing() -> Result<
         "3 ingesters, one killed -9 and added back",
         expected,
         &format!("{after_kill}; all rows {recovered:?} after the member came back"),
-        Tiers::Exact,
     )
     .await?;
     for m in &mut members {
@@ -370,7 +350,6 @@ async fn a_table_taken_away_and_put_back_is_retried_then_recovers() -> Result<()
             ingester.log().matches("insert failed; retrying").count(),
             recreated.elapsed()
         ),
-        Tiers::Exact,
     )
     .await?;
     ensure!(
@@ -466,7 +445,6 @@ async fn a_rebalance_while_clickhouse_is_down_loses_nothing_and_stores_nothing_t
             down.elapsed(),
             ranges_rebuilt(&a.log())
         ),
-        Tiers::AtMost,
     )
     .await?;
     ensure!(

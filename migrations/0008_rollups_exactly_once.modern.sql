@@ -1,0 +1,5 @@
+-- Rollups exactly once, modern profile: nothing to do. Modern servers feed
+-- the views of a deduplicated block too, each deduplicating on its own
+-- (`deduplicate_blocks_in_dependent_materialized_views`, set by the
+-- ingester on every INSERT), so the tiers already get every block once.
+-- The legacy variant needs a Null entry table for the same result.
