@@ -13,7 +13,9 @@
 # the same topic after the ingester in each run (BENCH_PYTHON=0 skips it).
 # BENCH_BASELINE_INGESTER=PATH drains it with another ingester binary too (an
 # earlier build, on tables this revision migrates), so a change is
-# measured side by side with the code before it.
+# measured side by side with the code before it. BENCH_BASELINE_UNTIL=VERSION
+# migrates the baseline's tables only up to VERSION (e.g. 0007, to measure
+# migration 0008 with the same binary).
 #
 # Each measurement runs BENCH_RUNS times (default 3) on the same topic, with a
 # fresh database and consumer group per run; the summary quotes medians.
@@ -129,8 +131,10 @@ for i in $(seq "$RUNS"); do
     echo "==> run $i: baseline ingester $BENCH_BASELINE_INGESTER"
     base=bench_base_${run}_$i
     config "$base" "$base" >"$work/base.toml"
-    # The same tables (this revision's migrations), so only the ingester differs.
-    "$INGESTER" -c "$work/base.toml" migrate >/dev/null
+    # The same tables (this revision's migrations), so only the ingester
+    # differs; BENCH_BASELINE_UNTIL=VERSION stops them at that migration
+    # instead, to measure a migration's cost with one binary.
+    "$INGESTER" -c "$work/base.toml" migrate ${BENCH_BASELINE_UNTIL:+--until "$BENCH_BASELINE_UNTIL"} >/dev/null
     drain "$BENCH_BASELINE_INGESTER" "$work/base.toml" "$base" baseline
     line="$line | $drained"
     ch "DROP DATABASE $base"
