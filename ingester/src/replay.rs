@@ -210,6 +210,8 @@ pub async fn run<S: Sink>(
         seen: HashSet::new(),
         replayed: HashMap::new(),
         journal: Vec::new(),
+        limits: spillway_shared::Limits::default(),
+        precision: crate::precision::Precision::new(&config.storage.precision),
     };
     let mut done = HashSet::new();
     let mut last_progress = Instant::now();
@@ -278,6 +280,9 @@ struct Replay<'a, S> {
     replayed: HashMap<(String, i32), HashSet<i64>>,
     /// Journal rows not written yet.
     journal: Vec<JournalRow>,
+    /// Decoding as the pipeline does.
+    limits: spillway_shared::Limits,
+    precision: crate::precision::Precision,
 }
 
 impl<S: Sink> Replay<'_, S> {
@@ -300,8 +305,7 @@ impl<S: Sink> Replay<'_, S> {
             payload: l.payload,
         };
         let shards = self.config.clickhouse.shards.len();
-        let precision = crate::precision::Precision::new(&self.config.storage.precision);
-        let decoded = decode_record(raw, &spillway_shared::Limits::default(), &precision, shards);
+        let decoded = decode_record(raw, &self.limits, &self.precision, shards);
         let body = match decoded.outcome {
             Ok(body) => body,
             Err(rejected) => {
