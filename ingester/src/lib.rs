@@ -13,7 +13,10 @@
 //! - [`precision`]: the stored precision of gauges.
 //! - [`shard`]: host → shard.
 //! - [`sink`]: the ClickHouse sink, behind a trait.
+//! - `schema`: whether a table's columns take the rows we write.
+//! - `stall`: telling poison from a schema problem; stalled partitions.
 //! - [`dlq`]: the dead-letter topic.
+//! - [`replay`]: `replay-dlq`, dead letters ingested again once.
 //! - [`migrate`]: schema migrations.
 //! - [`telemetry`]: metrics, `/health`, `/ready`, logs.
 
