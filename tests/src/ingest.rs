@@ -150,7 +150,26 @@ pub fn loadgen(
     hosts: u64,
     ticks: u64,
 ) -> Result<u64> {
-    let mut g = Service::ingester(
+    let (mut g, rows) = start_loadgen(env, dir, topic, prefix, hosts, ticks)?;
+    ensure!(
+        g.wait(Duration::from_secs(300))?,
+        "loadgen failed:\n{}",
+        g.log()
+    );
+    Ok(rows)
+}
+
+/// Starts [`loadgen`] without waiting for it: the process, and the rows
+/// it will have made.
+pub fn start_loadgen(
+    env: &TestEnv,
+    dir: &std::path::Path,
+    topic: &str,
+    prefix: &str,
+    hosts: u64,
+    ticks: u64,
+) -> Result<(Service, u64)> {
+    let g = Service::ingester(
         &dir.join(format!("loadgen-{prefix}")),
         &ingester_config(env, topic, "loadgen", "unused"),
         &[
@@ -167,12 +186,7 @@ pub fn loadgen(
             prefix,
         ],
     )?;
-    ensure!(
-        g.wait(Duration::from_secs(300))?,
-        "loadgen failed:\n{}",
-        g.log()
-    );
-    Ok(hosts * ticks * 40)
+    Ok((g, hosts * ticks * 40))
 }
 
 /// A fresh topic (`partitions`), database and consumer group named after

@@ -245,7 +245,7 @@ level = "info"
     )
 }
 
-/// Reads the agent's own `/metrics` value of `name`.
+/// A value from the `/metrics` of the agent or the ingester on `port`.
 pub async fn agent_metric(port: u16, name: &str) -> Result<f64> {
     let body = tokio::task::spawn_blocking(move || -> Result<String> {
         use std::io::{Read, Write};

@@ -9,7 +9,7 @@ use anyhow::{Result, ensure};
 use spillway_e2e::clickhouse_server::LocalClickHouse;
 use spillway_e2e::ingest::{
     Ingesting, distinct_rows, ingester_config, loadgen, migrate, rollup_rows, start_ingesting,
-    total_rows,
+    start_loadgen, total_rows,
 };
 use spillway_e2e::process::Service;
 use spillway_e2e::{TestEnv, strip_ansi, unique_name};
@@ -392,24 +392,7 @@ async fn a_rebalance_while_clickhouse_is_down_loses_nothing_and_stores_nothing_t
 
     // Records flowing when ClickHouse dies: some ranges are journaled and
     // their INSERTs in flight.
-    let (hosts, ticks) = (200, 30);
-    let mut during = Service::ingester(
-        &dir.path().join("loadgen-during"),
-        &config,
-        &[
-            "loadgen",
-            "--topic",
-            &topic,
-            "--hosts",
-            &hosts.to_string(),
-            "--ticks",
-            &ticks.to_string(),
-            "--samples",
-            "40",
-            "--host-prefix",
-            "during",
-        ],
-    )?;
+    let (mut during, produced) = start_loadgen(&env, dir.path(), &topic, "during", 200, 30)?;
     wait_at_least(&env, &db, first + 20_000, Duration::from_secs(60), || {
         a.log()
     })
@@ -428,7 +411,7 @@ async fn a_rebalance_while_clickhouse_is_down_loses_nothing_and_stores_nothing_t
     // Long enough for the group to re-form without B (session timeout 6 s).
     tokio::time::sleep(Duration::from_secs(15)).await;
     ch.restart()?;
-    let expected = first + hosts * ticks * 40;
+    let expected = first + produced;
     wait_complete(&env, &db, expected, Duration::from_secs(240), || a.log()).await?;
     ensure!(
         a.log().matches("partitions assigned").count() >= 2,

@@ -12,8 +12,13 @@ use spillway_e2e::ingest::{
     alter_everywhere, count, dead_letters, distinct_rows, ingester_config, loadgen, migrate,
     total_rows, wait_rows,
 };
-use spillway_e2e::process::{Service, free_port, http_get, ready};
+use spillway_e2e::process::{Service, agent_metric, free_port, ready};
 use spillway_e2e::{TestEnv, unique_name};
+
+/// A metric's value from the ingester's `/metrics`, 0 when absent.
+async fn metric(port: u16, name: &str) -> f64 {
+    agent_metric(port, name).await.unwrap_or(0.0)
+}
 
 /// The column changed, and how to put it back.
 const BREAK: &str = "ALTER TABLE samples MODIFY COLUMN seq UInt32";
@@ -53,7 +58,7 @@ async fn a_column_type_changed_under_the_ingester_pauses_it_and_nothing_is_dead_
     let during = loadgen(&env, dir.path(), &topic, "during", 50, 4)?;
     // Paused and unready, not dead-lettering.
     let deadline = Instant::now() + Duration::from_secs(90);
-    while metric(port, "spillway_ingester_partitions_stalled") < 1.0 {
+    while metric(port, "spillway_ingester_partitions_stalled").await < 1.0 {
         ensure!(
             Instant::now() < deadline,
             "no partition stalled after the column changed; log:\n{}",
@@ -92,13 +97,14 @@ async fn a_column_type_changed_under_the_ingester_pauses_it_and_nothing_is_dead_
     );
     let letters = dead_letters(&env, &topic)?;
     let produced = before + during;
+    let stalls = metric(port, "spillway_ingester_schema_stalls_total").await;
     println!(
         "schema drift: produced {produced}, stored {stored}, lost {}, duplicates {}, \
          dead letters {letters}, landed {:?} after the fix, {} stalls",
         produced.saturating_sub(distinct),
         stored - distinct,
         fixed.elapsed(),
-        metric(port, "spillway_ingester_schema_stalls_total")
+        stalls
     );
     ensure!(distinct == produced, "{} rows lost", produced - distinct);
     ensure!(stored == distinct, "{} duplicate rows", stored - distinct);
@@ -108,16 +114,6 @@ async fn a_column_type_changed_under_the_ingester_pauses_it_and_nothing_is_dead_
         "ingester exited non-zero"
     );
     Ok(())
-}
-
-/// A metric's value from `/metrics`, 0 when absent.
-fn metric(port: u16, name: &str) -> f64 {
-    http_get(port, "/metrics")
-        .and_then(|(_, body)| {
-            body.lines()
-                .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
-        })
-        .unwrap_or(0.0)
 }
 
 /// Dead letters from a broken table plus poison; after the fix, `replay-dlq`
