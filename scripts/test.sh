@@ -111,7 +111,7 @@ kill "$mock_pid" 2>/dev/null || true
 wait "$mock_pid" 2>/dev/null || true
 rm -f "$mock_log"
 
-step "modern ClickHouse (chdb-core, ClickHouse 26.9): the modern profile, every documented query and panel, the upgrade, exactly-once after kill -9"
+step "modern ClickHouse (chdb-core, ClickHouse 26.9): the modern profile, every documented query, panel and alert rule, the upgrade, exactly-once after kill -9"
 chdb_dir=$(mktemp -d)
 python3 tests/chdb/server.py --data "$chdb_dir" --cluster spillway >"$chdb_dir/server.log" 2>&1 &
 chdb_pid=$!
@@ -125,7 +125,7 @@ chdb_url="http://$(sed -n 's/^listening on \([0-9.:]*\).*/\1/p' "$chdb_dir/serve
 echo "$(head -1 "$chdb_dir/server.log")"
 if ! SPILLWAY_CLICKHOUSE_URL=$chdb_url SPILLWAY_CLICKHOUSE_URLS=$chdb_url SPILLWAY_CLICKHOUSE_CLUSTER=spillway \
     SPILLWAY_CLICKHOUSE_USER=default SPILLWAY_CLICKHOUSE_PASSWORD= \
-    cargo test -p spillway-e2e --locked --test analytics --test storage -- --include-ignored; then
+    cargo test -p spillway-e2e --locked --test analytics --test alerts --test storage -- --include-ignored; then
   tail -20 "$chdb_dir/server.log"
   stop_chdb
   exit 1
