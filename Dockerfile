@@ -1,14 +1,31 @@
 # Images for both binaries: `docker build --target ingester .` or
-# `--target agent`. The build stage compiles the workspace once (release
-# profile: LTO, stripped); the runtime stages are Debian slim, non-root.
-FROM rust:1.95-bookworm AS build
-WORKDIR /src
+# `--target agent`. Dependencies are compiled in their own layer
+# (cargo-chef), so an edit to Spillway's sources rebuilds only Spillway's
+# crates; the release profile uses LTO and strips. The runtime stages are
+# Debian slim, non-root.
+FROM rust:1.95-bookworm AS chef
 RUN apt-get update \
     && apt-get install -y --no-install-recommends cmake pkg-config zlib1g-dev \
-    && rm -rf /var/lib/apt/lists/*
+    && rm -rf /var/lib/apt/lists/* \
+    && cargo install cargo-chef --locked --version 0.1.78
+WORKDIR /src
+
+FROM chef AS planner
 COPY . .
-RUN cargo build --release --locked -p spillway-agent -p spillway-ingester \
-    && cp target/release/spillway-agent target/release/spillway-ingester /usr/local/bin/
+RUN cargo chef prepare --recipe-path recipe.json
+
+FROM chef AS build
+COPY --from=planner /src/recipe.json recipe.json
+# This layer changes only when Cargo.toml or Cargo.lock do.
+RUN cargo chef cook --release --locked --recipe-path recipe.json \
+    -p spillway-agent -p spillway-ingester
+# --version shows this revision; without it, `git rev-parse` of the context.
+ARG SPILLWAY_GIT_REVISION=
+COPY . .
+RUN SPILLWAY_GIT_REVISION="$SPILLWAY_GIT_REVISION" \
+    cargo build --release --locked -p spillway-agent -p spillway-ingester \
+    && cp target/release/spillway-agent target/release/spillway-ingester /usr/local/bin/ \
+    && spillway-agent --version && spillway-ingester --version
 
 FROM debian:bookworm-slim AS runtime
 RUN apt-get update \

@@ -25,7 +25,57 @@ pub struct Config {
     pub log: LogConfig,
     /// OpenTelemetry export of the agent's own metrics.
     pub telemetry: TelemetryConfig,
+    /// Deprecated environment variables that were used (logged at start).
+    #[serde(skip)]
+    pub warnings: Vec<String>,
 }
+
+/// The agent's environment: `SPILLWAY_AGENT_*` ([`Config::apply_env`]).
+pub const ENV: EnvPolicy = EnvPolicy {
+    prefix: "SPILLWAY_AGENT_",
+    vars: &[
+        EnvVar {
+            name: "SPILLWAY_AGENT_CONFIG",
+            old: &[],
+        },
+        EnvVar {
+            name: "SPILLWAY_AGENT_KAFKA_BROKERS",
+            old: &["SPILLWAY_KAFKA_BROKERS"],
+        },
+        EnvVar {
+            name: "SPILLWAY_AGENT_KAFKA_TOPIC",
+            old: &[],
+        },
+        EnvVar {
+            name: "SPILLWAY_AGENT_INTERVAL",
+            old: &[],
+        },
+        EnvVar {
+            name: "SPILLWAY_AGENT_HOST_ID",
+            old: &[],
+        },
+        EnvVar {
+            name: "SPILLWAY_AGENT_HOSTNAME",
+            old: &[],
+        },
+        EnvVar {
+            name: "SPILLWAY_AGENT_HOST_ROOT",
+            old: &[],
+        },
+        EnvVar {
+            name: "SPILLWAY_AGENT_SPOOL_DIR",
+            old: &[],
+        },
+        EnvVar {
+            name: "SPILLWAY_AGENT_HTTP_LISTEN",
+            old: &[],
+        },
+        EnvVar {
+            name: "SPILLWAY_AGENT_LOG_FORMAT",
+            old: &[],
+        },
+    ],
+};
 
 /// OpenTelemetry (OTLP over HTTP) export of the agent's self-metrics.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -112,6 +162,12 @@ pub struct CollectConfig {
     pub textfile_dir: Option<PathBuf>,
     /// Commands whose standard output (Prometheus text) is read each tick.
     pub exec: Vec<ExecConfig>,
+    /// The host's root filesystem as mounted in a container (`/host`, with
+    /// the container in the host's PID and network namespaces). Filesystems
+    /// then come from the host's mount table (`/proc/1/mounts`) and are
+    /// measured under this path; the host id and name from its
+    /// `etc/machine-id` and `etc/hostname`. Unset: this system's own.
+    pub host_root: Option<PathBuf>,
 }
 
 /// The default list of pseudo filesystems, as node_exporter skips them.
@@ -161,6 +217,7 @@ impl Default for CollectConfig {
             disk_ignore_prefixes: vec!["loop".into(), "ram".into(), "zram".into()],
             top_processes: 5,
             textfile_dir: None,
+            host_root: None,
             exec: Vec::new(),
         }
     }
@@ -335,6 +392,7 @@ pub const COLLECTORS: &[&str] = &[
 ];
 
 pub use spillway_shared::settings::{ConfigErrors, EnvSource, ProcessEnv, Properties};
+use spillway_shared::settings::{EnvPolicy, EnvVar};
 
 impl Config {
     /// Parses TOML text.
@@ -360,47 +418,57 @@ impl Config {
         }
     }
 
-    /// Applies `SPILLWAY_AGENT_*` overrides; returns the problems found.
+    /// Applies `SPILLWAY_AGENT_*` overrides; returns the problems found (the
+    /// policy of [`spillway_shared::settings::EnvPolicy`]: an empty value is
+    /// unset, an unknown `SPILLWAY_AGENT_*` variable is an error, an old name
+    /// works with a warning in [`Config::warnings`]).
     ///
-    /// | variable | key |
-    /// |---|---|
-    /// | `SPILLWAY_AGENT_KAFKA_BROKERS` (or `SPILLWAY_KAFKA_BROKERS`) | `kafka.brokers` |
-    /// | `SPILLWAY_AGENT_KAFKA_TOPIC` | `kafka.topic` |
-    /// | `SPILLWAY_AGENT_INTERVAL` | `agent.interval` |
-    /// | `SPILLWAY_AGENT_HOST_ID` | `agent.host_id` |
-    /// | `SPILLWAY_AGENT_SPOOL_DIR` | `buffer.spool_dir` |
-    /// | `SPILLWAY_AGENT_HTTP_LISTEN` | `http.listen` |
-    /// | `SPILLWAY_AGENT_LOG_FORMAT` | `log.format` |
+    /// | variable | key | old name |
+    /// |---|---|---|
+    /// | `SPILLWAY_AGENT_KAFKA_BROKERS` | `kafka.brokers` | `SPILLWAY_KAFKA_BROKERS` |
+    /// | `SPILLWAY_AGENT_KAFKA_TOPIC` | `kafka.topic` | |
+    /// | `SPILLWAY_AGENT_INTERVAL` | `agent.interval` | |
+    /// | `SPILLWAY_AGENT_HOST_ID` | `agent.host_id` | |
+    /// | `SPILLWAY_AGENT_HOSTNAME` | `agent.hostname` | |
+    /// | `SPILLWAY_AGENT_HOST_ROOT` | `collect.host_root` | |
+    /// | `SPILLWAY_AGENT_SPOOL_DIR` | `buffer.spool_dir` | |
+    /// | `SPILLWAY_AGENT_HTTP_LISTEN` | `http.listen` | |
+    /// | `SPILLWAY_AGENT_LOG_FORMAT` | `log.format` | |
+    /// | `SPILLWAY_AGENT_CONFIG` | the configuration file (`--config`) | |
     pub fn apply_env(&mut self, env: &dyn EnvSource) -> Vec<String> {
         let mut errors = Vec::new();
-        if let Some(v) = env
-            .var("SPILLWAY_AGENT_KAFKA_BROKERS")
-            .or_else(|| env.var("SPILLWAY_KAFKA_BROKERS"))
-        {
+        let mut r = ENV.reader(env);
+        if let Some(v) = r.get("SPILLWAY_AGENT_KAFKA_BROKERS") {
             self.kafka.brokers = v;
         }
-        if let Some(v) = env.var("SPILLWAY_AGENT_KAFKA_TOPIC") {
+        if let Some(v) = r.get("SPILLWAY_AGENT_KAFKA_TOPIC") {
             self.kafka.topic = v;
         }
-        if let Some(v) = env.var("SPILLWAY_AGENT_INTERVAL") {
+        if let Some(v) = r.get("SPILLWAY_AGENT_INTERVAL") {
             match humantime::parse_duration(&v) {
                 Ok(d) => self.agent.interval = d,
                 Err(e) => errors.push(format!("SPILLWAY_AGENT_INTERVAL: {e}")),
             }
         }
-        if let Some(v) = env.var("SPILLWAY_AGENT_HOST_ID") {
+        if let Some(v) = r.get("SPILLWAY_AGENT_HOST_ID") {
             self.agent.host_id = v;
         }
-        if let Some(v) = env.var("SPILLWAY_AGENT_SPOOL_DIR") {
+        if let Some(v) = r.get("SPILLWAY_AGENT_HOSTNAME") {
+            self.agent.hostname = v;
+        }
+        if let Some(v) = r.get("SPILLWAY_AGENT_HOST_ROOT") {
+            self.collect.host_root = Some(v.into());
+        }
+        if let Some(v) = r.get("SPILLWAY_AGENT_SPOOL_DIR") {
             self.buffer.spool_dir = v.into();
         }
-        if let Some(v) = env.var("SPILLWAY_AGENT_HTTP_LISTEN") {
+        if let Some(v) = r.get("SPILLWAY_AGENT_HTTP_LISTEN") {
             match v.parse() {
                 Ok(a) => self.http.listen = Some(a),
                 Err(e) => errors.push(format!("SPILLWAY_AGENT_HTTP_LISTEN: {e}")),
             }
         }
-        if let Some(v) = env.var("SPILLWAY_AGENT_LOG_FORMAT") {
+        if let Some(v) = r.get("SPILLWAY_AGENT_LOG_FORMAT") {
             match v.as_str() {
                 "text" => self.log.format = LogFormat::Text,
                 "json" => self.log.format = LogFormat::Json,
@@ -409,6 +477,9 @@ impl Config {
                 )),
             }
         }
+        let (unknown, warnings) = r.finish();
+        errors.extend(unknown);
+        self.warnings = warnings;
         errors
     }
 
@@ -444,6 +515,14 @@ impl Config {
                     COLLECTORS.join(", ")
                 ));
             }
+        }
+        if let Some(root) = &self.collect.host_root
+            && !root.is_absolute()
+        {
+            e.push(format!(
+                "collect.host_root must be an absolute path, got `{}`",
+                root.display()
+            ));
         }
         if self.collect.top_processes > 100 {
             e.push("collect.top_processes must be at most 100".to_owned());
@@ -583,5 +662,22 @@ mod tests {
         assert_eq!(c.agent.interval, Duration::from_secs(1));
         assert_eq!(errors.len(), 1);
         assert!(errors[0].contains("xml"));
+        assert_eq!(
+            c.warnings,
+            ["SPILLWAY_KAFKA_BROKERS is deprecated and will stop working in the next release; use SPILLWAY_AGENT_KAFKA_BROKERS"]
+        );
+    }
+
+    #[test]
+    fn an_unknown_agent_variable_is_an_error_and_other_programs_variables_are_not() {
+        let mut c = Config::default();
+        let errors = c.apply_env(&[
+            ("SPILLWAY_AGENT_INTERVALL", "1s"),
+            ("SPILLWAY_INGESTER_TOPICS", "t"),
+            ("SPILLWAY_AGENT_HOST_ROOT", "/host"),
+        ]);
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert!(errors[0].starts_with("SPILLWAY_AGENT_INTERVALL: unknown variable"));
+        assert_eq!(c.collect.host_root, Some("/host".into()));
     }
 }

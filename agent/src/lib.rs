@@ -52,20 +52,22 @@ const CHANNEL_CAPACITY: usize = 16;
 /// Most dropped ranges in one status record (the contract's limit).
 const MAX_REPORTED_RANGES: usize = 1024;
 
-/// Who this agent is: the host, and this process run.
+/// Who this agent is: the host, and this process run. In a container with
+/// `collect.host_root`, the host's id and name come from the host's files.
 pub fn origin(config: &Config) -> Origin {
-    let hostname = if config.agent.hostname.is_empty() {
-        sysinfo::System::host_name().unwrap_or_else(|_| "unknown".to_owned())
-    } else {
+    let root = config.collect.host_root.as_deref();
+    let hostname = if !config.agent.hostname.is_empty() {
         config.agent.hostname.clone()
+    } else {
+        root.and_then(|r| first_line(&r.join("etc/hostname")))
+            .or_else(|| sysinfo::System::host_name().ok())
+            .unwrap_or_else(|| "unknown".to_owned())
     };
     let host_id = if !config.agent.host_id.is_empty() {
         config.agent.host_id.clone()
     } else {
-        std::fs::read_to_string("/etc/machine-id")
-            .ok()
-            .map(|s| s.trim().to_owned())
-            .filter(|s| !s.is_empty())
+        root.and_then(|r| first_line(&r.join("etc/machine-id")))
+            .or_else(|| first_line(std::path::Path::new("/etc/machine-id")))
             .unwrap_or_else(|| hostname.clone())
     };
     Origin {
@@ -74,6 +76,13 @@ pub fn origin(config: &Config) -> Origin {
         instance_id: uuid::Uuid::new_v4().to_string(),
         agent_version: VERSION.to_owned(),
     }
+}
+
+/// The first line of a file, trimmed; `None` when unreadable or empty.
+fn first_line(path: &std::path::Path) -> Option<String> {
+    let text = std::fs::read_to_string(path).ok()?;
+    let line = text.lines().next()?.trim();
+    (!line.is_empty()).then(|| line.to_owned())
 }
 
 /// Milliseconds since the Unix epoch.
@@ -376,4 +385,32 @@ fn reload_signal() -> anyhow::Result<mpsc::Receiver<()>> {
         }
     });
     Ok(rx)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::AgentConfig;
+
+    #[test]
+    fn in_a_container_the_host_names_itself_from_its_own_files() {
+        let root = tempfile::tempdir().expect("tempdir");
+        std::fs::create_dir(root.path().join("etc")).expect("etc");
+        std::fs::write(root.path().join("etc/machine-id"), "0123abcd\n").expect("machine-id");
+        std::fs::write(root.path().join("etc/hostname"), "db-7\n").expect("hostname");
+        let mut config = Config::default();
+        config.collect.host_root = Some(root.path().to_owned());
+        let o = origin(&config);
+        assert_eq!((o.host_id.as_str(), o.hostname.as_str()), ("0123abcd", "db-7"));
+
+        // Configured values win; an empty machine-id (as Debian images
+        // ship) falls back to this system's id or the host name.
+        config.agent.host_id = "configured".into();
+        config.agent.hostname = "named".into();
+        let o = origin(&config);
+        assert_eq!((o.host_id.as_str(), o.hostname.as_str()), ("configured", "named"));
+        config.agent = AgentConfig::default();
+        std::fs::write(root.path().join("etc/machine-id"), "").expect("machine-id");
+        assert_ne!(origin(&config).host_id, "");
+    }
 }

@@ -108,10 +108,16 @@ fn main() -> ExitCode {
     };
     let command = cli.command.unwrap_or(Command::Run);
     if let Command::CheckConfig = command {
+        for warning in &config.warnings {
+            eprintln!("warning: {warning}");
+        }
         println!("configuration is valid");
         return ExitCode::SUCCESS;
     }
     spillway_agent::telemetry::init_logging(&config.log);
+    for warning in &config.warnings {
+        tracing::warn!("{warning}");
+    }
     // One thread for the async work: collection runs on the blocking pool and
     // librdkafka has its own threads. This keeps the footprint small.
     let runtime = match tokio::runtime::Builder::new_current_thread()

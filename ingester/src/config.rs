@@ -30,7 +30,61 @@ pub struct Config {
     pub log: LogConfig,
     /// OpenTelemetry export.
     pub telemetry: TelemetryConfig,
+    /// Deprecated environment variables that were used (logged at start).
+    #[serde(skip)]
+    pub warnings: Vec<String>,
 }
+
+/// The ingester's environment: `SPILLWAY_INGESTER_*` ([`Config::apply_env`]).
+pub const ENV: EnvPolicy = EnvPolicy {
+    prefix: "SPILLWAY_INGESTER_",
+    vars: &[
+        EnvVar {
+            name: "SPILLWAY_INGESTER_CONFIG",
+            old: &[],
+        },
+        EnvVar {
+            name: "SPILLWAY_INGESTER_KAFKA_BROKERS",
+            old: &["SPILLWAY_KAFKA_BROKERS"],
+        },
+        EnvVar {
+            name: "SPILLWAY_INGESTER_TOPICS",
+            old: &[],
+        },
+        EnvVar {
+            name: "SPILLWAY_INGESTER_GROUP_ID",
+            old: &[],
+        },
+        EnvVar {
+            name: "SPILLWAY_INGESTER_CLICKHOUSE_URLS",
+            old: &["SPILLWAY_CLICKHOUSE_URLS", "SPILLWAY_CLICKHOUSE_URL"],
+        },
+        EnvVar {
+            name: "SPILLWAY_INGESTER_CLICKHOUSE_CLUSTER",
+            old: &["SPILLWAY_CLICKHOUSE_CLUSTER"],
+        },
+        EnvVar {
+            name: "SPILLWAY_INGESTER_CLICKHOUSE_DATABASE",
+            old: &["SPILLWAY_CLICKHOUSE_DATABASE"],
+        },
+        EnvVar {
+            name: "SPILLWAY_INGESTER_CLICKHOUSE_USER",
+            old: &["SPILLWAY_CLICKHOUSE_USER"],
+        },
+        EnvVar {
+            name: "SPILLWAY_INGESTER_CLICKHOUSE_PASSWORD",
+            old: &["SPILLWAY_CLICKHOUSE_PASSWORD"],
+        },
+        EnvVar {
+            name: "SPILLWAY_INGESTER_HTTP_LISTEN",
+            old: &[],
+        },
+        EnvVar {
+            name: "SPILLWAY_INGESTER_LOG_FORMAT",
+            old: &[],
+        },
+    ],
+};
 
 /// Kafka consumer settings.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -333,6 +387,7 @@ impl Default for LogConfig {
 }
 
 pub use spillway_shared::settings::{ConfigErrors, EnvSource, ProcessEnv, Properties, Secret};
+use spillway_shared::settings::{EnvPolicy, EnvVar};
 
 impl Config {
     /// Parses TOML.
@@ -366,39 +421,37 @@ impl Config {
         }
     }
 
-    /// Applies `SPILLWAY_*` overrides.
+    /// Applies `SPILLWAY_INGESTER_*` overrides (the policy of
+    /// [`spillway_shared::settings::EnvPolicy`]: an empty value is unset, an
+    /// unknown `SPILLWAY_INGESTER_*` variable is an error, the old names
+    /// work with a warning in [`Config::warnings`]).
     ///
-    /// | variable | key |
-    /// |---|---|
-    /// | `SPILLWAY_KAFKA_BROKERS` | `kafka.brokers` |
-    /// | `SPILLWAY_INGESTER_TOPICS` | `kafka.topics` (comma-separated) |
-    /// | `SPILLWAY_INGESTER_GROUP_ID` | `kafka.group_id` |
-    /// | `SPILLWAY_CLICKHOUSE_URLS` (or `SPILLWAY_CLICKHOUSE_URL`) | one shard per URL |
-    /// | `SPILLWAY_CLICKHOUSE_CLUSTER` | `clickhouse.cluster` |
-    /// | `SPILLWAY_CLICKHOUSE_DATABASE` | every shard's database |
-    /// | `SPILLWAY_CLICKHOUSE_USER`, `SPILLWAY_CLICKHOUSE_PASSWORD` | every shard's credentials |
+    /// | variable | key | old name |
+    /// |---|---|---|
+    /// | `SPILLWAY_INGESTER_KAFKA_BROKERS` | `kafka.brokers` | `SPILLWAY_KAFKA_BROKERS` |
+    /// | `SPILLWAY_INGESTER_TOPICS` | `kafka.topics` (comma-separated) | |
+    /// | `SPILLWAY_INGESTER_GROUP_ID` | `kafka.group_id` | |
+    /// | `SPILLWAY_INGESTER_CLICKHOUSE_URLS` | one shard per URL | `SPILLWAY_CLICKHOUSE_URLS`, `SPILLWAY_CLICKHOUSE_URL` |
+    /// | `SPILLWAY_INGESTER_CLICKHOUSE_CLUSTER` | `clickhouse.cluster` | `SPILLWAY_CLICKHOUSE_CLUSTER` |
+    /// | `SPILLWAY_INGESTER_CLICKHOUSE_DATABASE` | every shard's database | `SPILLWAY_CLICKHOUSE_DATABASE` |
+    /// | `SPILLWAY_INGESTER_CLICKHOUSE_USER` | every shard's user | `SPILLWAY_CLICKHOUSE_USER` |
+    /// | `SPILLWAY_INGESTER_CLICKHOUSE_PASSWORD` | every shard's password | `SPILLWAY_CLICKHOUSE_PASSWORD` |
+    /// | `SPILLWAY_INGESTER_HTTP_LISTEN` | `http.listen` | |
+    /// | `SPILLWAY_INGESTER_LOG_FORMAT` | `log.format` | |
+    /// | `SPILLWAY_INGESTER_CONFIG` | the configuration file (`--config`) | |
     pub fn apply_env(&mut self, env: &dyn EnvSource) -> Vec<String> {
-        let errors = Vec::new();
-        if let Some(v) = env.var("SPILLWAY_KAFKA_BROKERS").filter(|v| !v.is_empty()) {
+        let mut errors = Vec::new();
+        let mut r = ENV.reader(env);
+        if let Some(v) = r.get("SPILLWAY_INGESTER_KAFKA_BROKERS") {
             self.kafka.brokers = v;
         }
-        if let Some(v) = env
-            .var("SPILLWAY_INGESTER_TOPICS")
-            .filter(|v| !v.is_empty())
-        {
+        if let Some(v) = r.get("SPILLWAY_INGESTER_TOPICS") {
             self.kafka.topics = v.split(',').map(|s| s.trim().to_owned()).collect();
         }
-        if let Some(v) = env
-            .var("SPILLWAY_INGESTER_GROUP_ID")
-            .filter(|v| !v.is_empty())
-        {
+        if let Some(v) = r.get("SPILLWAY_INGESTER_GROUP_ID") {
             self.kafka.group_id = v;
         }
-        let urls = env
-            .var("SPILLWAY_CLICKHOUSE_URLS")
-            .filter(|v| !v.is_empty())
-            .or_else(|| env.var("SPILLWAY_CLICKHOUSE_URL").filter(|v| !v.is_empty()));
-        if let Some(urls) = urls {
+        if let Some(urls) = r.get("SPILLWAY_INGESTER_CLICKHOUSE_URLS") {
             let template = self.clickhouse.shards.first().cloned().unwrap_or_default();
             self.clickhouse.shards = urls
                 .split(',')
@@ -408,29 +461,35 @@ impl Config {
                 })
                 .collect();
         }
-        if let Some(v) = env
-            .var("SPILLWAY_CLICKHOUSE_CLUSTER")
-            .filter(|v| !v.is_empty())
-        {
+        if let Some(v) = r.get("SPILLWAY_INGESTER_CLICKHOUSE_CLUSTER") {
             self.clickhouse.cluster = Some(v);
         }
+        let database = r.get("SPILLWAY_INGESTER_CLICKHOUSE_DATABASE");
+        let user = r.get("SPILLWAY_INGESTER_CLICKHOUSE_USER");
+        let password = r.get("SPILLWAY_INGESTER_CLICKHOUSE_PASSWORD");
         for shard in &mut self.clickhouse.shards {
-            if let Some(v) = env
-                .var("SPILLWAY_CLICKHOUSE_DATABASE")
-                .filter(|v| !v.is_empty())
-            {
-                shard.database = v;
+            if let Some(v) = &database {
+                shard.database.clone_from(v);
             }
-            if let Some(v) = env
-                .var("SPILLWAY_CLICKHOUSE_USER")
-                .filter(|v| !v.is_empty())
-            {
-                shard.user = v;
+            if let Some(v) = &user {
+                shard.user.clone_from(v);
             }
-            if let Some(v) = env.var("SPILLWAY_CLICKHOUSE_PASSWORD") {
-                shard.password = v.into();
+            if let Some(v) = &password {
+                shard.password = v.clone().into();
             }
         }
+        if let Some(v) = r.get("SPILLWAY_INGESTER_HTTP_LISTEN") {
+            match v.parse() {
+                Ok(a) => self.http.listen = Some(a),
+                Err(e) => errors.push(format!("SPILLWAY_INGESTER_HTTP_LISTEN: {e}")),
+            }
+        }
+        if let Some(v) = r.get("SPILLWAY_INGESTER_LOG_FORMAT") {
+            self.log.format = v;
+        }
+        let (unknown, warnings) = r.finish();
+        errors.extend(unknown);
+        self.warnings = warnings;
         errors
     }
 
@@ -648,13 +707,34 @@ mod tests {
     #[test]
     fn environment_urls_make_one_shard_each() {
         let mut c = Config::default();
-        c.apply_env(&[
-            ("SPILLWAY_CLICKHOUSE_URLS", "http://a:1, http://b:2"),
-            ("SPILLWAY_CLICKHOUSE_DATABASE", "db1"),
+        let errors = c.apply_env(&[
+            ("SPILLWAY_INGESTER_CLICKHOUSE_URLS", "http://a:1, http://b:2"),
+            ("SPILLWAY_INGESTER_CLICKHOUSE_DATABASE", "db1"),
         ]);
+        assert_eq!((errors, c.warnings.clone()), (vec![], vec![]));
         let urls: Vec<&str> = c.clickhouse.shards.iter().map(|s| s.url.as_str()).collect();
         assert_eq!(urls, ["http://a:1", "http://b:2"]);
         assert!(c.clickhouse.shards.iter().all(|s| s.database == "db1"));
+    }
+
+    #[test]
+    fn old_variable_names_work_with_a_warning_and_typos_are_errors() {
+        let mut c = Config::default();
+        let errors = c.apply_env(&[
+            ("SPILLWAY_CLICKHOUSE_URL", "http://a:1"),
+            ("SPILLWAY_KAFKA_BROKERS", "k:9092"),
+            ("SPILLWAY_INGESTER_LOG_FORMAT", ""),
+        ]);
+        assert!(errors.is_empty(), "{errors:?}");
+        assert_eq!(c.clickhouse.shards[0].url, "http://a:1");
+        assert_eq!(c.kafka.brokers, "k:9092");
+        assert_eq!(c.log.format, "text", "an empty value is unset");
+        assert_eq!(c.warnings.len(), 2, "{:?}", c.warnings);
+        assert!(c.warnings[0].contains("use SPILLWAY_INGESTER_KAFKA_BROKERS"));
+
+        let errors = Config::default().apply_env(&[("SPILLWAY_INGESTER_TOPIC", "t")]);
+        assert_eq!(errors.len(), 1);
+        assert!(errors[0].starts_with("SPILLWAY_INGESTER_TOPIC: unknown variable"));
     }
 
     #[test]
@@ -675,7 +755,7 @@ mod tests {
             !dump.contains("file-secret") && !dump.contains("kafka-secret"),
             "{dump}"
         );
-        c.apply_env(&[("SPILLWAY_CLICKHOUSE_PASSWORD", "env-secret")]);
+        c.apply_env(&[("SPILLWAY_INGESTER_CLICKHOUSE_PASSWORD", "env-secret")]);
         assert_eq!(c.clickhouse.shards[0].password.expose(), "env-secret");
         assert!(!format!("{c:?}").contains("env-secret"));
     }

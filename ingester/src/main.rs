@@ -94,10 +94,16 @@ fn main() -> ExitCode {
     };
     let command = cli.command.unwrap_or(Command::Run);
     if let Command::CheckConfig = command {
+        for warning in &config.warnings {
+            eprintln!("warning: {warning}");
+        }
         println!("configuration is valid");
         return ExitCode::SUCCESS;
     }
     spillway_ingester::telemetry::init_logging(&config.log.format, &config.log.level);
+    for warning in &config.warnings {
+        tracing::warn!("{warning}");
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -11,6 +11,8 @@ use serde::de::DeserializeOwned;
 pub trait EnvSource {
     /// The value of `name`, if set.
     fn var(&self, name: &str) -> Option<String>;
+    /// The names of every variable set.
+    fn names(&self) -> Vec<String>;
 }
 
 /// The real process environment.
@@ -21,6 +23,11 @@ impl EnvSource for ProcessEnv {
     fn var(&self, name: &str) -> Option<String> {
         std::env::var(name).ok()
     }
+    fn names(&self) -> Vec<String> {
+        std::env::vars_os()
+            .map(|(k, _)| k.to_string_lossy().into_owned())
+            .collect()
+    }
 }
 
 /// A fixed list of variables, for tests.
@@ -29,6 +36,98 @@ impl<const N: usize> EnvSource for [(&str, &str); N] {
         self.iter()
             .find(|(k, _)| *k == name)
             .map(|(_, v)| (*v).to_owned())
+    }
+    fn names(&self) -> Vec<String> {
+        self.iter().map(|(k, _)| (*k).to_owned()).collect()
+    }
+}
+
+/// A variable a binary reads, and the older names that still work (with a
+/// warning) until the next release.
+#[derive(Debug, Clone, Copy)]
+pub struct EnvVar {
+    /// Its name, which starts with the binary's prefix.
+    pub name: &'static str,
+    /// Deprecated names for the same setting.
+    pub old: &'static [&'static str],
+}
+
+/// How a binary reads its environment, the same for both binaries:
+/// - every variable it reads starts with its own prefix (`SPILLWAY_AGENT_`,
+///   `SPILLWAY_INGESTER_`), so one environment can configure both;
+/// - a variable with that prefix that it does not read is an error (a typo
+///   would otherwise be ignored silently);
+/// - an empty value counts as unset;
+/// - a deprecated name still works and produces a warning.
+#[derive(Debug, Clone, Copy)]
+pub struct EnvPolicy {
+    /// The prefix every variable of the binary starts with.
+    pub prefix: &'static str,
+    /// Every variable the binary reads.
+    pub vars: &'static [EnvVar],
+}
+
+impl EnvPolicy {
+    /// Starts reading `env` under this policy.
+    pub fn reader<'a>(&'a self, env: &'a dyn EnvSource) -> EnvReader<'a> {
+        EnvReader {
+            policy: self,
+            env,
+            warnings: Vec::new(),
+        }
+    }
+}
+
+/// Reads variables under an [`EnvPolicy`], collecting deprecation warnings.
+pub struct EnvReader<'a> {
+    policy: &'a EnvPolicy,
+    env: &'a dyn EnvSource,
+    warnings: Vec<String>,
+}
+
+impl EnvReader<'_> {
+    /// The value of `name` (or of one of its deprecated names), unless empty.
+    pub fn get(&mut self, name: &str) -> Option<String> {
+        let set = |n: &str| self.env.var(n).filter(|v| !v.is_empty());
+        if let Some(v) = set(name) {
+            return Some(v);
+        }
+        let var = self.policy.vars.iter().find(|v| v.name == name)?;
+        for old in var.old {
+            if let Some(v) = set(old) {
+                self.warnings.push(format!(
+                    "{old} is deprecated and will stop working in the next release; use {name}"
+                ));
+                return Some(v);
+            }
+        }
+        None
+    }
+
+    /// The deprecation warnings, and an error for every variable with the
+    /// policy's prefix that the binary does not read.
+    pub fn finish(self) -> (Vec<String>, Vec<String>) {
+        let mut unknown: Vec<String> = self
+            .env
+            .names()
+            .into_iter()
+            .filter(|n| {
+                n.starts_with(self.policy.prefix) && !self.policy.vars.iter().any(|v| v.name == n)
+            })
+            .map(|n| {
+                format!(
+                    "{n}: unknown variable (this program reads {})",
+                    self.policy
+                        .vars
+                        .iter()
+                        .map(|v| v.name)
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )
+            })
+            .collect();
+        unknown.sort();
+        (unknown, self.warnings)
     }
 }
 
@@ -157,6 +256,54 @@ impl std::fmt::Debug for Properties {
                 (k, shown)
             }))
             .finish()
+    }
+}
+
+#[cfg(test)]
+mod env_policy_tests {
+    use super::*;
+
+    const POLICY: EnvPolicy = EnvPolicy {
+        prefix: "APP_",
+        vars: &[
+            EnvVar {
+                name: "APP_URLS",
+                old: &["OLD_URLS", "OLD_URL"],
+            },
+            EnvVar {
+                name: "APP_USER",
+                old: &[],
+            },
+        ],
+    };
+
+    #[test]
+    fn new_names_win_old_names_warn_empty_is_unset() {
+        let env = [("APP_URLS", "new"), ("OLD_URLS", "old"), ("APP_USER", "")];
+        let mut r = POLICY.reader(&env);
+        assert_eq!(r.get("APP_URLS").as_deref(), Some("new"));
+        assert_eq!(r.get("APP_USER"), None);
+        assert_eq!(r.finish(), (vec![], vec![]));
+
+        let env = [("OLD_URL", "old")];
+        let mut r = POLICY.reader(&env);
+        assert_eq!(r.get("APP_URLS").as_deref(), Some("old"));
+        let (errors, warnings) = r.finish();
+        assert!(errors.is_empty());
+        assert_eq!(
+            warnings,
+            ["OLD_URL is deprecated and will stop working in the next release; use APP_URLS"]
+        );
+    }
+
+    #[test]
+    fn an_unknown_variable_with_the_prefix_is_an_error() {
+        let env = [("APP_URL", "typo"), ("OTHER_X", "not ours")];
+        let (errors, _) = POLICY.reader(&env).finish();
+        assert_eq!(
+            errors,
+            ["APP_URL: unknown variable (this program reads APP_URLS, APP_USER)"]
+        );
     }
 }
 

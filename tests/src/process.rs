@@ -1,7 +1,7 @@
 //! Running the real `spillway-agent` and `spillway-ingester` binaries as
 //! child processes.
 //!
-//! The binaries are `SPILLWAY_AGENT_BIN` / `SPILLWAY_INGESTER_BIN`, else
+//! The binaries are `SPILLWAY_E2E_AGENT_BIN` / `SPILLWAY_E2E_INGESTER_BIN`, else
 //! `target/debug/...` (build them first: `cargo build --bins`;
 //! `scripts/test.sh` does).
 
@@ -38,7 +38,7 @@ pub type AgentProcess = Service;
 impl Service {
     /// Writes `config` (TOML) into `dir` and starts the agent on it.
     pub fn start(dir: &Path, config: &str) -> Result<Service> {
-        Service::start_named("spillway-agent", "SPILLWAY_AGENT_BIN", dir, config, &[])
+        Service::start_named("spillway-agent", "SPILLWAY_E2E_AGENT_BIN", dir, config, &[])
     }
 
     /// Writes `config` into `dir` and starts the ingester on it with `args`
@@ -46,7 +46,7 @@ impl Service {
     pub fn ingester(dir: &Path, config: &str, args: &[&str]) -> Result<Service> {
         Service::start_named(
             "spillway-ingester",
-            "SPILLWAY_INGESTER_BIN",
+            "SPILLWAY_E2E_INGESTER_BIN",
             dir,
             config,
             args,

@@ -83,7 +83,7 @@ insert_concurrency = 0
 max_age = "0s"
 "#,
     )?;
-    let bin = spillway_e2e::process::bin_path("spillway-ingester", "SPILLWAY_INGESTER_BIN");
+    let bin = spillway_e2e::process::bin_path("spillway-ingester", "SPILLWAY_E2E_INGESTER_BIN");
     for command in ["check-config", "run"] {
         let out = std::process::Command::new(&bin)
             .args(["--config", path.to_str().context("path")?, command])
@@ -160,7 +160,7 @@ async fn start_up_against_missing_servers_or_tables_fails_with_one_clear_message
             format!("Kafka at {closed} is not reachable"),
         ),
     ];
-    let bin = spillway_e2e::process::bin_path("spillway-ingester", "SPILLWAY_INGESTER_BIN");
+    let bin = spillway_e2e::process::bin_path("spillway-ingester", "SPILLWAY_E2E_INGESTER_BIN");
     for (brokers, url, database, want) in cases {
         // The broker case needs tables, so it gets a migrated database.
         let database = if brokers == closed {
