@@ -664,7 +664,9 @@ mod tests {
         assert!(errors[0].contains("xml"));
         assert_eq!(
             c.warnings,
-            ["SPILLWAY_KAFKA_BROKERS is deprecated and will stop working in the next release; use SPILLWAY_AGENT_KAFKA_BROKERS"]
+            [
+                "SPILLWAY_KAFKA_BROKERS is deprecated and will stop working in the next release; use SPILLWAY_AGENT_KAFKA_BROKERS"
+            ]
         );
     }
 

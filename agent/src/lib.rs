@@ -401,14 +401,20 @@ mod tests {
         let mut config = Config::default();
         config.collect.host_root = Some(root.path().to_owned());
         let o = origin(&config);
-        assert_eq!((o.host_id.as_str(), o.hostname.as_str()), ("0123abcd", "db-7"));
+        assert_eq!(
+            (o.host_id.as_str(), o.hostname.as_str()),
+            ("0123abcd", "db-7")
+        );
 
         // Configured values win; an empty machine-id (as Debian images
         // ship) falls back to this system's id or the host name.
         config.agent.host_id = "configured".into();
         config.agent.hostname = "named".into();
         let o = origin(&config);
-        assert_eq!((o.host_id.as_str(), o.hostname.as_str()), ("configured", "named"));
+        assert_eq!(
+            (o.host_id.as_str(), o.hostname.as_str()),
+            ("configured", "named")
+        );
         config.agent = AgentConfig::default();
         std::fs::write(root.path().join("etc/machine-id"), "").expect("machine-id");
         assert_ne!(origin(&config).host_id, "");

@@ -708,7 +708,10 @@ mod tests {
     fn environment_urls_make_one_shard_each() {
         let mut c = Config::default();
         let errors = c.apply_env(&[
-            ("SPILLWAY_INGESTER_CLICKHOUSE_URLS", "http://a:1, http://b:2"),
+            (
+                "SPILLWAY_INGESTER_CLICKHOUSE_URLS",
+                "http://a:1, http://b:2",
+            ),
             ("SPILLWAY_INGESTER_CLICKHOUSE_DATABASE", "db1"),
         ]);
         assert_eq!((errors, c.warnings.clone()), (vec![], vec![]));

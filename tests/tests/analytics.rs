@@ -221,31 +221,34 @@ spool_dir = "{spool}"
         }
     }
 
-    let path =
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/grafana/dashboards/spillway.json");
-    let dashboard: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(path)?)?;
+    // Every dashboard Grafana is given (docker-compose.yml mounts this folder).
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/grafana/dashboards");
     let mut sqls = Vec::new();
-    for panel in dashboard["panels"].as_array().context("no panels")? {
-        for target in panel["targets"].as_array().into_iter().flatten() {
-            let title = panel["title"].as_str().unwrap_or("?").to_owned();
+    for entry in std::fs::read_dir(dir)? {
+        let dashboard: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(entry?.path())?)?;
+        for panel in dashboard["panels"].as_array().context("no panels")? {
+            for target in panel["targets"].as_array().into_iter().flatten() {
+                let title = panel["title"].as_str().unwrap_or("?").to_owned();
+                sqls.push((
+                    title,
+                    target["rawSql"].as_str().context("rawSql")?.to_owned(),
+                ));
+            }
+        }
+        for variable in dashboard["templating"]["list"]
+            .as_array()
+            .into_iter()
+            .flatten()
+        {
             sqls.push((
-                title,
-                target["rawSql"].as_str().context("rawSql")?.to_owned(),
+                format!("variable {}", variable["name"]),
+                variable["query"]
+                    .as_str()
+                    .context("variable query")?
+                    .to_owned(),
             ));
         }
-    }
-    for variable in dashboard["templating"]["list"]
-        .as_array()
-        .into_iter()
-        .flatten()
-    {
-        sqls.push((
-            format!("variable {}", variable["name"]),
-            variable["query"]
-                .as_str()
-                .context("variable query")?
-                .to_owned(),
-        ));
     }
     ensure!(sqls.len() >= 12, "only {} panel queries", sqls.len());
     // The same dashboard serves one server and a cluster: every table it

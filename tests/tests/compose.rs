@@ -201,7 +201,10 @@ fn grafana_is_given_only_what_the_suite_tests() -> Result<()> {
     // Every threshold of alerting.env reaches Grafana.
     let env = environment(grafana);
     let text = std::fs::read_to_string(deploy.join("alerting.env"))?;
-    for line in text.lines().filter(|l| !l.starts_with('#') && l.contains('=')) {
+    for line in text
+        .lines()
+        .filter(|l| !l.starts_with('#') && l.contains('='))
+    {
         let (k, v) = line.split_once('=').context("KEY=VALUE")?;
         ensure!(
             env.get(k).map(String::as_str) == Some(v),

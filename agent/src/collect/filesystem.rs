@@ -81,7 +81,7 @@ impl Collector for FilesystemCollector {
                 continue;
             }
             let started = Instant::now();
-            let stat = rustix::fs::statvfs(&self.stat_path(&m.fs_file));
+            let stat = rustix::fs::statvfs(self.stat_path(&m.fs_file));
             if started.elapsed() > SLOW_STAT {
                 tracing::warn!(mountpoint = %m.fs_file, took = ?started.elapsed(),
                     "filesystem was slow to answer statvfs; skipping it from now on");
