@@ -26,7 +26,7 @@ export SPILLWAY_INGESTER_CLICKHOUSE_PASSWORD=$SPILLWAY_CLICKHOUSE_PASSWORD
 export SPILLWAY_INGESTER_CLICKHOUSE_DATABASE=spillway
 export SPILLWAY_AGENT_KAFKA_BROKERS=$SPILLWAY_KAFKA_BROKERS
 
-step "cargo build --bins (about 4 minutes the first time on 2 cores)"
+step "cargo build --bins (2-4 minutes the first time on 2 cores)"
 cargo build --workspace --bins
 BIN=$ROOT/target/debug
 
