@@ -368,17 +368,6 @@ impl Default for LogConfig {
     }
 }
 
-/// Log line format.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
-#[serde(rename_all = "lowercase")]
-pub enum LogFormat {
-    /// Human-readable lines.
-    #[default]
-    Text,
-    /// One JSON object per line.
-    Json,
-}
-
 /// The collectors a user can disable.
 pub const COLLECTORS: &[&str] = &[
     "cpu",
@@ -391,6 +380,7 @@ pub const COLLECTORS: &[&str] = &[
     "agent",
 ];
 
+pub use spillway_shared::process::LogFormat;
 pub use spillway_shared::settings::{ConfigErrors, EnvSource, ProcessEnv, Properties};
 use spillway_shared::settings::{EnvPolicy, EnvVar};
 
@@ -469,12 +459,9 @@ impl Config {
             }
         }
         if let Some(v) = r.get("SPILLWAY_AGENT_LOG_FORMAT") {
-            match v.as_str() {
-                "text" => self.log.format = LogFormat::Text,
-                "json" => self.log.format = LogFormat::Json,
-                other => errors.push(format!(
-                    "SPILLWAY_AGENT_LOG_FORMAT: expected `text` or `json`, got `{other}`"
-                )),
+            match v.parse() {
+                Ok(f) => self.log.format = f,
+                Err(e) => errors.push(format!("SPILLWAY_AGENT_LOG_FORMAT: {e}")),
             }
         }
         let (unknown, warnings) = r.finish();

@@ -114,7 +114,7 @@ fn main() -> ExitCode {
         println!("configuration is valid");
         return ExitCode::SUCCESS;
     }
-    spillway_agent::telemetry::init_logging(&config.log);
+    spillway_shared::process::init_logging(config.log.format, &config.log.level);
     for warning in &config.warnings {
         tracing::warn!("{warning}");
     }
@@ -140,7 +140,7 @@ fn main() -> ExitCode {
             }
             Command::Run | Command::CheckConfig => {
                 let shutdown = CancellationToken::new();
-                tokio::spawn(stop_on_signal(shutdown.clone()));
+                tokio::spawn(spillway_shared::process::stop_on_signal(shutdown.clone()));
                 spillway_agent::run(config, cli.config, shutdown).await
             }
         }
@@ -182,21 +182,4 @@ fn print_once(record: &spillway_shared::Record, format: OnceFormat) -> anyhow::R
         }
     }
     Ok(())
-}
-
-async fn stop_on_signal(shutdown: CancellationToken) {
-    use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
-        tracing::error!("cannot listen for SIGTERM/SIGINT");
-        return;
-    };
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
-    }
-    tracing::info!("signal received; stopping");
-    shutdown.cancel();
 }

@@ -14,8 +14,6 @@ use axum::response::IntoResponse;
 use axum::routing::get;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{LogConfig, LogFormat};
-
 /// Counters and gauges about the agent, updated lock-free on the hot paths.
 #[derive(Debug, Default)]
 pub struct AgentStats {
@@ -340,11 +338,7 @@ pub async fn serve_http(
         .route("/metrics", get(metrics))
         .route("/health", get(health))
         .with_state(stats);
-    let listener = tokio::net::TcpListener::bind(addr).await?;
-    tracing::info!(%addr, "http listener up");
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown.cancelled_owned())
-        .await
+    spillway_shared::process::serve(addr, app, shutdown).await
 }
 
 async fn metrics(State(stats): State<Arc<AgentStats>>) -> impl IntoResponse {
@@ -366,18 +360,4 @@ async fn health(State(stats): State<Arc<AgentStats>>) -> impl IntoResponse {
     // The agent is healthy while it collects; an unreachable broker is
     // degraded, not failed, because the spool keeps the data.
     (StatusCode::OK, axum::Json(body))
-}
-
-/// Sets up logging to stderr.
-pub fn init_logging(config: &LogConfig) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&config.level));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    // A second init (tests) is harmless: keep the first subscriber.
-    let _already_set = match config.format {
-        LogFormat::Json => builder.json().try_init(),
-        LogFormat::Text => builder.try_init(),
-    };
 }

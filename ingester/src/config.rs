@@ -372,7 +372,7 @@ pub struct HttpConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct LogConfig {
     /// `text` or `json`.
-    pub format: String,
+    pub format: LogFormat,
     /// A tracing filter such as `info`.
     pub level: String,
 }
@@ -380,12 +380,13 @@ pub struct LogConfig {
 impl Default for LogConfig {
     fn default() -> Self {
         LogConfig {
-            format: "text".into(),
+            format: LogFormat::Text,
             level: "info".into(),
         }
     }
 }
 
+pub use spillway_shared::process::LogFormat;
 pub use spillway_shared::settings::{ConfigErrors, EnvSource, ProcessEnv, Properties, Secret};
 use spillway_shared::settings::{EnvPolicy, EnvVar};
 
@@ -485,7 +486,10 @@ impl Config {
             }
         }
         if let Some(v) = r.get("SPILLWAY_INGESTER_LOG_FORMAT") {
-            self.log.format = v;
+            match v.parse() {
+                Ok(f) => self.log.format = f,
+                Err(e) => errors.push(format!("SPILLWAY_INGESTER_LOG_FORMAT: {e}")),
+            }
         }
         let (unknown, warnings) = r.finish();
         errors.extend(unknown);
@@ -618,12 +622,6 @@ impl Config {
                 "telemetry.otlp_endpoint `{url}` must start with http:// or https://"
             ));
         }
-        if !matches!(self.log.format.as_str(), "text" | "json") {
-            e.push(format!(
-                "log.format must be `text` or `json`, not `{}`",
-                self.log.format
-            ));
-        }
         if e.is_empty() {
             Ok(())
         } else {
@@ -731,7 +729,7 @@ mod tests {
         assert!(errors.is_empty(), "{errors:?}");
         assert_eq!(c.clickhouse.shards[0].url, "http://a:1");
         assert_eq!(c.kafka.brokers, "k:9092");
-        assert_eq!(c.log.format, "text", "an empty value is unset");
+        assert_eq!(c.log.format, LogFormat::Text, "an empty value is unset");
         assert_eq!(c.warnings.len(), 2, "{:?}", c.warnings);
         assert!(c.warnings[0].contains("use SPILLWAY_INGESTER_KAFKA_BROKERS"));
 

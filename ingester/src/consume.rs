@@ -282,7 +282,13 @@ pub async fn run<S: Sink + Clone>(
         shard_txs.push(tx);
     }
     let (letters_tx, letters_rx) = mpsc::channel::<Letter>(1024);
-    workers.spawn(dead_letter_worker(letters_rx, dlq, done_tx, stats.clone()));
+    workers.spawn(dead_letter_worker(
+        letters_rx,
+        dlq,
+        done_tx,
+        stats.clone(),
+        shutdown.clone(),
+    ));
     let owned: Owned = Arc::default();
     // One job at a time: the pipeline sends the next once this one reports.
     let (journal_tx, journal_jobs) = mpsc::channel::<JournalJob>(1);
@@ -998,22 +1004,30 @@ async fn dead_letter_worker(
     dlq: DeadLetters,
     done: mpsc::Sender<Done>,
     stats: Arc<Stats>,
+    shutdown: CancellationToken,
 ) {
     let mut group = Vec::new();
     while letters.recv_many(&mut group, 256).await > 0 {
-        join_all(
+        let sent = join_all(
             group
                 .iter()
-                .map(|l| dead_letter(&dlq, &l.source, l.kind, &l.message, &stats)),
+                .map(|l| dead_letter(&dlq, &l.source, l.kind, &l.message, &stats, &shutdown)),
         )
         .await;
+        // Letters not written (shutdown) are not reported: their records
+        // stay uncommitted and are read again.
+        let written = sent.iter().all(|s| *s);
         let report = Done {
-            sources: group.drain(..).map(|l| l.source).collect(),
+            sources: group
+                .drain(..)
+                .zip(sent)
+                .filter_map(|(l, sent)| sent.then_some(l.source))
+                .collect(),
             rows: 0,
             shard: 0,
             table: Table::Samples,
         };
-        if done.send(report).await.is_err() {
+        if done.send(report).await.is_err() || !written {
             return;
         }
     }

@@ -10,8 +10,11 @@ use std::time::Duration;
 
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
-
 use spillway_shared::kafka_log::LogContext;
+use tokio_util::sync::CancellationToken;
+use tracing::error;
+
+use crate::retry::Backoff;
 
 /// Where a dead letter came from and why it died.
 #[derive(Debug, Clone)]
@@ -75,5 +78,68 @@ impl DeadLetters {
             .await
             .map(drop)
             .map_err(|(e, _)| e)
+    }
+
+    /// Sends one dead letter, retrying with the shared backoff until the
+    /// broker has it (true) or `shutdown` fires (false: the letter was not
+    /// written, so its source offset must stay uncommitted).
+    pub async fn send_until_safe(&self, d: &DeadLetter<'_>, shutdown: &CancellationToken) -> bool {
+        let mut backoff = Backoff::new();
+        loop {
+            let sent = tokio::select! {
+                sent = self.send(d) => sent,
+                () = shutdown.cancelled() => return false,
+            };
+            match sent {
+                Ok(()) => return true,
+                Err(e) => {
+                    error!(error = %e, retry_in = ?backoff.next_delay(),
+                           "cannot write to the dead-letter topic; retrying");
+                    if !backoff.wait(shutdown).await {
+                        return false;
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rdkafka::ClientConfig;
+
+    #[tokio::test]
+    async fn a_letter_that_cannot_be_written_gives_up_on_shutdown() {
+        // No broker listens here: the send never completes by itself.
+        let producer: FutureProducer<LogContext> = ClientConfig::new()
+            .set("bootstrap.servers", "127.0.0.1:9")
+            .set("message.timeout.ms", "300000")
+            .create_with_context(LogContext::default())
+            .expect("producer");
+        let dlq = DeadLetters::new(producer, "t.dlq".into());
+        let letter = DeadLetter {
+            topic: "t",
+            partition: 0,
+            offset: 7,
+            key: None,
+            payload: b"x",
+            kind: "decode",
+            error: "bad",
+        };
+        let shutdown = CancellationToken::new();
+        let stop = shutdown.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            stop.cancel();
+        });
+        let started = std::time::Instant::now();
+        let sent = dlq.send_until_safe(&letter, &shutdown).await;
+        assert!(!sent, "reported written without a broker");
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "{:?}",
+            started.elapsed()
+        );
     }
 }

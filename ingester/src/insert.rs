@@ -7,7 +7,7 @@
 #![deny(clippy::unwrap_used, clippy::expect_used)]
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use opentelemetry::KeyValue;
 use opentelemetry::trace::{Span as _, SpanKind, Status, Tracer as _};
@@ -148,10 +148,12 @@ impl<S: Sink> Worker<S> {
                 }
                 Err(SinkError::Schema(why)) if !self.stalls.pauses() => {
                     // Configured never to pause: every record is a letter.
-                    for s in &b.sources {
-                        dead_letter(&self.dlq, s, "insert_rejected", &why, &self.stats).await;
+                    for s in b.sources {
+                        if !self.dead_letter(&s, &why).await {
+                            return finished;
+                        }
+                        finished.push(s);
                     }
-                    finished.extend(b.sources);
                 }
                 Err(SinkError::Schema(why)) => {
                     stack.push(b);
@@ -175,12 +177,27 @@ impl<S: Sink> Worker<S> {
             }
         }
         for (b, reason) in rejected {
-            if let Some(s) = b.sources.first() {
-                dead_letter(&self.dlq, s, "insert_rejected", &reason, &self.stats).await;
+            if let Some(s) = b.sources.first()
+                && !self.dead_letter(s, &reason).await
+            {
+                return finished;
             }
             finished.extend(b.sources);
         }
         finished
+    }
+
+    /// A record the table rejects, to the dead-letter topic; false on shutdown.
+    async fn dead_letter(&self, s: &Source, why: &str) -> bool {
+        dead_letter(
+            &self.dlq,
+            s,
+            "insert_rejected",
+            why,
+            &self.stats,
+            &self.shutdown,
+        )
+        .await
     }
 
     /// A schema problem (`why`) on the rows of partition `key` (`None`:
@@ -276,15 +293,17 @@ impl<S: Sink> Worker<S> {
     }
 }
 
-/// Writes a record to the dead-letter topic, retrying until it is there:
-/// its offset is committed only once the letter is safe.
+/// Writes a record to the dead-letter topic, retrying until it is there
+/// (true): its offset is committed only once the letter is safe. False when
+/// `shutdown` came first: the record stays uncommitted and is read again.
 pub(crate) async fn dead_letter(
     dlq: &DeadLetters,
     s: &Source,
     kind: &str,
     error: &str,
     stats: &Stats,
-) {
+    shutdown: &CancellationToken,
+) -> bool {
     let raw = &s.raw;
     warn!(topic = %raw.topic, partition = raw.partition, offset = raw.offset, kind, error,
           "record dead-lettered");
@@ -297,16 +316,9 @@ pub(crate) async fn dead_letter(
         kind,
         error,
     };
-    let mut backoff = Duration::from_millis(200);
-    loop {
-        match dlq.send(&letter).await {
-            Ok(()) => break,
-            Err(e) => {
-                error!(error = %e, "cannot write to the dead-letter topic; retrying");
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(10));
-            }
-        }
+    let sent = dlq.send_until_safe(&letter, shutdown).await;
+    if sent {
+        stats.dead_letters(kind);
     }
-    stats.dead_letters(kind);
+    sent
 }

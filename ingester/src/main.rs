@@ -2,7 +2,6 @@
 
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use spillway_ingester::config::{Config, ConfigErrors, ProcessEnv};
@@ -100,7 +99,7 @@ fn main() -> ExitCode {
         println!("configuration is valid");
         return ExitCode::SUCCESS;
     }
-    spillway_ingester::telemetry::init_logging(&config.log.format, &config.log.level);
+    spillway_shared::process::init_logging(config.log.format, &config.log.level);
     for warning in &config.warnings {
         tracing::warn!("{warning}");
     }
@@ -124,7 +123,7 @@ fn main() -> ExitCode {
             Command::ReplayDlq(args) => replay_dlq(&config, &args).await,
             Command::Run | Command::CheckConfig => {
                 let shutdown = CancellationToken::new();
-                tokio::spawn(stop_on_signal(shutdown.clone()));
+                tokio::spawn(spillway_shared::process::stop_on_signal(shutdown.clone()));
                 spillway_ingester::run(config, shutdown).await
             }
         }
@@ -185,7 +184,7 @@ async fn replay_dlq(
     args: &spillway_ingester::replay::ReplayArgs,
 ) -> anyhow::Result<()> {
     let shutdown = CancellationToken::new();
-    tokio::spawn(stop_on_signal(shutdown.clone()));
+    tokio::spawn(spillway_shared::process::stop_on_signal(shutdown.clone()));
     let sink = spillway_ingester::sink::ClickHouseSink::new(&config.clickhouse);
     let report = spillway_ingester::replay::run(config, args, &sink, &shutdown).await?;
     println!(
@@ -209,23 +208,4 @@ async fn prune(config: &Config) -> anyhow::Result<()> {
         }
     }
     Ok(())
-}
-
-async fn stop_on_signal(shutdown: CancellationToken) {
-    use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
-        tracing::error!("cannot listen for SIGTERM/SIGINT");
-        return;
-    };
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
-    }
-    tracing::info!("signal received; stopping");
-    shutdown.cancel();
-    // A second signal, or a stuck shutdown, still ends the process.
-    tokio::time::sleep(Duration::from_secs(300)).await;
 }

@@ -406,11 +406,7 @@ pub async fn serve_http(
         .route("/health", get(|| async { "ok" }))
         .route("/ready", get(ready))
         .with_state(stats);
-    let listener = tokio::net::TcpListener::bind(addr).await?;
-    tracing::info!(%addr, "http listener up");
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown.cancelled_owned())
-        .await
+    spillway_shared::process::serve(addr, app, shutdown).await
 }
 
 async fn metrics(State(stats): State<Arc<Stats>>) -> impl IntoResponse {
@@ -426,18 +422,4 @@ async fn ready(State(stats): State<Arc<Stats>>) -> impl IntoResponse {
     } else {
         (StatusCode::SERVICE_UNAVAILABLE, "not ready")
     }
-}
-
-/// Sets up logging to stderr (`json` or `text`).
-pub fn init_logging(format: &str, level: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    let _already_set = if format == "json" {
-        builder.json().try_init()
-    } else {
-        builder.try_init()
-    };
 }

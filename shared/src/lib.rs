@@ -13,15 +13,19 @@
 //! - [`throttle`]: collapsing repeated log messages (also shared by both).
 //! - `kafka_log` (feature `rdkafka`): librdkafka's messages, throttled, into
 //!   `tracing`.
+//! - `process` (feature `process`): logging, signals and the HTTP listener
+//!   of both binaries.
 //!
-//! Apart from reading configuration files ([`settings`]), this crate does no
-//! I/O, and without the `rdkafka` feature it depends on no Kafka or
-//! ClickHouse client.
+//! Without its features, this crate does no I/O apart from reading
+//! configuration files ([`settings`]) and depends on no Kafka or ClickHouse
+//! client.
 
 pub mod codec;
 pub mod kafka;
 #[cfg(feature = "rdkafka")]
 pub mod kafka_log;
+#[cfg(feature = "process")]
+pub mod process;
 pub mod record;
 pub mod settings;
 pub mod throttle;

@@ -493,3 +493,41 @@ async fn full_spool_drops_oldest_and_reports_exactly_which() -> Result<()> {
     );
     Ok(())
 }
+
+/// SIGTERM starts a shutdown that may take `shutdown_timeout` (here: records
+/// that cannot reach an absent broker); a second SIGTERM ends the process at
+/// once, with the shell's status for a signal (143).
+#[tokio::test]
+async fn a_second_sigterm_ends_the_agent_at_once() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let nobody = format!("127.0.0.1:{}", free_port()?);
+    let config = agent_config(
+        &nobody,
+        "unused",
+        "second-signal",
+        &dir.path().join("spool"),
+        "",
+    )
+    .replace("shutdown_timeout = \"3s\"", "shutdown_timeout = \"120s\"")
+    .replace("delivery_timeout = \"2s\"", "delivery_timeout = \"300s\"");
+    let mut agent = AgentProcess::start(dir.path(), &config)?;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let pid = agent.pid().context("agent not running")?;
+    spillway_e2e::process::signal(pid, "TERM")?;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    ensure!(
+        agent.pid().is_some() && spillway_e2e::process::signal(pid, "0").is_ok(),
+        "the agent did not wait for its undelivered records:\n{}",
+        agent.log()
+    );
+    let second = Instant::now();
+    spillway_e2e::process::signal(pid, "TERM")?;
+    let clean = agent.wait(Duration::from_secs(10))?;
+    ensure!(!clean, "a second SIGTERM must not look like a clean stop");
+    ensure!(
+        second.elapsed() < Duration::from_secs(10) && agent.log().contains("second signal"),
+        "{}",
+        agent.log()
+    );
+    Ok(())
+}

@@ -1,0 +1,59 @@
+//! Logs to stderr, as text or JSON lines.
+
+use serde::Deserialize;
+
+/// The log line format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+impl std::str::FromStr for LogFormat {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "text" => Ok(LogFormat::Text),
+            "json" => Ok(LogFormat::Json),
+            other => Err(format!("expected `text` or `json`, got `{other}`")),
+        }
+    }
+}
+
+/// Sets up logging to stderr. `RUST_LOG`, when set, overrides `level` (a
+/// tracing filter such as `info` or `spillway_ingester=debug`).
+pub fn init_logging(format: LogFormat, level: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    // A second init (tests) is harmless: the first subscriber stays.
+    let _already_set = match format {
+        LogFormat::Json => builder.json().try_init(),
+        LogFormat::Text => builder.try_init(),
+    };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn formats_parse_from_text_and_toml() {
+        assert_eq!("json".parse(), Ok(LogFormat::Json));
+        assert!("xml".parse::<LogFormat>().is_err());
+        #[derive(Deserialize)]
+        struct C {
+            format: LogFormat,
+        }
+        let c: C = toml::from_str(r#"format = "text""#).expect("toml");
+        assert_eq!(c.format, LogFormat::Text);
+        assert!(toml::from_str::<C>(r#"format = "yaml""#).is_err());
+    }
+}
