@@ -71,6 +71,9 @@ else
 fi
 rm -f "$adv_log"
 
+step "import cycles between modules (scripts/module-cycles.py)"
+python3 scripts/module-cycles.py shared/src agent/src ingester/src tests/src
+
 step "cargo clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 

@@ -26,15 +26,15 @@ fuzz_target!(|data: &[u8]| {
         Record::Metrics(m) => {
             let samples = m.samples.len();
             let mut rows = Vec::new();
-            spillway_ingester::rows::sample_rows(
+            spillway_ingester::sink::rows::sample_rows(
                 m,
-                &spillway_ingester::precision::Precision::default(),
+                &spillway_ingester::sink::precision::Precision::default(),
                 &mut rows,
             );
             assert_eq!(rows.len(), samples);
         }
         Record::Status(s) => {
-            let _ = spillway_ingester::rows::status_row(&s);
+            let _ = spillway_ingester::sink::rows::status_row(&s);
         }
     }
 });

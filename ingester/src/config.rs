@@ -299,13 +299,13 @@ impl QualityConfig {
 pub struct StorageConfig {
     /// Stored precision of gauges; the first rule that matches a metric
     /// applies; counters are stored exactly. `[]` stores every value as sent.
-    pub precision: Vec<crate::precision::PrecisionRule>,
+    pub precision: Vec<crate::sink::precision::PrecisionRule>,
 }
 
 impl Default for StorageConfig {
     fn default() -> Self {
         StorageConfig {
-            precision: crate::precision::default_rules(),
+            precision: crate::sink::precision::default_rules(),
         }
     }
 }

@@ -1,51 +1,30 @@
 //! spillway-ingester: consumes agent records from Kafka and inserts them into
 //! ClickHouse, committing offsets only once rows are durable.
 //!
-//! Layout:
-//! - [`config`]: TOML configuration, environment overrides, validation.
-//! - [`consume`]: the pipeline (consumer, batches, insert workers, commits).
-//! - [`offsets`]: the contiguous commit watermark.
-//! - [`journal`]: the insert journal (ranges of offsets), for exactly-once.
-//! - `ranges`: where a partition's records are cut into ranges.
-//! - `rowbinary`: rows to RowBinary, one buffer per INSERT.
-//! - `retry`: the shared backoff.
-//! - [`rows`]: records → table rows.
-//! - [`precision`]: the stored precision of gauges.
-//! - [`shard`]: host → shard.
-//! - [`sink`]: the ClickHouse sink, behind a trait.
-//! - `schema`: whether a table's columns take the rows we write.
-//! - `stall`: telling poison from a schema problem; stalled partitions.
-//! - [`dlq`]: the dead-letter topic.
-//! - [`replay`]: `replay-dlq`, dead letters ingested again once.
-//! - [`migrate`]: schema migrations.
-//! - [`telemetry`]: metrics, `/health`, `/ready`, logs.
+//! Layout (the pipeline's stages in the order data flows through them):
+//! - [`pipeline`]: Kafka to durable rows and committed offsets: `poll` (the
+//!   consumer thread), `decode` (decoder threads), [`pipeline::consume`] (the
+//!   event loop: ranges, batches, the budget, commits), `insert` (insert
+//!   workers), [`pipeline::offsets`], [`pipeline::journal`],
+//!   [`pipeline::dlq`], `stall`, [`pipeline::quality`]; the messages between
+//!   stages are in `pipeline::message`.
+//! - [`sink`]: ClickHouse: the [`sink::Sink`] trait and its client, the rows
+//!   of each table ([`sink::rows`]), their RowBinary form, column checks
+//!   (`schema`), stored precision ([`sink::precision`]), host to shard
+//!   ([`sink::shard`]).
+//! - [`tools`]: one-shot commands: [`tools::migrate`],
+//!   [`tools::retention`] (`prune`), [`tools::topics`], [`tools::loadgen`],
+//!   [`tools::replay`] (`replay-dlq`).
+//! - [`config`], [`telemetry`] (metrics, `/health`, `/ready`), [`otlp`],
+//!   `retry` (the one backoff of every retry loop).
 
-mod batch;
 pub mod config;
-pub mod consume;
-mod decode;
-pub mod dlq;
-mod insert;
-pub mod journal;
-pub mod loadgen;
-pub mod migrate;
-pub mod offsets;
 pub mod otlp;
-mod poll;
-pub mod precision;
-pub mod quality;
-mod ranges;
-pub mod replay;
-pub mod retention;
+pub mod pipeline;
 mod retry;
-mod rowbinary;
-pub mod rows;
-mod schema;
-pub mod shard;
 pub mod sink;
-mod stall;
 pub mod telemetry;
-pub mod topics;
+pub mod tools;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -105,7 +84,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         admin_config.set(k, v);
     }
     admin_config.set("bootstrap.servers", &config.kafka.brokers);
-    topics::ensure_topic(&admin_config, &config.kafka.dlq_topic(), 1)
+    tools::topics::ensure_topic(&admin_config, &config.kafka.dlq_topic(), 1)
         .await
         .with_context(|| {
             format!(
@@ -114,7 +93,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
                 config.kafka.dlq_topic()
             )
         })?;
-    let dlq = dlq::DeadLetters::new(producer, config.kafka.dlq_topic());
+    let dlq = pipeline::dlq::DeadLetters::new(producer, config.kafka.dlq_topic());
     let sink = ClickHouseSink::new(&config.clickhouse);
     let otlp = otlp::start(
         &config.telemetry,
@@ -128,7 +107,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         stats.clone(),
         background.clone(),
     ));
-    tokio::spawn(retention::run(
+    tokio::spawn(tools::retention::run(
         config.clickhouse.shards.clone(),
         config.retention.clone(),
         background.clone(),
@@ -136,7 +115,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     stats.set_ready(true);
     info!(dead_letter_topic = %config.kafka.dlq_topic(), "spillway-ingester starting");
     let tracer = otlp.as_ref().map(otlp::Otlp::tracer);
-    let result = consume::run(config, sink, dlq, stats.clone(), tracer, shutdown).await;
+    let result = pipeline::consume::run(config, sink, dlq, stats.clone(), tracer, shutdown).await;
     stats.set_ready(false);
     background.cancel();
     http_shutdown.cancel();

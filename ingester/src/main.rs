@@ -49,7 +49,7 @@ enum Command {
         /// The schema profile for shards that have none yet (default: by
         /// server version: `modern` from ClickHouse 24.8 on).
         #[arg(long, value_enum)]
-        profile: Option<spillway_ingester::migrate::Profile>,
+        profile: Option<spillway_ingester::tools::migrate::Profile>,
         /// Apply the migrations up to this version only (e.g. `0005`).
         #[arg(long)]
         until: Option<String>,
@@ -61,10 +61,10 @@ enum Command {
     /// The running ingester does the same every `retention.check_interval`.
     Prune,
     /// Produce simulated agent records (for tests and benchmarks).
-    Loadgen(spillway_ingester::loadgen::LoadgenArgs),
+    Loadgen(spillway_ingester::tools::loadgen::LoadgenArgs),
     /// Ingest dead letters again once their cause is fixed, each record
     /// once however often this is run or interrupted (docs/operations.md).
-    ReplayDlq(spillway_ingester::replay::ReplayArgs),
+    ReplayDlq(spillway_ingester::tools::replay::ReplayArgs),
 }
 
 fn load(cli: &Cli) -> Result<Config, ConfigErrors> {
@@ -118,7 +118,7 @@ fn main() -> ExitCode {
             Command::Migrate { profile, until } => migrate(&config, profile, until).await,
             Command::Prune => prune(&config).await,
             Command::Loadgen(args) => {
-                spillway_ingester::loadgen::run(&config.kafka.brokers, &args).await
+                spillway_ingester::tools::loadgen::run(&config.kafka.brokers, &args).await
             }
             Command::ReplayDlq(args) => replay_dlq(&config, &args).await,
             Command::Run | Command::CheckConfig => {
@@ -139,17 +139,17 @@ fn main() -> ExitCode {
 
 async fn migrate(
     config: &Config,
-    profile: Option<spillway_ingester::migrate::Profile>,
+    profile: Option<spillway_ingester::tools::migrate::Profile>,
     until: Option<String>,
 ) -> anyhow::Result<()> {
-    let options = spillway_ingester::migrate::Options {
+    let options = spillway_ingester::tools::migrate::Options {
         cluster: config.clickhouse.cluster.clone(),
         profile,
         retention: config.retention.clone(),
         until,
     };
     for shard in &config.clickhouse.shards {
-        let r = spillway_ingester::migrate::migrate_shard(shard, &options).await?;
+        let r = spillway_ingester::tools::migrate::migrate_shard(shard, &options).await?;
         println!(
             "shard {} (ClickHouse {}), database {}:",
             r.url, r.server_version, shard.database
@@ -181,12 +181,12 @@ async fn migrate(
 
 async fn replay_dlq(
     config: &Config,
-    args: &spillway_ingester::replay::ReplayArgs,
+    args: &spillway_ingester::tools::replay::ReplayArgs,
 ) -> anyhow::Result<()> {
     let shutdown = CancellationToken::new();
     tokio::spawn(spillway_shared::process::stop_on_signal(shutdown.clone()));
     let sink = spillway_ingester::sink::ClickHouseSink::new(&config.clickhouse);
-    let report = spillway_ingester::replay::run(config, args, &sink, &shutdown).await?;
+    let report = spillway_ingester::tools::replay::run(config, args, &sink, &shutdown).await?;
     println!(
         "replay-dlq{}: {report}",
         if args.dry_run { " (dry run)" } else { "" }
@@ -196,7 +196,8 @@ async fn replay_dlq(
 
 async fn prune(config: &Config) -> anyhow::Result<()> {
     for shard in &config.clickhouse.shards {
-        let dropped = spillway_ingester::retention::prune_shard(shard, &config.retention).await?;
+        let dropped =
+            spillway_ingester::tools::retention::prune_shard(shard, &config.retention).await?;
         println!(
             "shard {}, database {}: {} partition(s) dropped",
             shard.url,

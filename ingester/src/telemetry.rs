@@ -18,7 +18,7 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 use tokio_util::sync::CancellationToken;
 
-use crate::rows::Table;
+use crate::sink::rows::Table;
 
 type Labels = Vec<(&'static str, String)>;
 
@@ -369,7 +369,7 @@ impl Stats {
     }
 
     /// Counts what the data accounting saw of one durable record.
-    pub fn observed(&self, seen: &crate::quality::Observed, freshness_ms: u64) {
+    pub fn observed(&self, seen: &crate::pipeline::quality::Observed, freshness_ms: u64) {
         self.seq_gaps.inc_by(seen.gaps);
         self.seq_late.inc_by(seen.late);
         self.seq_duplicates.inc_by(seen.duplicates);

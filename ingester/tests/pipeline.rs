@@ -10,9 +10,11 @@ use rdkafka::mocking::MockCluster;
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use spillway_ingester::config::Config;
-use spillway_ingester::dlq::DeadLetters;
-use spillway_ingester::journal::{JournalRow, token};
-use spillway_ingester::sink::{Rows, Sink, SinkError};
+use spillway_ingester::pipeline::dlq::DeadLetters;
+use spillway_ingester::pipeline::journal::token;
+use spillway_ingester::sink::rows::JournalRow;
+use spillway_ingester::sink::rows::Rows;
+use spillway_ingester::sink::{Sink, SinkError};
 use spillway_ingester::telemetry::Stats;
 use spillway_shared::kafka_log::LogContext;
 use spillway_shared::{Label, MetricKind, MetricsRecord, Origin, Record, Sample, encode};
@@ -167,7 +169,7 @@ fn start(
     );
     let stats = Arc::new(Stats::new());
     let shutdown = CancellationToken::new();
-    let pipeline = tokio::spawn(spillway_ingester::consume::run(
+    let pipeline = tokio::spawn(spillway_ingester::pipeline::consume::run(
         config,
         sink.clone(),
         dlq,

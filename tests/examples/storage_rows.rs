@@ -29,10 +29,11 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use spillway_ingester::config::{ClickHouseConfig, ShardConfig};
-use spillway_ingester::loadgen::{LoadgenArgs, ValueShape};
-use spillway_ingester::precision::{Precision, default_rules};
-use spillway_ingester::rows::{sample_rows, status_row};
-use spillway_ingester::sink::{ClickHouseSink, Rows, Sink};
+use spillway_ingester::sink::precision::{Precision, default_rules};
+use spillway_ingester::sink::rows::Rows;
+use spillway_ingester::sink::rows::{sample_rows, status_row};
+use spillway_ingester::sink::{ClickHouseSink, Sink};
+use spillway_ingester::tools::loadgen::{LoadgenArgs, ValueShape};
 use spillway_shared::{Limits, Record, decode, encode};
 
 fn usage() -> ! {
@@ -141,7 +142,7 @@ fn fleet(hosts: usize, ticks: u64, out: &Path) -> Result<()> {
         for h in 0..hosts {
             // A few ms of wake-up delay, as a real agent has.
             let jitter = (h as u64 * 7 + seq * 13) % 5;
-            let r = spillway_ingester::loadgen::record(
+            let r = spillway_ingester::tools::loadgen::record(
                 &args,
                 h,
                 &format!("00000000-0000-4000-8000-{h:012}"),

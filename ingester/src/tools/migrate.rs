@@ -26,6 +26,7 @@
 use serde::Deserialize;
 
 use crate::config::{RetentionConfig, ShardConfig};
+use crate::sink::parse_version;
 
 /// A physical layout of the tables.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -93,47 +94,47 @@ impl Migration {
 pub const MIGRATIONS: &[Migration] = &[
     Migration {
         name: "0001_samples.sql",
-        sql: include_str!("../../migrations/0001_samples.sql"),
+        sql: include_str!("../../../migrations/0001_samples.sql"),
     },
     Migration {
         name: "0002_agent_status.sql",
-        sql: include_str!("../../migrations/0002_agent_status.sql"),
+        sql: include_str!("../../../migrations/0002_agent_status.sql"),
     },
     Migration {
         name: "0003_samples_1m.sql",
-        sql: include_str!("../../migrations/0003_samples_1m.sql"),
+        sql: include_str!("../../../migrations/0003_samples_1m.sql"),
     },
     Migration {
         name: "0004_ingest_quality.sql",
-        sql: include_str!("../../migrations/0004_ingest_quality.sql"),
+        sql: include_str!("../../../migrations/0004_ingest_quality.sql"),
     },
     Migration {
         name: "0005_ingester_status.sql",
-        sql: include_str!("../../migrations/0005_ingester_status.sql"),
+        sql: include_str!("../../../migrations/0005_ingester_status.sql"),
     },
     Migration {
         name: "0006_storage_v2.legacy.sql",
-        sql: include_str!("../../migrations/0006_storage_v2.legacy.sql"),
+        sql: include_str!("../../../migrations/0006_storage_v2.legacy.sql"),
     },
     Migration {
         name: "0006_storage_v2.modern.sql",
-        sql: include_str!("../../migrations/0006_storage_v2.modern.sql"),
+        sql: include_str!("../../../migrations/0006_storage_v2.modern.sql"),
     },
     Migration {
         name: "0007_exactly_once.legacy.sql",
-        sql: include_str!("../../migrations/0007_exactly_once.legacy.sql"),
+        sql: include_str!("../../../migrations/0007_exactly_once.legacy.sql"),
     },
     Migration {
         name: "0007_exactly_once.modern.sql",
-        sql: include_str!("../../migrations/0007_exactly_once.modern.sql"),
+        sql: include_str!("../../../migrations/0007_exactly_once.modern.sql"),
     },
     Migration {
         name: "0008_rollups_exactly_once.legacy.sql",
-        sql: include_str!("../../migrations/0008_rollups_exactly_once.legacy.sql"),
+        sql: include_str!("../../../migrations/0008_rollups_exactly_once.legacy.sql"),
     },
     Migration {
         name: "0008_rollups_exactly_once.modern.sql",
-        sql: include_str!("../../migrations/0008_rollups_exactly_once.modern.sql"),
+        sql: include_str!("../../../migrations/0008_rollups_exactly_once.modern.sql"),
     },
 ];
 
@@ -258,12 +259,6 @@ pub fn min_server_version(sql: &str) -> Option<(u32, u32)> {
                 .strip_prefix("min_server_version:")
         })
         .and_then(|v| parse_version(v.trim()))
-}
-
-/// Parses the leading `MAJOR.MINOR` of a version string.
-pub fn parse_version(v: &str) -> Option<(u32, u32)> {
-    let mut it = v.split('.').map(|p| p.parse::<u32>().ok());
-    Some((it.next()??, it.next()??))
 }
 
 /// One statement of a file, with its guard.

@@ -33,9 +33,10 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::config::Config;
-use crate::decode::{Raw, decode_record};
-use crate::journal::JournalRow;
+use crate::pipeline::decode::decode_record;
+use crate::pipeline::message::Raw;
 use crate::retry::Backoff;
+use crate::sink::rows::JournalRow;
 use crate::sink::{Sink, SinkError};
 
 /// The journal's consumer group for replayed records.
@@ -168,7 +169,7 @@ pub async fn run<S: Sink>(
     shutdown: &CancellationToken,
 ) -> Result<Report> {
     let topic = config.kafka.dlq_topic();
-    let consumer: BaseConsumer = crate::consume::consumer_config(config)
+    let consumer: BaseConsumer = crate::pipeline::consume::consumer_config(config)
         .set("group.id", REPLAY_GROUP)
         .create()
         .context("cannot create the Kafka consumer")?;
@@ -211,7 +212,7 @@ pub async fn run<S: Sink>(
         replayed: HashMap::new(),
         journal: Vec::new(),
         limits: spillway_shared::Limits::default(),
-        precision: crate::precision::Precision::new(&config.storage.precision),
+        precision: crate::sink::precision::Precision::new(&config.storage.precision),
     };
     let mut done = HashSet::new();
     let mut last_progress = Instant::now();
@@ -282,7 +283,7 @@ struct Replay<'a, S> {
     journal: Vec<JournalRow>,
     /// Decoding as the pipeline does.
     limits: spillway_shared::Limits,
-    precision: crate::precision::Precision,
+    precision: crate::sink::precision::Precision,
 }
 
 impl<S: Sink> Replay<'_, S> {

@@ -15,29 +15,7 @@
 //! reasons and what happens when it cannot be reached.
 #![deny(clippy::unwrap_used, clippy::expect_used)]
 
-use serde::Serialize;
 use tracing::warn;
-
-/// One range as stored in `ingest_journal`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize, clickhouse::Row)]
-pub struct JournalRow {
-    /// When it was cut (seconds); the journal's retention reads it.
-    pub time: u32,
-    /// The consumer group: two groups reading one topic cut it independently.
-    pub consumer_group: String,
-    /// Source topic.
-    pub topic: String,
-    /// Source partition.
-    pub partition: i32,
-    /// First offset of the range.
-    pub first_offset: i64,
-    /// Last offset of the range (inclusive).
-    pub last_offset: i64,
-    /// Records in it (fewer than the offsets it spans if some are missing).
-    pub records: u32,
-    /// The member that cut it.
-    pub ingester: String,
-}
 
 /// The deduplication token of every INSERT built from a range: what the
 /// range is, not what its bytes are, so ClickHouse recognises the INSERT

@@ -40,7 +40,7 @@ struct TableRow {
 
 /// The tables with a retention, and their setting.
 fn tables(r: &RetentionConfig) -> impl Iterator<Item = (&'static str, u32)> {
-    crate::migrate::ttls(r)
+    crate::tools::migrate::ttls(r)
         .into_iter()
         .map(|(table, _, days)| (table, days))
 }

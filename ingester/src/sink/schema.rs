@@ -312,7 +312,7 @@ impl ser::SerializeStruct for &mut Fields {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::rows::{SampleRow, StatusRow};
+    use crate::sink::rows::{SampleRow, StatusRow};
 
     fn sample() -> SampleRow {
         SampleRow {

@@ -33,21 +33,26 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use crate::batch::{Batch, Source};
 use crate::config::Config;
-use crate::decode::{self, Decoded};
-use crate::dlq::DeadLetters;
-use crate::insert::{Done, Worker, dead_letter};
-use crate::journal::{self, JournalRow};
-use crate::offsets::Watermarks;
-use crate::poll::{self, Command, CommitOffset, Event};
-use crate::quality::{IngesterStatusRow, Quality};
-use crate::ranges::{self, Span};
+use crate::pipeline::batch::{Batch, Source};
+use crate::pipeline::decode;
+use crate::pipeline::dlq::DeadLetters;
+use crate::pipeline::insert::{Done, Worker, dead_letter};
+use crate::pipeline::journal;
+use crate::pipeline::message::Decoded;
+use crate::pipeline::message::{Command, CommitOffset, Event};
+use crate::pipeline::offsets::Watermarks;
+use crate::pipeline::poll;
+use crate::pipeline::quality::Quality;
+use crate::pipeline::ranges::{self, Span};
+use crate::pipeline::stall::Stalls;
 use crate::retry::{Backoff, lock};
-use crate::rows::Table;
-use crate::shard::shard_for;
-use crate::sink::{Rows, Sink};
-use crate::stall::Stalls;
+use crate::sink::Sink;
+use crate::sink::rows::IngesterStatusRow;
+use crate::sink::rows::JournalRow;
+use crate::sink::rows::Rows;
+use crate::sink::rows::Table;
+use crate::sink::shard::shard_for;
 use crate::telemetry::Stats;
 
 /// Builds the consumer configuration.
@@ -243,7 +248,7 @@ pub async fn run<S: Sink + Clone>(
     let decoders = config.pipeline.decode_threads;
     // Decoded chunks are several times their records' size: queue few.
     let (events_tx, mut events) = mpsc::channel::<Event>(decoders + 1);
-    let precision = crate::precision::Precision::new(&config.storage.precision);
+    let precision = crate::sink::precision::Precision::new(&config.storage.precision);
     let decode::Decoders { inputs, threads } =
         decode::start(decoders, shards, &precision, events_tx.clone())?;
     let stalls = Arc::new(Stalls::new(config.pipeline.rejects_before_pause));
@@ -350,10 +355,10 @@ pub async fn run<S: Sink + Clone>(
         tokio::select! {
             _ = shutdown.cancelled() => break,
             event = events.recv() => match event {
-                Some(Event::Decoded { seq, records }) => {
+                Some(Event::Decoded { chunk, records }) => {
                     // Offsets must enter the watermark in poll order, or a
                     // commit could pass records still being decoded.
-                    state.unordered.insert(seq, records);
+                    state.unordered.insert(chunk, records);
                     while let Some(records) = state.unordered.remove(&state.chunks_received) {
                         state.chunks_received += 1;
                         for d in records {

@@ -230,7 +230,7 @@ impl ser::SerializeStruct for &mut RowBinary<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::rows::StatusRow;
+    use crate::sink::rows::StatusRow;
 
     #[test]
     fn a_status_row_byte_for_byte() {

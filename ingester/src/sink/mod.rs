@@ -2,6 +2,12 @@
 //! that component tests can fake it.
 #![deny(clippy::unwrap_used, clippy::expect_used)]
 
+pub mod precision;
+pub(crate) mod rowbinary;
+pub mod rows;
+pub(crate) mod schema;
+pub mod shard;
+
 use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -11,91 +17,7 @@ use tracing::{info, warn};
 use clickhouse::insert_formatted::CompressedData;
 
 use crate::config::ClickHouseConfig;
-use crate::journal::JournalRow;
-use crate::quality::{IngesterStatusRow, QualityRow};
-use crate::rows::{SampleRow, StatusRow, Table};
-
-/// Rows for one table.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Rows {
-    /// `samples` rows.
-    Samples(Vec<SampleRow>),
-    /// `agent_status` rows.
-    Status(Vec<StatusRow>),
-    /// `ingest_quality` rows.
-    Quality(Vec<QualityRow>),
-    /// `ingester_status` rows.
-    IngesterStatus(Vec<IngesterStatusRow>),
-}
-
-impl Rows {
-    /// The table they go to.
-    pub fn table(&self) -> Table {
-        match self {
-            Rows::Samples(_) => Table::Samples,
-            Rows::Status(_) => Table::AgentStatus,
-            Rows::Quality(_) => Table::IngestQuality,
-            Rows::IngesterStatus(_) => Table::IngesterStatus,
-        }
-    }
-
-    /// No rows, for `table`.
-    pub fn empty(table: Table) -> Rows {
-        Rows::with_capacity(table, 0)
-    }
-
-    /// No rows, for `table`, with room for `n`.
-    pub fn with_capacity(table: Table, n: usize) -> Rows {
-        match table {
-            Table::Samples => Rows::Samples(Vec::with_capacity(n)),
-            Table::AgentStatus => Rows::Status(Vec::with_capacity(n)),
-            Table::IngestQuality => Rows::Quality(Vec::with_capacity(n)),
-            Table::IngesterStatus => Rows::IngesterStatus(Vec::with_capacity(n)),
-        }
-    }
-
-    /// Number of rows.
-    pub fn len(&self) -> usize {
-        match self {
-            Rows::Samples(r) => r.len(),
-            Rows::Status(r) => r.len(),
-            Rows::Quality(r) => r.len(),
-            Rows::IngesterStatus(r) => r.len(),
-        }
-    }
-
-    /// Moves `other`'s rows to the end; rows of another table are a bug and
-    /// are ignored (batches are keyed by table).
-    pub fn append(&mut self, other: Rows) {
-        match (self, other) {
-            (Rows::Samples(a), Rows::Samples(mut b)) => a.append(&mut b),
-            (Rows::Status(a), Rows::Status(mut b)) => a.append(&mut b),
-            (Rows::Quality(a), Rows::Quality(mut b)) => a.append(&mut b),
-            (Rows::IngesterStatus(a), Rows::IngesterStatus(mut b)) => a.append(&mut b),
-            (me, other) => debug_assert!(
-                false,
-                "rows for {} appended to {}",
-                other.table().name(),
-                me.table().name()
-            ),
-        }
-    }
-
-    /// Splits off the rows from `at` on.
-    pub fn split_off(&mut self, at: usize) -> Rows {
-        match self {
-            Rows::Samples(r) => Rows::Samples(r.split_off(at)),
-            Rows::Status(r) => Rows::Status(r.split_off(at)),
-            Rows::Quality(r) => Rows::Quality(r.split_off(at)),
-            Rows::IngesterStatus(r) => Rows::IngesterStatus(r.split_off(at)),
-        }
-    }
-
-    /// Whether there are none.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-}
+use crate::sink::rows::{JournalRow, Rows};
 
 /// An INSERT failed.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -277,7 +199,7 @@ impl ClickHouseSink {
         self.traits[shard]
             .get_or_try_init(|| async move {
                 let version: String = client.query("SELECT version()").fetch_one().await?;
-                let v = crate::migrate::parse_version(&version).unwrap_or((0, 0));
+                let v = crate::sink::parse_version(&version).unwrap_or((0, 0));
                 let dedup = if v >= TOKEN_VERSION {
                     Dedup::Token
                 } else {
@@ -341,7 +263,7 @@ impl ClickHouseSink {
         if fresh {
             return Ok(Vec::new());
         }
-        let wires = crate::schema::wire_types(row)
+        let wires = crate::sink::schema::wire_types(row)
             .map_err(|e| clickhouse::error::Error::Custom(e.to_string()))?;
         // An entry table's views convert into the real table's types, so
         // both must take the rows.
@@ -359,7 +281,7 @@ impl ClickHouseSink {
             // its way); the INSERT says so.
             if !columns.is_empty() {
                 problems.extend(
-                    crate::schema::mismatches(R::COLUMN_NAMES, &wires, &columns)
+                    crate::sink::schema::mismatches(R::COLUMN_NAMES, &wires, &columns)
                         .into_iter()
                         .map(|p| format!("{name}: {p}")),
                 );
@@ -390,7 +312,7 @@ impl ClickHouseSink {
     ) -> Result<(), clickhouse::error::Error> {
         let data = {
             let mut body = self.buffers.take();
-            let data = crate::rowbinary::write_rows(&mut body, rows)
+            let data = crate::sink::rowbinary::write_rows(&mut body, rows)
                 .map_err(|e| clickhouse::error::Error::Custom(e.to_string()))
                 .and_then(|()| CompressedData::new(&body, clickhouse::Compression::Lz4));
             self.buffers.give_back(body);
@@ -537,6 +459,12 @@ impl Sink for ClickHouseSink {
             .map(|r| (r.first_offset, r.last_offset))
             .collect())
     }
+}
+
+/// Parses the leading `MAJOR.MINOR` of a version string.
+pub fn parse_version(v: &str) -> Option<(u32, u32)> {
+    let mut it = v.split('.').map(|p| p.parse::<u32>().ok());
+    Some((it.next()??, it.next()??))
 }
 
 #[cfg(test)]

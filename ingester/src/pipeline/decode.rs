@@ -8,74 +8,14 @@
 
 use std::sync::mpsc::{Receiver, SyncSender};
 
-use spillway_shared::{Limits, Record, SeqRange, decode};
+use spillway_shared::{Limits, Record, decode};
 use tokio::sync::mpsc;
 
-use crate::poll::Event;
-use crate::precision::Precision;
-use crate::rows::{sample_row_mem, sample_row_size, sample_rows, status_row};
-use crate::shard::shard_for;
-use crate::sink::Rows;
-
-/// A record as consumed.
-#[derive(Debug, Clone)]
-pub(crate) struct Raw {
-    pub(crate) topic: String,
-    pub(crate) partition: i32,
-    pub(crate) offset: i64,
-    pub(crate) key: Option<Vec<u8>>,
-    pub(crate) payload: Vec<u8>,
-}
-
-/// Records handed to one decoder at once.
-#[derive(Debug, Default)]
-pub(crate) struct Chunk {
-    /// Chunks are numbered in poll order.
-    pub(crate) seq: u64,
-    pub(crate) records: Vec<Raw>,
-    pub(crate) bytes: usize,
-}
-
-/// What the data accounting needs to know of a record.
-#[derive(Debug, Clone)]
-pub(crate) struct Meta {
-    pub(crate) host_id: String,
-    pub(crate) instance_id: String,
-    pub(crate) time_ms: u64,
-    pub(crate) tick: Tick,
-}
-
-/// The kind-specific part of [`Meta`].
-#[derive(Debug, Clone)]
-pub(crate) enum Tick {
-    /// A metrics record: its tick number and part.
-    Metrics { seq: u64, part: u32 },
-    /// A status record: the ticks its agent reports dropped.
-    Status { dropped: Vec<SeqRange> },
-}
-
-/// A decoded record: its rows, or why it has none.
-pub(crate) struct Decoded {
-    pub(crate) raw: Raw,
-    pub(crate) outcome: Result<Body, Rejected>,
-}
-
-/// The rows of a good record and where they go.
-pub(crate) struct Body {
-    pub(crate) shard: usize,
-    pub(crate) rows: Rows,
-    /// Approximate RowBinary size of the rows.
-    pub(crate) row_bytes: usize,
-    /// Approximate memory the rows hold.
-    pub(crate) mem_bytes: usize,
-    pub(crate) meta: Meta,
-}
-
-/// Why a record cannot be ingested.
-pub(crate) struct Rejected {
-    pub(crate) kind: &'static str,
-    pub(crate) message: String,
-}
+use crate::pipeline::message::{Body, Chunk, Decoded, Event, Meta, Raw, RecordKind, Rejected};
+use crate::sink::precision::Precision;
+use crate::sink::rows::Rows;
+use crate::sink::rows::{sample_row_mem, sample_row_size, sample_rows, status_row};
+use crate::sink::shard::shard_for;
 
 /// Decodes one record into rows for its shard.
 pub(crate) fn decode_record(
@@ -93,10 +33,10 @@ pub(crate) fn decode_record(
             let origin = record.origin();
             let shard = shard_for(&origin.host_id, shards);
             let (host_id, instance_id) = (origin.host_id.clone(), origin.instance_id.clone());
-            let (rows, row_bytes, mem_bytes, time_ms, tick) = match record {
+            let (rows, row_bytes, mem_bytes, time_ms, kind) = match record {
                 Record::Metrics(m) => {
-                    let tick = Tick::Metrics {
-                        seq: m.seq,
+                    let kind = RecordKind::Metrics {
+                        tick: m.seq,
                         part: m.part,
                     };
                     let time_ms = m.time_ms;
@@ -104,12 +44,12 @@ pub(crate) fn decode_record(
                     sample_rows(m, precision, &mut rows);
                     let bytes = rows.iter().map(sample_row_size).sum();
                     let mem = rows.iter().map(sample_row_mem).sum();
-                    (Rows::Samples(rows), bytes, mem, time_ms, tick)
+                    (Rows::Samples(rows), bytes, mem, time_ms, kind)
                 }
                 Record::Status(s) => {
                     let row = status_row(&s);
-                    let tick = Tick::Status { dropped: s.dropped };
-                    (Rows::Status(vec![row]), 256, 1024, s.time_ms, tick)
+                    let kind = RecordKind::Status { dropped: s.dropped };
+                    (Rows::Status(vec![row]), 256, 1024, s.time_ms, kind)
                 }
             };
             Ok(Body {
@@ -121,7 +61,7 @@ pub(crate) fn decode_record(
                     host_id,
                     instance_id,
                     time_ms,
-                    tick,
+                    kind,
                 },
             })
         }
@@ -176,7 +116,7 @@ fn decoder(
             .map(|raw| decode_record(raw, &limits, precision, shards))
             .collect();
         let event = Event::Decoded {
-            seq: chunk.seq,
+            chunk: chunk.number,
             records: decoded,
         };
         if events.blocking_send(event).is_err() {

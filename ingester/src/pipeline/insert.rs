@@ -15,12 +15,12 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
-use crate::batch::{Batch, Source};
-use crate::dlq::{DeadLetter, DeadLetters};
+use crate::pipeline::batch::{Batch, Source};
+use crate::pipeline::dlq::{DeadLetter, DeadLetters};
+use crate::pipeline::stall::{Key, Stalls};
 use crate::retry::Backoff;
-use crate::rows::Table;
+use crate::sink::rows::Table;
 use crate::sink::{Sink, SinkError};
-use crate::stall::{Key, Stalls};
 use crate::telemetry::Stats;
 
 /// What an insert worker reports: these sources are durable (inserted or

@@ -36,45 +36,10 @@ use spillway_shared::kafka_log::KafkaLog;
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
-use crate::decode::{Chunk, Raw};
+use crate::pipeline::message::{Chunk, Command, CommitOffset, Event, Raw};
+use crate::pipeline::stall::{Key, Stalls};
 use crate::retry::lock;
-use crate::stall::{Key, Stalls};
 use crate::telemetry::Stats;
-
-/// An offset to commit, with the durable records above it.
-pub(crate) type CommitOffset = crate::offsets::Commit;
-
-/// What the pipeline hears from the Kafka side, in order.
-pub(crate) enum Event {
-    /// These partitions were assigned, each starting at this offset (the
-    /// committed one, or the earliest; `None` if it could not be read).
-    /// Sent before any of their records.
-    Assigned {
-        partitions: Vec<(String, i32, Option<i64>)>,
-    },
-    /// A chunk of decoded records; `seq` numbers chunks from 0 in poll
-    /// order (decoders may finish them out of order).
-    Decoded {
-        seq: u64,
-        records: Vec<crate::decode::Decoded>,
-    },
-    /// These partitions are being revoked. Once every record of theirs among
-    /// the first `chunks` chunks is durable (or at the deadline), reply with
-    /// their watermarks.
-    Revoke {
-        partitions: Vec<(String, i32)>,
-        chunks: u64,
-        reply: SyncSender<Vec<CommitOffset>>,
-    },
-}
-
-/// What the pipeline asks of the Kafka side.
-pub(crate) enum Command {
-    /// Commit these watermarks (asynchronously).
-    Commit(Vec<CommitOffset>),
-    /// Commit these synchronously, leave the group and stop.
-    Close(Vec<CommitOffset>),
-}
 
 /// What became of a polled record.
 #[derive(Debug, PartialEq)]
@@ -210,7 +175,7 @@ impl Feed {
             return Fed::Taken;
         }
         let mut chunk = std::mem::take(&mut self.chunk);
-        chunk.seq = self.sent;
+        chunk.number = self.sent;
         let n = self.decoders.len();
         let target = self.next_decoder % n;
         self.next_decoder = self.next_decoder.wrapping_add(1);

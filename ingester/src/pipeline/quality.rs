@@ -18,10 +18,10 @@
 
 use std::collections::HashMap;
 
-use serde::Serialize;
 use spillway_shared::SeqRange;
 
-use crate::decode::{Meta, Tick};
+use crate::pipeline::message::{Meta, RecordKind};
+use crate::sink::rows::QualityRow;
 
 /// Ticks remembered per agent instance.
 pub const WINDOW: u64 = 1024;
@@ -112,66 +112,6 @@ impl SeqWindow {
     }
 }
 
-/// A row of `ingest_quality`.
-#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize, clickhouse::Row)]
-pub struct QualityRow {
-    /// Start of the period, seconds.
-    pub period_start: u32,
-    /// End of the period, seconds.
-    pub period_end: u32,
-    /// The ingester that wrote the summary.
-    pub ingester: String,
-    /// Host id.
-    pub host_id: String,
-    /// Agent instance.
-    pub instance_id: String,
-    /// Records made durable in the period (metrics and status).
-    pub records: u64,
-    /// Lowest tick made durable in the period.
-    pub first_seq: u64,
-    /// Highest tick made durable in the period.
-    pub last_seq: u64,
-    /// Ticks skipped.
-    pub gaps: u64,
-    /// Ticks that filled an earlier gap.
-    pub late: u64,
-    /// Ticks made durable again.
-    pub duplicates: u64,
-    /// Ticks the agent reported dropped.
-    pub agent_dropped: u64,
-    /// Freshness, median, milliseconds.
-    pub freshness_p50_ms: u32,
-    /// Freshness, 99th percentile, milliseconds.
-    pub freshness_p99_ms: u32,
-    /// Freshness, worst, milliseconds.
-    pub freshness_max_ms: u32,
-}
-
-/// A row of `ingester_status`: the pipeline's own counters over one period.
-#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize, clickhouse::Row)]
-pub struct IngesterStatusRow {
-    /// End of the period, seconds.
-    pub time: u32,
-    /// The ingester.
-    pub ingester: String,
-    /// Records consumed in the period.
-    pub records: u64,
-    /// Rows inserted in the period.
-    pub rows_inserted: u64,
-    /// Records dead-lettered in the period.
-    pub dead_letters: u64,
-    /// INSERTs retried in the period.
-    pub insert_retries: u64,
-    /// Records behind the committed offsets, all assigned partitions.
-    pub consumer_lag: i64,
-    /// Partitions assigned.
-    pub assigned_partitions: i64,
-    /// Bytes consumed, not yet durable.
-    pub in_flight_bytes: i64,
-    /// 1 while consumption is paused.
-    pub paused: u8,
-}
-
 #[derive(Debug, Default)]
 struct Instance {
     window: SeqWindow,
@@ -243,20 +183,20 @@ impl Quality {
             p.freshness_ms.push(u32::try_from(ms).unwrap_or(u32::MAX));
         }
         let mut seen = Observed::default();
-        match &meta.tick {
+        match &meta.kind {
             // Later parts of a split tick carry the same number.
-            Tick::Metrics { part, .. } if *part > 0 => {}
-            Tick::Metrics { seq, .. } => {
-                p.first_seq = Some(p.first_seq.map_or(*seq, |f| f.min(*seq)));
-                p.last_seq = Some(p.last_seq.map_or(*seq, |l| l.max(*seq)));
-                match instance.window.observe(*seq) {
+            RecordKind::Metrics { part, .. } if *part > 0 => {}
+            RecordKind::Metrics { tick, .. } => {
+                p.first_seq = Some(p.first_seq.map_or(*tick, |f| f.min(*tick)));
+                p.last_seq = Some(p.last_seq.map_or(*tick, |l| l.max(*tick)));
+                match instance.window.observe(*tick) {
                     Seen::Gap(n) => seen.gaps = n,
                     Seen::Late | Seen::TooOld => seen.late = 1,
                     Seen::Duplicate => seen.duplicates = 1,
                     Seen::InOrder => {}
                 }
             }
-            Tick::Status { dropped } => {
+            RecordKind::Status { dropped } => {
                 seen.agent_dropped = newly_dropped(&mut instance.dropped_counted, dropped);
             }
         }
@@ -347,7 +287,7 @@ mod tests {
             host_id: host.into(),
             instance_id: "i".into(),
             time_ms,
-            tick: Tick::Metrics { seq, part: 0 },
+            kind: RecordKind::Metrics { tick: seq, part: 0 },
         }
     }
 
@@ -383,7 +323,7 @@ mod tests {
             host_id: "a".into(),
             instance_id: "i".into(),
             time_ms: 1_000_000,
-            tick: Tick::Status {
+            kind: RecordKind::Status {
                 dropped: vec![SeqRange { first: 7, last: 9 }],
             },
         };

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use serde::Serialize;
 use spillway_shared::{Label, MetricKind, MetricsRecord, StatusRecord};
 
-use crate::precision::{Precision, Rounding};
+use crate::sink::precision::{Precision, Rounding};
 
 /// The tables the ingester writes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -208,6 +208,169 @@ pub fn sample_row_mem(r: &SampleRow) -> usize {
         + r.labels.capacity()
         + r.unit.capacity()
         + 3 * ALLOC
+}
+
+/// Rows for one table.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Rows {
+    /// `samples` rows.
+    Samples(Vec<SampleRow>),
+    /// `agent_status` rows.
+    Status(Vec<StatusRow>),
+    /// `ingest_quality` rows.
+    Quality(Vec<QualityRow>),
+    /// `ingester_status` rows.
+    IngesterStatus(Vec<IngesterStatusRow>),
+}
+
+impl Rows {
+    /// The table they go to.
+    pub fn table(&self) -> Table {
+        match self {
+            Rows::Samples(_) => Table::Samples,
+            Rows::Status(_) => Table::AgentStatus,
+            Rows::Quality(_) => Table::IngestQuality,
+            Rows::IngesterStatus(_) => Table::IngesterStatus,
+        }
+    }
+
+    /// No rows, for `table`.
+    pub fn empty(table: Table) -> Rows {
+        Rows::with_capacity(table, 0)
+    }
+
+    /// No rows, for `table`, with room for `n`.
+    pub fn with_capacity(table: Table, n: usize) -> Rows {
+        match table {
+            Table::Samples => Rows::Samples(Vec::with_capacity(n)),
+            Table::AgentStatus => Rows::Status(Vec::with_capacity(n)),
+            Table::IngestQuality => Rows::Quality(Vec::with_capacity(n)),
+            Table::IngesterStatus => Rows::IngesterStatus(Vec::with_capacity(n)),
+        }
+    }
+
+    /// Number of rows.
+    pub fn len(&self) -> usize {
+        match self {
+            Rows::Samples(r) => r.len(),
+            Rows::Status(r) => r.len(),
+            Rows::Quality(r) => r.len(),
+            Rows::IngesterStatus(r) => r.len(),
+        }
+    }
+
+    /// Moves `other`'s rows to the end; rows of another table are a bug and
+    /// are ignored (batches are keyed by table).
+    pub fn append(&mut self, other: Rows) {
+        match (self, other) {
+            (Rows::Samples(a), Rows::Samples(mut b)) => a.append(&mut b),
+            (Rows::Status(a), Rows::Status(mut b)) => a.append(&mut b),
+            (Rows::Quality(a), Rows::Quality(mut b)) => a.append(&mut b),
+            (Rows::IngesterStatus(a), Rows::IngesterStatus(mut b)) => a.append(&mut b),
+            (me, other) => debug_assert!(
+                false,
+                "rows for {} appended to {}",
+                other.table().name(),
+                me.table().name()
+            ),
+        }
+    }
+
+    /// Splits off the rows from `at` on.
+    pub fn split_off(&mut self, at: usize) -> Rows {
+        match self {
+            Rows::Samples(r) => Rows::Samples(r.split_off(at)),
+            Rows::Status(r) => Rows::Status(r.split_off(at)),
+            Rows::Quality(r) => Rows::Quality(r.split_off(at)),
+            Rows::IngesterStatus(r) => Rows::IngesterStatus(r.split_off(at)),
+        }
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// A row of `ingest_quality`.
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize, clickhouse::Row)]
+pub struct QualityRow {
+    /// Start of the period, seconds.
+    pub period_start: u32,
+    /// End of the period, seconds.
+    pub period_end: u32,
+    /// The ingester that wrote the summary.
+    pub ingester: String,
+    /// Host id.
+    pub host_id: String,
+    /// Agent instance.
+    pub instance_id: String,
+    /// Records made durable in the period (metrics and status).
+    pub records: u64,
+    /// Lowest tick made durable in the period.
+    pub first_seq: u64,
+    /// Highest tick made durable in the period.
+    pub last_seq: u64,
+    /// Ticks skipped.
+    pub gaps: u64,
+    /// Ticks that filled an earlier gap.
+    pub late: u64,
+    /// Ticks made durable again.
+    pub duplicates: u64,
+    /// Ticks the agent reported dropped.
+    pub agent_dropped: u64,
+    /// Freshness, median, milliseconds.
+    pub freshness_p50_ms: u32,
+    /// Freshness, 99th percentile, milliseconds.
+    pub freshness_p99_ms: u32,
+    /// Freshness, worst, milliseconds.
+    pub freshness_max_ms: u32,
+}
+
+/// A row of `ingester_status`: the pipeline's own counters over one period.
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize, clickhouse::Row)]
+pub struct IngesterStatusRow {
+    /// End of the period, seconds.
+    pub time: u32,
+    /// The ingester.
+    pub ingester: String,
+    /// Records consumed in the period.
+    pub records: u64,
+    /// Rows inserted in the period.
+    pub rows_inserted: u64,
+    /// Records dead-lettered in the period.
+    pub dead_letters: u64,
+    /// INSERTs retried in the period.
+    pub insert_retries: u64,
+    /// Records behind the committed offsets, all assigned partitions.
+    pub consumer_lag: i64,
+    /// Partitions assigned.
+    pub assigned_partitions: i64,
+    /// Bytes consumed, not yet durable.
+    pub in_flight_bytes: i64,
+    /// 1 while consumption is paused.
+    pub paused: u8,
+}
+
+/// One range as stored in `ingest_journal`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize, clickhouse::Row)]
+pub struct JournalRow {
+    /// When it was cut (seconds); the journal's retention reads it.
+    pub time: u32,
+    /// The consumer group: two groups reading one topic cut it independently.
+    pub consumer_group: String,
+    /// Source topic.
+    pub topic: String,
+    /// Source partition.
+    pub partition: i32,
+    /// First offset of the range.
+    pub first_offset: i64,
+    /// Last offset of the range (inclusive).
+    pub last_offset: i64,
+    /// Records in it (fewer than the offsets it spans if some are missing).
+    pub records: u32,
+    /// The member that cut it.
+    pub ingester: String,
 }
 
 #[cfg(test)]

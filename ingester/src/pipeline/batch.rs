@@ -5,9 +5,9 @@
 
 use std::time::Instant;
 
-use crate::decode::{Meta, Raw};
-use crate::rows::Table;
-use crate::sink::Rows;
+use crate::pipeline::message::{Meta, Raw};
+use crate::sink::rows::Rows;
+use crate::sink::rows::Table;
 
 /// One source record inside a batch.
 #[derive(Debug, Clone)]
@@ -103,7 +103,7 @@ impl Batch {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::rows::StatusRow;
+    use crate::sink::rows::StatusRow;
 
     fn status(host: &str) -> StatusRow {
         StatusRow {

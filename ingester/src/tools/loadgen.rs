@@ -393,7 +393,7 @@ fn now_ms() -> u64 {
 pub async fn run(brokers: &str, args: &LoadgenArgs) -> anyhow::Result<()> {
     let mut base = ClientConfig::new();
     base.set("bootstrap.servers", brokers);
-    crate::topics::ensure_topic(&base, &args.topic, args.partitions).await?;
+    crate::tools::topics::ensure_topic(&base, &args.topic, args.partitions).await?;
     let producer: FutureProducer = base
         .clone()
         .set("acks", "all")
