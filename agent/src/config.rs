@@ -34,46 +34,16 @@ pub struct Config {
 pub const ENV: EnvPolicy = EnvPolicy {
     prefix: "SPILLWAY_AGENT_",
     vars: &[
-        EnvVar {
-            name: "SPILLWAY_AGENT_CONFIG",
-            old: &[],
-        },
-        EnvVar {
-            name: "SPILLWAY_AGENT_KAFKA_BROKERS",
-            old: &["SPILLWAY_KAFKA_BROKERS"],
-        },
-        EnvVar {
-            name: "SPILLWAY_AGENT_KAFKA_TOPIC",
-            old: &[],
-        },
-        EnvVar {
-            name: "SPILLWAY_AGENT_INTERVAL",
-            old: &[],
-        },
-        EnvVar {
-            name: "SPILLWAY_AGENT_HOST_ID",
-            old: &[],
-        },
-        EnvVar {
-            name: "SPILLWAY_AGENT_HOSTNAME",
-            old: &[],
-        },
-        EnvVar {
-            name: "SPILLWAY_AGENT_HOST_ROOT",
-            old: &[],
-        },
-        EnvVar {
-            name: "SPILLWAY_AGENT_SPOOL_DIR",
-            old: &[],
-        },
-        EnvVar {
-            name: "SPILLWAY_AGENT_HTTP_LISTEN",
-            old: &[],
-        },
-        EnvVar {
-            name: "SPILLWAY_AGENT_LOG_FORMAT",
-            old: &[],
-        },
+        EnvVar::new("SPILLWAY_AGENT_CONFIG"),
+        EnvVar::renamed("SPILLWAY_AGENT_KAFKA_BROKERS", &["SPILLWAY_KAFKA_BROKERS"]),
+        EnvVar::new("SPILLWAY_AGENT_KAFKA_TOPIC"),
+        EnvVar::new("SPILLWAY_AGENT_INTERVAL"),
+        EnvVar::new("SPILLWAY_AGENT_HOST_ID"),
+        EnvVar::new("SPILLWAY_AGENT_HOSTNAME"),
+        EnvVar::new("SPILLWAY_AGENT_HOST_ROOT"),
+        EnvVar::new("SPILLWAY_AGENT_SPOOL_DIR"),
+        EnvVar::new("SPILLWAY_AGENT_HTTP_LISTEN"),
+        EnvVar::new("SPILLWAY_AGENT_LOG_FORMAT"),
     ],
 };
 
@@ -341,33 +311,6 @@ impl Default for BufferConfig {
     }
 }
 
-/// The optional HTTP listener.
-#[derive(Debug, Clone, PartialEq, Deserialize, Default)]
-#[serde(deny_unknown_fields, default)]
-pub struct HttpConfig {
-    /// Address to listen on, e.g. `127.0.0.1:9465`. Absent: no listener.
-    pub listen: Option<std::net::SocketAddr>,
-}
-
-/// Log output.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct LogConfig {
-    /// `text` or `json`.
-    pub format: LogFormat,
-    /// A tracing filter such as `info` or `spillway_agent=debug`.
-    pub level: String,
-}
-
-impl Default for LogConfig {
-    fn default() -> Self {
-        LogConfig {
-            format: LogFormat::Text,
-            level: "info".into(),
-        }
-    }
-}
-
 /// The collectors a user can disable.
 pub const COLLECTORS: &[&str] = &[
     "cpu",
@@ -380,7 +323,7 @@ pub const COLLECTORS: &[&str] = &[
     "agent",
 ];
 
-pub use spillway_shared::process::LogFormat;
+pub use spillway_shared::process::{HttpConfig, LogConfig, LogFormat};
 pub use spillway_shared::settings::{ConfigErrors, EnvSource, ProcessEnv, Properties};
 use spillway_shared::settings::{EnvPolicy, EnvVar};
 
@@ -391,21 +334,12 @@ impl Config {
     }
 
     /// Loads a file (or the defaults when `path` is `None`), applies the
-    /// environment, and validates.
+    /// environment, and validates ([`spillway_shared::settings::load`]).
     pub fn load(
         path: Option<&std::path::Path>,
         env: &dyn EnvSource,
     ) -> Result<Config, ConfigErrors> {
-        let mut config: Config = spillway_shared::settings::read_toml(path)?;
-        let mut errors = config.apply_env(env);
-        if let Err(ConfigErrors(more)) = config.validate() {
-            errors.extend(more);
-        }
-        if errors.is_empty() {
-            Ok(config)
-        } else {
-            Err(ConfigErrors(errors))
-        }
+        spillway_shared::settings::load(path, env)
     }
 
     /// Applies `SPILLWAY_AGENT_*` overrides; returns the problems found (the
@@ -426,7 +360,6 @@ impl Config {
     /// | `SPILLWAY_AGENT_LOG_FORMAT` | `log.format` | |
     /// | `SPILLWAY_AGENT_CONFIG` | the configuration file (`--config`) | |
     pub fn apply_env(&mut self, env: &dyn EnvSource) -> Vec<String> {
-        let mut errors = Vec::new();
         let mut r = ENV.reader(env);
         if let Some(v) = r.get("SPILLWAY_AGENT_KAFKA_BROKERS") {
             self.kafka.brokers = v;
@@ -434,11 +367,8 @@ impl Config {
         if let Some(v) = r.get("SPILLWAY_AGENT_KAFKA_TOPIC") {
             self.kafka.topic = v;
         }
-        if let Some(v) = r.get("SPILLWAY_AGENT_INTERVAL") {
-            match humantime::parse_duration(&v) {
-                Ok(d) => self.agent.interval = d,
-                Err(e) => errors.push(format!("SPILLWAY_AGENT_INTERVAL: {e}")),
-            }
+        if let Some(d) = r.parse::<humantime::Duration>("SPILLWAY_AGENT_INTERVAL") {
+            self.agent.interval = d.into();
         }
         if let Some(v) = r.get("SPILLWAY_AGENT_HOST_ID") {
             self.agent.host_id = v;
@@ -452,20 +382,13 @@ impl Config {
         if let Some(v) = r.get("SPILLWAY_AGENT_SPOOL_DIR") {
             self.buffer.spool_dir = v.into();
         }
-        if let Some(v) = r.get("SPILLWAY_AGENT_HTTP_LISTEN") {
-            match v.parse() {
-                Ok(a) => self.http.listen = Some(a),
-                Err(e) => errors.push(format!("SPILLWAY_AGENT_HTTP_LISTEN: {e}")),
-            }
+        if let Some(a) = r.parse("SPILLWAY_AGENT_HTTP_LISTEN") {
+            self.http.listen = Some(a);
         }
-        if let Some(v) = r.get("SPILLWAY_AGENT_LOG_FORMAT") {
-            match v.parse() {
-                Ok(f) => self.log.format = f,
-                Err(e) => errors.push(format!("SPILLWAY_AGENT_LOG_FORMAT: {e}")),
-            }
+        if let Some(f) = r.parse("SPILLWAY_AGENT_LOG_FORMAT") {
+            self.log.format = f;
         }
-        let (unknown, warnings) = r.finish();
-        errors.extend(unknown);
+        let (errors, warnings) = r.finish();
         self.warnings = warnings;
         errors
     }
@@ -587,6 +510,24 @@ impl Config {
     /// Whether collector `name` is enabled.
     pub fn enabled(&self, name: &str) -> bool {
         !self.collect.disable.iter().any(|d| d == name)
+    }
+}
+
+impl spillway_shared::settings::Settings for Config {
+    fn apply_env(&mut self, env: &dyn EnvSource) -> Vec<String> {
+        Config::apply_env(self, env)
+    }
+    fn validate(&self) -> Result<(), ConfigErrors> {
+        Config::validate(self)
+    }
+}
+
+impl spillway_shared::process::ProgramConfig for Config {
+    fn warnings(&self) -> &[String] {
+        &self.warnings
+    }
+    fn log(&self) -> &LogConfig {
+        &self.log
     }
 }
 

@@ -183,15 +183,11 @@ pub async fn run(
     info!(collectors = ?collection.names(), "collectors ready");
 
     let http_shutdown = shutdown.child_token();
-    if let Some(addr) = config.http.listen {
-        let stats = stats.clone();
-        let token = http_shutdown.clone();
-        tokio::spawn(async move {
-            if let Err(e) = telemetry::serve_http(addr, stats, token).await {
-                error!(%addr, error = %e, "http listener failed");
-            }
-        });
-    }
+    spillway_shared::process::spawn_http(
+        config.http.listen,
+        || telemetry::router(stats.clone()),
+        http_shutdown.clone(),
+    );
 
     let otlp = otlp::start(&config.telemetry, &origin, stats.clone())?;
 

@@ -1,6 +1,7 @@
 //! The `spillway-agent` binary: argument parsing, logging, signals; the work
 //! is in the library.
 
+use spillway_shared::process;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -58,6 +59,8 @@ enum Command {
     CheckConfig,
 }
 
+const PROGRAM: &str = "spillway-agent";
+
 #[derive(Debug, Clone, Copy, ValueEnum)]
 enum OnceFormat {
     Json,
@@ -96,28 +99,13 @@ fn load(cli: &Cli) -> Result<Config, ConfigErrors> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let config = match load(&cli) {
-        Ok(c) => c,
-        Err(errors) => {
-            eprintln!("spillway-agent: invalid configuration:");
-            for e in &errors.0 {
-                eprintln!("  - {e}");
-            }
-            return ExitCode::from(2);
-        }
-    };
+    let loaded = load(&cli);
     let command = cli.command.unwrap_or(Command::Run);
-    if let Command::CheckConfig = command {
-        for warning in &config.warnings {
-            eprintln!("warning: {warning}");
-        }
-        println!("configuration is valid");
-        return ExitCode::SUCCESS;
-    }
-    spillway_shared::process::init_logging(config.log.format, &config.log.level);
-    for warning in &config.warnings {
-        tracing::warn!("{warning}");
-    }
+    let check_only = matches!(command, Command::CheckConfig);
+    let config = match process::start(PROGRAM, loaded, check_only) {
+        Ok(c) => c,
+        Err(exit) => return exit,
+    };
     // One thread for the async work: collection runs on the blocking pool and
     // librdkafka has its own threads. This keeps the footprint small.
     let runtime = match tokio::runtime::Builder::new_current_thread()
@@ -127,10 +115,7 @@ fn main() -> ExitCode {
         .build()
     {
         Ok(r) => r,
-        Err(e) => {
-            eprintln!("spillway-agent: cannot start the runtime: {e}");
-            return ExitCode::FAILURE;
-        }
+        Err(e) => return process::finish(PROGRAM, Err(format!("cannot start the runtime: {e}"))),
     };
     let result = runtime.block_on(async move {
         match command {
@@ -140,18 +125,12 @@ fn main() -> ExitCode {
             }
             Command::Run | Command::CheckConfig => {
                 let shutdown = CancellationToken::new();
-                tokio::spawn(spillway_shared::process::stop_on_signal(shutdown.clone()));
+                tokio::spawn(process::stop_on_signal(shutdown.clone()));
                 spillway_agent::run(config, cli.config, shutdown).await
             }
         }
     });
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("spillway-agent: {e:#}");
-            ExitCode::FAILURE
-        }
-    }
+    process::finish(PROGRAM, result)
 }
 
 fn print_once(record: &spillway_shared::Record, format: OnceFormat) -> anyhow::Result<()> {

@@ -2,7 +2,6 @@
 //! publisher, the optional HTTP listener (`/health`, `/metrics`), and logging.
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -12,7 +11,6 @@ use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
-use tokio_util::sync::CancellationToken;
 
 /// Counters and gauges about the agent, updated lock-free on the hot paths.
 #[derive(Debug, Default)]
@@ -328,17 +326,12 @@ pub fn render_prometheus(s: &StatsSnapshot) -> String {
     out
 }
 
-/// Serves `/health` and `/metrics` until `shutdown`.
-pub async fn serve_http(
-    addr: SocketAddr,
-    stats: Arc<AgentStats>,
-    shutdown: CancellationToken,
-) -> std::io::Result<()> {
-    let app = Router::new()
+/// The agent's HTTP routes: `/health` and `/metrics`.
+pub fn router(stats: Arc<AgentStats>) -> Router {
+    Router::new()
         .route("/metrics", get(metrics))
         .route("/health", get(health))
-        .with_state(stats);
-    spillway_shared::process::serve(addr, app, shutdown).await
+        .with_state(stats)
 }
 
 async fn metrics(State(stats): State<Arc<AgentStats>>) -> impl IntoResponse {

@@ -39,50 +39,35 @@ pub struct Config {
 pub const ENV: EnvPolicy = EnvPolicy {
     prefix: "SPILLWAY_INGESTER_",
     vars: &[
-        EnvVar {
-            name: "SPILLWAY_INGESTER_CONFIG",
-            old: &[],
-        },
-        EnvVar {
-            name: "SPILLWAY_INGESTER_KAFKA_BROKERS",
-            old: &["SPILLWAY_KAFKA_BROKERS"],
-        },
-        EnvVar {
-            name: "SPILLWAY_INGESTER_TOPICS",
-            old: &[],
-        },
-        EnvVar {
-            name: "SPILLWAY_INGESTER_GROUP_ID",
-            old: &[],
-        },
-        EnvVar {
-            name: "SPILLWAY_INGESTER_CLICKHOUSE_URLS",
-            old: &["SPILLWAY_CLICKHOUSE_URLS", "SPILLWAY_CLICKHOUSE_URL"],
-        },
-        EnvVar {
-            name: "SPILLWAY_INGESTER_CLICKHOUSE_CLUSTER",
-            old: &["SPILLWAY_CLICKHOUSE_CLUSTER"],
-        },
-        EnvVar {
-            name: "SPILLWAY_INGESTER_CLICKHOUSE_DATABASE",
-            old: &["SPILLWAY_CLICKHOUSE_DATABASE"],
-        },
-        EnvVar {
-            name: "SPILLWAY_INGESTER_CLICKHOUSE_USER",
-            old: &["SPILLWAY_CLICKHOUSE_USER"],
-        },
-        EnvVar {
-            name: "SPILLWAY_INGESTER_CLICKHOUSE_PASSWORD",
-            old: &["SPILLWAY_CLICKHOUSE_PASSWORD"],
-        },
-        EnvVar {
-            name: "SPILLWAY_INGESTER_HTTP_LISTEN",
-            old: &[],
-        },
-        EnvVar {
-            name: "SPILLWAY_INGESTER_LOG_FORMAT",
-            old: &[],
-        },
+        EnvVar::new("SPILLWAY_INGESTER_CONFIG"),
+        EnvVar::renamed(
+            "SPILLWAY_INGESTER_KAFKA_BROKERS",
+            &["SPILLWAY_KAFKA_BROKERS"],
+        ),
+        EnvVar::new("SPILLWAY_INGESTER_TOPICS"),
+        EnvVar::new("SPILLWAY_INGESTER_GROUP_ID"),
+        EnvVar::renamed(
+            "SPILLWAY_INGESTER_CLICKHOUSE_URLS",
+            &["SPILLWAY_CLICKHOUSE_URLS", "SPILLWAY_CLICKHOUSE_URL"],
+        ),
+        EnvVar::renamed(
+            "SPILLWAY_INGESTER_CLICKHOUSE_CLUSTER",
+            &["SPILLWAY_CLICKHOUSE_CLUSTER"],
+        ),
+        EnvVar::renamed(
+            "SPILLWAY_INGESTER_CLICKHOUSE_DATABASE",
+            &["SPILLWAY_CLICKHOUSE_DATABASE"],
+        ),
+        EnvVar::renamed(
+            "SPILLWAY_INGESTER_CLICKHOUSE_USER",
+            &["SPILLWAY_CLICKHOUSE_USER"],
+        ),
+        EnvVar::renamed(
+            "SPILLWAY_INGESTER_CLICKHOUSE_PASSWORD",
+            &["SPILLWAY_CLICKHOUSE_PASSWORD"],
+        ),
+        EnvVar::new("SPILLWAY_INGESTER_HTTP_LISTEN"),
+        EnvVar::new("SPILLWAY_INGESTER_LOG_FORMAT"),
     ],
 };
 
@@ -359,34 +344,7 @@ pub struct TelemetryConfig {
     pub otlp_endpoint: Option<String>,
 }
 
-/// The optional HTTP listener.
-#[derive(Debug, Clone, PartialEq, Deserialize, Default)]
-#[serde(deny_unknown_fields, default)]
-pub struct HttpConfig {
-    /// Address for `/health`, `/ready` and `/metrics`; absent: none.
-    pub listen: Option<std::net::SocketAddr>,
-}
-
-/// Log output.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct LogConfig {
-    /// `text` or `json`.
-    pub format: LogFormat,
-    /// A tracing filter such as `info`.
-    pub level: String,
-}
-
-impl Default for LogConfig {
-    fn default() -> Self {
-        LogConfig {
-            format: LogFormat::Text,
-            level: "info".into(),
-        }
-    }
-}
-
-pub use spillway_shared::process::LogFormat;
+pub use spillway_shared::process::{HttpConfig, LogConfig, LogFormat};
 pub use spillway_shared::settings::{ConfigErrors, EnvSource, ProcessEnv, Properties, Secret};
 use spillway_shared::settings::{EnvPolicy, EnvVar};
 
@@ -397,11 +355,15 @@ impl Config {
     }
 
     /// Loads the file (or defaults), applies the environment, reads password
-    /// files, and validates.
+    /// files, and validates ([`spillway_shared::settings::load`]).
     pub fn load(path: Option<&Path>, env: &dyn EnvSource) -> Result<Config, ConfigErrors> {
-        let mut config: Config = spillway_shared::settings::read_toml(path)?;
-        let mut errors = config.apply_env(env);
-        for (i, shard) in config.clickhouse.shards.iter_mut().enumerate() {
+        spillway_shared::settings::load(path, env)
+    }
+
+    /// Reads every shard's `password_file`.
+    fn read_password_files(&mut self) -> Vec<String> {
+        let mut errors = Vec::new();
+        for (i, shard) in self.clickhouse.shards.iter_mut().enumerate() {
             if let Some(file) = &shard.password_file {
                 match std::fs::read_to_string(file) {
                     Ok(p) => shard.password = p.trim_end_matches(['\r', '\n']).to_owned().into(),
@@ -412,14 +374,7 @@ impl Config {
                 }
             }
         }
-        if let Err(ConfigErrors(more)) = config.validate() {
-            errors.extend(more);
-        }
-        if errors.is_empty() {
-            Ok(config)
-        } else {
-            Err(ConfigErrors(errors))
-        }
+        errors
     }
 
     /// Applies `SPILLWAY_INGESTER_*` overrides (the policy of
@@ -441,7 +396,6 @@ impl Config {
     /// | `SPILLWAY_INGESTER_LOG_FORMAT` | `log.format` | |
     /// | `SPILLWAY_INGESTER_CONFIG` | the configuration file (`--config`) | |
     pub fn apply_env(&mut self, env: &dyn EnvSource) -> Vec<String> {
-        let mut errors = Vec::new();
         let mut r = ENV.reader(env);
         if let Some(v) = r.get("SPILLWAY_INGESTER_KAFKA_BROKERS") {
             self.kafka.brokers = v;
@@ -479,20 +433,13 @@ impl Config {
                 shard.password = v.clone().into();
             }
         }
-        if let Some(v) = r.get("SPILLWAY_INGESTER_HTTP_LISTEN") {
-            match v.parse() {
-                Ok(a) => self.http.listen = Some(a),
-                Err(e) => errors.push(format!("SPILLWAY_INGESTER_HTTP_LISTEN: {e}")),
-            }
+        if let Some(a) = r.parse("SPILLWAY_INGESTER_HTTP_LISTEN") {
+            self.http.listen = Some(a);
         }
-        if let Some(v) = r.get("SPILLWAY_INGESTER_LOG_FORMAT") {
-            match v.parse() {
-                Ok(f) => self.log.format = f,
-                Err(e) => errors.push(format!("SPILLWAY_INGESTER_LOG_FORMAT: {e}")),
-            }
+        if let Some(f) = r.parse("SPILLWAY_INGESTER_LOG_FORMAT") {
+            self.log.format = f;
         }
-        let (unknown, warnings) = r.finish();
-        errors.extend(unknown);
+        let (errors, warnings) = r.finish();
         self.warnings = warnings;
         errors
     }
@@ -635,6 +582,27 @@ fn valid_topic(t: &str) -> bool {
         && t.len() <= 249
         && t.bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}
+
+impl spillway_shared::settings::Settings for Config {
+    fn apply_env(&mut self, env: &dyn EnvSource) -> Vec<String> {
+        Config::apply_env(self, env)
+    }
+    fn read_files(&mut self) -> Vec<String> {
+        self.read_password_files()
+    }
+    fn validate(&self) -> Result<(), ConfigErrors> {
+        Config::validate(self)
+    }
+}
+
+impl spillway_shared::process::ProgramConfig for Config {
+    fn warnings(&self) -> &[String] {
+        &self.warnings
+    }
+    fn log(&self) -> &LogConfig {
+        &self.log
+    }
 }
 
 #[cfg(test)]

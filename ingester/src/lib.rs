@@ -33,7 +33,7 @@ use anyhow::Context;
 use rdkafka::producer::FutureProducer;
 use spillway_shared::kafka_log::LogContext;
 use tokio_util::sync::CancellationToken;
-use tracing::{error, info};
+use tracing::info;
 
 use crate::config::Config;
 use crate::sink::ClickHouseSink;
@@ -43,15 +43,11 @@ use crate::telemetry::Stats;
 pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
     let stats = Arc::new(Stats::new());
     let http_shutdown = shutdown.child_token();
-    if let Some(addr) = config.http.listen {
-        let stats = stats.clone();
-        let token = http_shutdown.clone();
-        tokio::spawn(async move {
-            if let Err(e) = telemetry::serve_http(addr, stats, token).await {
-                error!(%addr, error = %e, "http listener failed");
-            }
-        });
-    }
+    spillway_shared::process::spawn_http(
+        config.http.listen,
+        || telemetry::router(stats.clone()),
+        http_shutdown.clone(),
+    );
     // Refuse to start against shards without the tables: say how to fix it.
     for shard in &config.clickhouse.shards {
         let client = sink::client(shard);

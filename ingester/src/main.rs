@@ -1,5 +1,6 @@
 //! The `spillway-ingester` binary: arguments, logging, signals.
 
+use spillway_shared::process;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -67,6 +68,8 @@ enum Command {
     ReplayDlq(spillway_ingester::tools::replay::ReplayArgs),
 }
 
+const PROGRAM: &str = "spillway-ingester";
+
 fn load(cli: &Cli) -> Result<Config, ConfigErrors> {
     let mut config = Config::load(cli.config.as_deref(), &ProcessEnv)?;
     if let Some(b) = &cli.brokers {
@@ -81,37 +84,19 @@ fn load(cli: &Cli) -> Result<Config, ConfigErrors> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let config = match load(&cli) {
-        Ok(c) => c,
-        Err(errors) => {
-            eprintln!("spillway-ingester: invalid configuration:");
-            for e in &errors.0 {
-                eprintln!("  - {e}");
-            }
-            return ExitCode::from(2);
-        }
-    };
+    let loaded = load(&cli);
     let command = cli.command.unwrap_or(Command::Run);
-    if let Command::CheckConfig = command {
-        for warning in &config.warnings {
-            eprintln!("warning: {warning}");
-        }
-        println!("configuration is valid");
-        return ExitCode::SUCCESS;
-    }
-    spillway_shared::process::init_logging(config.log.format, &config.log.level);
-    for warning in &config.warnings {
-        tracing::warn!("{warning}");
-    }
+    let check_only = matches!(command, Command::CheckConfig);
+    let config = match process::start(PROGRAM, loaded, check_only) {
+        Ok(c) => c,
+        Err(exit) => return exit,
+    };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
     {
         Ok(r) => r,
-        Err(e) => {
-            eprintln!("spillway-ingester: cannot start the runtime: {e}");
-            return ExitCode::FAILURE;
-        }
+        Err(e) => return process::finish(PROGRAM, Err(format!("cannot start the runtime: {e}"))),
     };
     let result = runtime.block_on(async move {
         match command {
@@ -123,18 +108,12 @@ fn main() -> ExitCode {
             Command::ReplayDlq(args) => replay_dlq(&config, &args).await,
             Command::Run | Command::CheckConfig => {
                 let shutdown = CancellationToken::new();
-                tokio::spawn(spillway_shared::process::stop_on_signal(shutdown.clone()));
+                tokio::spawn(process::stop_on_signal(shutdown.clone()));
                 spillway_ingester::run(config, shutdown).await
             }
         }
     });
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("spillway-ingester: {e:#}");
-            ExitCode::FAILURE
-        }
-    }
+    process::finish(PROGRAM, result)
 }
 
 async fn migrate(
@@ -184,7 +163,7 @@ async fn replay_dlq(
     args: &spillway_ingester::tools::replay::ReplayArgs,
 ) -> anyhow::Result<()> {
     let shutdown = CancellationToken::new();
-    tokio::spawn(spillway_shared::process::stop_on_signal(shutdown.clone()));
+    tokio::spawn(process::stop_on_signal(shutdown.clone()));
     let sink = spillway_ingester::sink::ClickHouseSink::new(&config.clickhouse);
     let report = spillway_ingester::tools::replay::run(config, args, &sink, &shutdown).await?;
     println!(

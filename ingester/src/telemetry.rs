@@ -1,7 +1,6 @@
 //! The ingester's metrics (Prometheus text on `/metrics`), `/health` and
 //! `/ready`, and logging.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::time::Duration;
@@ -16,7 +15,6 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
-use tokio_util::sync::CancellationToken;
 
 use crate::sink::rows::Table;
 
@@ -395,18 +393,13 @@ fn labels(shard: usize, table: Table) -> Labels {
     ]
 }
 
-/// Serves `/health`, `/ready` and `/metrics` until `shutdown`.
-pub async fn serve_http(
-    addr: SocketAddr,
-    stats: Arc<Stats>,
-    shutdown: CancellationToken,
-) -> std::io::Result<()> {
-    let app = Router::new()
+/// The ingester's HTTP routes: `/health`, `/ready` and `/metrics`.
+pub fn router(stats: Arc<Stats>) -> Router {
+    Router::new()
         .route("/metrics", get(metrics))
         .route("/health", get(|| async { "ok" }))
         .route("/ready", get(ready))
-        .with_state(stats);
-    spillway_shared::process::serve(addr, app, shutdown).await
+        .with_state(stats)
 }
 
 async fn metrics(State(stats): State<Arc<Stats>>) -> impl IntoResponse {

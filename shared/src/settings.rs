@@ -52,6 +52,18 @@ pub struct EnvVar {
     pub old: &'static [&'static str],
 }
 
+impl EnvVar {
+    /// A variable with no older name.
+    pub const fn new(name: &'static str) -> EnvVar {
+        EnvVar { name, old: &[] }
+    }
+
+    /// A variable that older releases read under other names.
+    pub const fn renamed(name: &'static str, old: &'static [&'static str]) -> EnvVar {
+        EnvVar { name, old }
+    }
+}
+
 /// How a binary reads its environment, the same for both binaries:
 /// - every variable it reads starts with its own prefix (`SPILLWAY_AGENT_`,
 ///   `SPILLWAY_INGESTER_`), so one environment can configure both;
@@ -74,6 +86,7 @@ impl EnvPolicy {
             policy: self,
             env,
             warnings: Vec::new(),
+            errors: Vec::new(),
         }
     }
 }
@@ -83,6 +96,7 @@ pub struct EnvReader<'a> {
     policy: &'a EnvPolicy,
     env: &'a dyn EnvSource,
     warnings: Vec<String>,
+    errors: Vec<String>,
 }
 
 impl EnvReader<'_> {
@@ -104,8 +118,26 @@ impl EnvReader<'_> {
         None
     }
 
-    /// The deprecation warnings, and an error for every variable with the
-    /// policy's prefix that the binary does not read.
+    /// [`get`](Self::get), parsed; a value that does not parse is an error
+    /// naming the variable (reported by [`finish`](Self::finish)).
+    pub fn parse<T>(&mut self, name: &str) -> Option<T>
+    where
+        T: std::str::FromStr,
+        T::Err: std::fmt::Display,
+    {
+        let v = self.get(name)?;
+        match v.parse() {
+            Ok(t) => Some(t),
+            Err(e) => {
+                self.errors.push(format!("{name}: {e}"));
+                None
+            }
+        }
+    }
+
+    /// The errors (values that did not parse, then every variable with the
+    /// policy's prefix that the binary does not read) and the deprecation
+    /// warnings.
     pub fn finish(self) -> (Vec<String>, Vec<String>) {
         let mut unknown: Vec<String> = self
             .env
@@ -127,7 +159,9 @@ impl EnvReader<'_> {
             })
             .collect();
         unknown.sort();
-        (unknown, self.warnings)
+        let mut errors = self.errors;
+        errors.extend(unknown);
+        (errors, self.warnings)
     }
 }
 
@@ -139,6 +173,36 @@ pub struct ConfigErrors(pub Vec<String>);
 /// Parses TOML text into `T`.
 pub fn parse_toml<T: DeserializeOwned>(text: &str) -> Result<T, ConfigErrors> {
     toml::from_str(text).map_err(|e| ConfigErrors(vec![e.to_string().trim().to_owned()]))
+}
+
+/// A program's configuration, as [`load`] builds it.
+pub trait Settings: DeserializeOwned + Default {
+    /// Applies the environment; returns the problems found.
+    fn apply_env(&mut self, env: &dyn EnvSource) -> Vec<String>;
+    /// Reads the files the configuration names (password files); returns
+    /// the problems found.
+    fn read_files(&mut self) -> Vec<String> {
+        Vec::new()
+    }
+    /// Checks every rule; reports all problems at once.
+    fn validate(&self) -> Result<(), ConfigErrors>;
+}
+
+/// Loads a program's configuration: the file (or the defaults when `path`
+/// is `None`), then the environment, then the files it names; validates,
+/// and reports every problem of every step at once.
+pub fn load<T: Settings>(path: Option<&Path>, env: &dyn EnvSource) -> Result<T, ConfigErrors> {
+    let mut config: T = read_toml(path)?;
+    let mut errors = config.apply_env(env);
+    errors.extend(config.read_files());
+    if let Err(ConfigErrors(more)) = config.validate() {
+        errors.extend(more);
+    }
+    if errors.is_empty() {
+        Ok(config)
+    } else {
+        Err(ConfigErrors(errors))
+    }
 }
 
 /// Reads and parses a TOML file; the defaults when `path` is `None`. Errors

@@ -25,6 +25,25 @@ impl std::str::FromStr for LogFormat {
     }
 }
 
+/// The `[log]` section of both programs.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// `text` or `json`.
+    pub format: LogFormat,
+    /// A tracing filter such as `info` or `spillway_agent=debug`.
+    pub level: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            format: LogFormat::Text,
+            level: "info".into(),
+        }
+    }
+}
+
 /// Sets up logging to stderr. `RUST_LOG`, when set, overrides `level` (a
 /// tracing filter such as `info` or `spillway_ingester=debug`).
 pub fn init_logging(format: LogFormat, level: &str) {

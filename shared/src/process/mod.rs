@@ -7,6 +7,74 @@ mod http;
 mod logging;
 mod signals;
 
-pub use http::serve;
-pub use logging::{LogFormat, init_logging};
+pub use http::{serve, spawn as spawn_http};
+pub use logging::{LogConfig, LogFormat, init_logging};
 pub use signals::{Signal, stop_on_signal, stop_on_signals};
+
+use std::process::ExitCode;
+
+use serde::Deserialize;
+
+use crate::settings::ConfigErrors;
+
+/// The `[http]` section of both programs: the optional listener.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpConfig {
+    /// Address for `/health`, `/metrics` (and the ingester's `/ready`),
+    /// e.g. `127.0.0.1:9465`. Absent: no listener.
+    pub listen: Option<std::net::SocketAddr>,
+}
+
+/// What every program's configuration tells the plumbing.
+pub trait ProgramConfig {
+    /// Deprecation warnings from loading it.
+    fn warnings(&self) -> &[String];
+    /// How it logs.
+    fn log(&self) -> &LogConfig;
+}
+
+/// The start of both binaries' `main`: an invalid configuration lists every
+/// problem and exits 2; `check-config` (`check_only`) prints the warnings
+/// and the verdict and exits 0; otherwise logging starts, the warnings are
+/// logged and the configuration is handed back to run with.
+pub fn start<C: ProgramConfig>(
+    program: &str,
+    loaded: Result<C, ConfigErrors>,
+    check_only: bool,
+) -> Result<C, ExitCode> {
+    let config = match loaded {
+        Ok(c) => c,
+        Err(errors) => {
+            eprintln!("{program}: invalid configuration:");
+            for e in &errors.0 {
+                eprintln!("  - {e}");
+            }
+            return Err(ExitCode::from(2));
+        }
+    };
+    if check_only {
+        for warning in config.warnings() {
+            eprintln!("warning: {warning}");
+        }
+        println!("configuration is valid");
+        return Err(ExitCode::SUCCESS);
+    }
+    init_logging(config.log().format, &config.log().level);
+    for warning in config.warnings() {
+        tracing::warn!("{warning}");
+    }
+    Ok(config)
+}
+
+/// The end of both binaries' `main`: an error is printed with its causes
+/// and exits 1.
+pub fn finish<E: std::fmt::Display>(program: &str, result: Result<(), E>) -> ExitCode {
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("{program}: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
