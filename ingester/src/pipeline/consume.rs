@@ -90,6 +90,13 @@ pub fn consumer_config(config: &Config) -> ClientConfig {
     c
 }
 
+/// How often the event loop closes aged batches, commits and accounts.
+const HOUSEKEEPING_EVERY: Duration = Duration::from_millis(100);
+/// Letters queued for the dead-letter worker.
+const LETTERS_QUEUED: usize = 1024;
+/// After the shutdown deadline, how long leaving the group may still take.
+const KAFKA_CLOSE_GRACE: Duration = Duration::from_secs(5);
+
 /// A record that goes to the dead-letter topic instead of a table.
 struct Letter {
     source: Source,
@@ -234,8 +241,107 @@ enum JournalDone {
 /// never journals a range of a partition that has gone to another member.
 type Owned = Arc<Mutex<HashMap<(String, i32), u64>>>;
 
-/// Runs the pipeline until `shutdown`, then flushes, commits and leaves the
-/// group within `pipeline.shutdown_timeout`.
+/// The budget's hysteresis: consumption pauses when the bytes in flight
+/// reach the budget and resumes under half of it, never while journaled
+/// ranges are being rebuilt (they close only when their last record arrives,
+/// and a previous owner held them within its budget).
+#[derive(Debug)]
+struct Budget {
+    limit: usize,
+    paused: bool,
+}
+
+impl Budget {
+    fn new(limit: usize) -> Budget {
+        Budget {
+            limit,
+            paused: false,
+        }
+    }
+
+    /// Whether consumption is to be paused now.
+    fn update(&mut self, in_flight: usize, rebuilding: bool) -> bool {
+        if !self.paused && in_flight >= self.limit && !rebuilding {
+            self.paused = true;
+        } else if self.paused && (in_flight < self.limit / 2 || rebuilding) {
+            self.paused = false;
+        }
+        self.paused
+    }
+}
+
+/// Decoded chunks back in poll order: decoders finish them in any order, but
+/// offsets must enter the watermark in poll order, or a commit could pass
+/// records still being decoded.
+#[derive(Debug)]
+struct InOrder<T> {
+    /// The number of the next chunk to hand on (= chunks handed on so far).
+    next: u64,
+    /// Chunks that arrived before their turn (a few per decoder at most).
+    early: BTreeMap<u64, T>,
+}
+
+impl<T> InOrder<T> {
+    fn new() -> InOrder<T> {
+        InOrder {
+            next: 0,
+            early: BTreeMap::new(),
+        }
+    }
+
+    /// Takes chunk `number`; returns the chunks now in turn, in order.
+    fn push(&mut self, number: u64, chunk: T) -> Vec<T> {
+        self.early.insert(number, chunk);
+        let mut ready = Vec::new();
+        while let Some(c) = self.early.remove(&self.next) {
+            self.next += 1;
+            ready.push(c);
+        }
+        ready
+    }
+
+    /// How many chunks have been handed on.
+    fn handed_on(&self) -> u64 {
+        self.next
+    }
+}
+
+/// What one turn of the event loop came to.
+enum Step {
+    /// Go on.
+    Continue,
+    /// Shutdown was asked for.
+    Stop,
+    /// The Kafka side stopped: drain, then fail.
+    Failed(anyhow::Error),
+}
+
+/// The running pipeline: its threads and tasks, the queues between them and
+/// the state the event loop owns. [`run`] is `start`, `step` until it stops,
+/// then `drain`.
+struct Pipeline {
+    config: Config,
+    stats: Arc<Stats>,
+    shutdown: CancellationToken,
+    state: State,
+    events: mpsc::Receiver<Event>,
+    decoder_threads: Vec<std::thread::JoinHandle<()>>,
+    poller: poll::Poller,
+    shard_txs: Vec<mpsc::Sender<Batch>>,
+    letters_tx: mpsc::Sender<Letter>,
+    journal_tx: mpsc::Sender<JournalJob>,
+    done_rx: mpsc::Receiver<Done>,
+    journal_done: mpsc::Receiver<JournalDone>,
+    workers: tokio_util::task::TaskTracker,
+    budget: Budget,
+    tick: tokio::time::Interval,
+    last_commit: Instant,
+    last_summary: Instant,
+}
+
+/// Runs the pipeline until `shutdown`, then drains it: every batch is
+/// flushed and made durable (or left uncommitted at the deadline) and the
+/// final offsets are committed as the member leaves the group.
 pub async fn run<S: Sink + Clone>(
     config: Config,
     sink: S,
@@ -244,125 +350,139 @@ pub async fn run<S: Sink + Clone>(
     tracer: Option<opentelemetry_sdk::trace::SdkTracer>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    let shards = config.clickhouse.shards.len();
-    let decoders = config.pipeline.decode_threads;
-    // Decoded chunks are several times their records' size: queue few.
-    let (events_tx, mut events) = mpsc::channel::<Event>(decoders + 1);
-    let precision = crate::sink::precision::Precision::new(&config.storage.precision);
-    let decode::Decoders { inputs, threads } =
-        decode::start(decoders, shards, &precision, events_tx.clone())?;
-    let stalls = Arc::new(Stalls::new(config.pipeline.rejects_before_pause));
-    let poller = poll::start(
-        consumer_config(&config),
-        &config.kafka.topics,
-        inputs,
-        events_tx,
-        config.pipeline.rebalance_timeout,
-        stalls.clone(),
-        stats.clone(),
-    )?;
-    info!(topics = ?config.kafka.topics, group = %config.kafka.group_id, shards, decoders,
-          "consuming");
-
-    // Every batch or letter in flight can report back without blocking.
-    let concurrency = config.pipeline.insert_concurrency;
-    let (done_tx, mut done_rx) = mpsc::channel::<Done>(shards * concurrency * 4 + 16);
-    let workers = tokio_util::task::TaskTracker::new();
-    let mut shard_txs = Vec::with_capacity(shards);
-    for _ in 0..shards {
-        let (tx, rx) = mpsc::channel::<Batch>(concurrency);
-        let rx = Arc::new(tokio::sync::Mutex::new(rx));
-        for _ in 0..concurrency {
-            let worker = Worker {
-                sink: sink.clone(),
-                dlq: dlq.clone(),
-                done: done_tx.clone(),
-                stats: stats.clone(),
-                shutdown: shutdown.clone(),
-                stalls: stalls.clone(),
-                tracer: tracer.clone(),
-            };
-            workers.spawn(worker.run(rx.clone()));
+    let mut pipeline = Pipeline::start(config, sink, dlq, stats, tracer, shutdown)?;
+    let failure = loop {
+        match pipeline.step().await {
+            Step::Continue => {}
+            Step::Stop => break None,
+            Step::Failed(e) => break Some(e),
         }
-        shard_txs.push(tx);
-    }
-    let (letters_tx, letters_rx) = mpsc::channel::<Letter>(1024);
-    workers.spawn(dead_letter_worker(
-        letters_rx,
-        dlq,
-        done_tx,
-        stats.clone(),
-        shutdown.clone(),
-    ));
-    let owned: Owned = Arc::default();
-    // One job at a time: the pipeline sends the next once this one reports.
-    let (journal_tx, journal_jobs) = mpsc::channel::<JournalJob>(1);
-    let (journal_done_tx, mut journal_done) = mpsc::channel::<JournalDone>(1);
-    workers.spawn(journal_worker(
-        sink.clone(),
-        JournalIdentity {
-            group: config.kafka.group_id.clone(),
-            ingester: config.quality.ingester_id(),
-        },
-        owned.clone(),
-        journal_jobs,
-        journal_done_tx,
-        stats.clone(),
-        shutdown.clone(),
-    ));
-    workers.close();
-
-    let now = now_ms();
-    let mut state = State {
-        last_counters: Counters::default(),
-        group: config.kafka.group_id.clone(),
-        partitions: HashMap::new(),
-        epoch: 0,
-        owned,
-        to_journal: Vec::new(),
-        to_read: Vec::new(),
-        journal_busy: false,
-        ready: (0..shards).map(|_| VecDeque::new()).collect(),
-        letters: VecDeque::new(),
-        watermarks: Watermarks::default(),
-        in_flight_bytes: 0,
-        chunks_received: 0,
-        unordered: BTreeMap::new(),
-        revoke: None,
-        quality: Quality::new(config.quality.ingester_id(), now),
-        shards,
     };
-    let budget = config.pipeline.memory_budget_bytes;
-    let mut tick = tokio::time::interval(Duration::from_millis(100));
-    let mut last_commit = Instant::now();
-    let mut last_summary = Instant::now();
-    let mut paused = false;
-    let mut failure = None;
+    pipeline.drain().await;
+    failure.map_or(Ok(()), Err)
+}
 
-    loop {
-        state.dispatch(&shard_txs, &letters_tx, &journal_tx);
-        state.answer_revoke(false);
-        // Hysteresis: pause at the budget, resume at half of it. Never while
-        // rebuilding journaled ranges: they close only when their last
-        // record arrives (and a previous owner held them within its budget).
-        if !paused && state.in_flight_bytes >= budget && !state.rebuilding() {
-            paused = true;
-        } else if paused && (state.in_flight_bytes < budget / 2 || state.rebuilding()) {
-            paused = false;
+impl Pipeline {
+    /// Starts the poll thread, the decoder threads, the insert workers per
+    /// shard, the dead-letter worker and the journal worker.
+    fn start<S: Sink + Clone>(
+        config: Config,
+        sink: S,
+        dlq: DeadLetters,
+        stats: Arc<Stats>,
+        tracer: Option<opentelemetry_sdk::trace::SdkTracer>,
+        shutdown: CancellationToken,
+    ) -> anyhow::Result<Pipeline> {
+        let shards = config.clickhouse.shards.len();
+        let decoders = config.pipeline.decode_threads;
+        // Decoded chunks are several times their records' size: queue few.
+        let (events_tx, events) = mpsc::channel::<Event>(decoders + 1);
+        let precision = crate::sink::precision::Precision::new(&config.storage.precision);
+        let decode::Decoders { inputs, threads } =
+            decode::start(decoders, shards, &precision, events_tx.clone())?;
+        let stalls = Arc::new(Stalls::new(config.pipeline.rejects_before_pause));
+        let poller = poll::start(
+            consumer_config(&config),
+            &config.kafka.topics,
+            inputs,
+            events_tx,
+            config.pipeline.rebalance_timeout,
+            stalls.clone(),
+            stats.clone(),
+        )?;
+        info!(topics = ?config.kafka.topics, group = %config.kafka.group_id, shards, decoders,
+              "consuming");
+
+        // Every batch or letter in flight can report back without blocking.
+        let concurrency = config.pipeline.insert_concurrency;
+        let (done_tx, done_rx) = mpsc::channel::<Done>(shards * concurrency * 4 + 16);
+        let workers = tokio_util::task::TaskTracker::new();
+        let mut shard_txs = Vec::with_capacity(shards);
+        for _ in 0..shards {
+            let (tx, rx) = mpsc::channel::<Batch>(concurrency);
+            let rx = Arc::new(tokio::sync::Mutex::new(rx));
+            for _ in 0..concurrency {
+                let worker = Worker {
+                    sink: sink.clone(),
+                    dlq: dlq.clone(),
+                    done: done_tx.clone(),
+                    stats: stats.clone(),
+                    shutdown: shutdown.clone(),
+                    stalls: stalls.clone(),
+                    tracer: tracer.clone(),
+                };
+                workers.spawn(worker.run(rx.clone()));
+            }
+            shard_txs.push(tx);
         }
-        poller.pause.store(paused, Ordering::Relaxed);
+        let (letters_tx, letters_rx) = mpsc::channel::<Letter>(LETTERS_QUEUED);
+        workers.spawn(dead_letter_worker(
+            letters_rx,
+            dlq,
+            done_tx,
+            stats.clone(),
+            shutdown.clone(),
+        ));
+        let owned: Owned = Arc::default();
+        // One job at a time: the pipeline sends the next once this one reports.
+        let (journal_tx, journal_jobs) = mpsc::channel::<JournalJob>(1);
+        let (journal_done_tx, journal_done) = mpsc::channel::<JournalDone>(1);
+        workers.spawn(journal_worker(
+            sink,
+            JournalIdentity {
+                group: config.kafka.group_id.clone(),
+                ingester: config.quality.ingester_id(),
+            },
+            owned.clone(),
+            journal_jobs,
+            journal_done_tx,
+            stats.clone(),
+            shutdown.clone(),
+        ));
+        workers.close();
+
+        let state = State::new(&config, owned, now_ms());
+        Ok(Pipeline {
+            budget: Budget::new(config.pipeline.memory_budget_bytes),
+            tick: tokio::time::interval(HOUSEKEEPING_EVERY),
+            last_commit: Instant::now(),
+            last_summary: Instant::now(),
+            config,
+            stats,
+            shutdown,
+            state,
+            events,
+            decoder_threads: threads,
+            poller,
+            shard_txs,
+            letters_tx,
+            journal_tx,
+            done_rx,
+            journal_done,
+            workers,
+        })
+    }
+
+    /// One turn of the event loop: hand out what is ready, pause or resume
+    /// consumption, then wait for the next event and take it.
+    async fn step(&mut self) -> Step {
+        let state = &mut self.state;
+        let config = &self.config;
+        let stats = &self.stats;
+        state.dispatch(&self.shard_txs, &self.letters_tx, &self.journal_tx);
+        state.answer_revoke(false);
+        let paused = self
+            .budget
+            .update(state.in_flight_bytes, state.rebuilding());
+        self.poller.pause.store(paused, Ordering::Relaxed);
         stats.consumption_paused.set(i64::from(paused));
         tokio::select! {
-            _ = shutdown.cancelled() => break,
-            event = events.recv() => match event {
+            _ = self.shutdown.cancelled() => return Step::Stop,
+            event = self.events.recv() => match event {
                 Some(Event::Decoded { chunk, records }) => {
-                    // Offsets must enter the watermark in poll order, or a
-                    // commit could pass records still being decoded.
-                    state.unordered.insert(chunk, records);
-                    while let Some(records) = state.unordered.remove(&state.chunks_received) {
-                        state.chunks_received += 1;
+                    for records in state.in_order.push(chunk, records) {
                         for d in records {
-                            state.accept(d, &config, &stats);
+                            state.accept(d, config, stats);
                         }
                     }
                 }
@@ -376,88 +496,103 @@ pub async fn run<S: Sink + Clone>(
                         deadline: Instant::now() + config.pipeline.rebalance_timeout,
                     });
                 }
-                None => {
-                    failure = Some(anyhow::anyhow!("the Kafka poll thread stopped"));
-                    break;
-                }
+                None => return Step::Failed(anyhow::anyhow!("the Kafka poll thread stopped")),
             },
-            Some(reply) = journal_done.recv() => state.journaled(reply, &config, &stats),
-            Some(done) = done_rx.recv() => {
-                state.finish(done, &stats);
+            Some(reply) = self.journal_done.recv() => state.journaled(reply, config, stats),
+            Some(done) = self.done_rx.recv() => {
+                state.finish(done, stats);
                 // Commit as soon as rows are durable (at most once per
                 // commit_interval): what a crash makes the next owner insert
                 // again is what was durable and not yet committed.
-                state.commit_at_most_every(config.kafka.commit_interval, &mut last_commit, &poller.commands);
+                state.commit_at_most_every(config.kafka.commit_interval, &mut self.last_commit, &self.poller.commands);
             }
-            _ = tick.tick() => {
+            _ = self.tick.tick() => {
                 state.flush_aged(config.batch.max_age);
-                state.commit_at_most_every(config.kafka.commit_interval, &mut last_commit, &poller.commands);
-                if last_summary.elapsed() >= config.quality.interval {
-                    state.summarize(&stats, paused);
-                    last_summary = Instant::now();
+                state.commit_at_most_every(config.kafka.commit_interval, &mut self.last_commit, &self.poller.commands);
+                if self.last_summary.elapsed() >= config.quality.interval {
+                    state.summarize(stats, paused);
+                    self.last_summary = Instant::now();
                 }
                 stats.in_flight_bytes.set(state.in_flight_bytes as i64);
             }
         }
+        Step::Continue
     }
 
-    // Shutdown: stop fetching, flush every batch, wait for the workers, commit.
-    info!("shutting down: flushing batches");
-    poller.pause.store(true, Ordering::Relaxed);
-    let deadline = tokio::time::Instant::now() + config.pipeline.shutdown_timeout;
-    state.summarize(&stats, true);
-    state.flush_all();
-    while state.watermarks.in_flight() > state.rebuilding_records() || state.has_queued() {
-        state.dispatch(&shard_txs, &letters_tx, &journal_tx);
-        tokio::select! {
-            Some(done) = done_rx.recv() => state.finish(done, &stats),
-            Some(reply) = journal_done.recv() => state.journaled(reply, &config, &stats),
-            // Records still arriving are not taken: they stay uncommitted.
-            Some(Event::Revoke { partitions, chunks, reply }) = events.recv() => {
-                state.revoke = Some(PendingRevoke { partitions, chunks, reply, deadline: Instant::now() });
-                state.answer_revoke(true);
-            }
-            _ = tokio::time::sleep_until(deadline) => {
-                warn!(records = state.watermarks.in_flight(),
-                      "shutdown deadline reached; uncommitted records will be read again");
-                break;
-            }
-        }
-    }
-    drop(shard_txs);
-    drop(letters_tx);
-    drop(journal_tx);
-    let offsets = state.watermarks.to_commit();
-    // Closing commits synchronously and leaves the group; events that are
-    // still coming are dropped (uncommitted) so nobody blocks on them.
-    if poller.commands.send(Command::Close(offsets)).is_err() {
-        warn!("the Kafka poll thread was gone before the final commit");
-    }
-    let drain = async { while events.recv().await.is_some() {} };
-    if tokio::time::timeout_at(deadline + Duration::from_secs(5), drain)
-        .await
-        .is_err()
-    {
-        warn!("the Kafka side did not close in time");
-    } else {
-        // Every sender is gone, so the threads are finishing.
-        for t in threads.into_iter().chain([poller.thread]) {
-            if !matches!(
-                tokio::task::spawn_blocking(move || t.join()).await,
-                Ok(Ok(()))
-            ) {
-                warn!("a Kafka or decoder thread panicked");
+    /// Shutdown: stop fetching, flush every batch, wait for the workers,
+    /// commit, leave the group, join the threads.
+    async fn drain(self) {
+        let Pipeline {
+            config,
+            stats,
+            mut state,
+            mut events,
+            decoder_threads,
+            poller,
+            shard_txs,
+            letters_tx,
+            journal_tx,
+            mut done_rx,
+            mut journal_done,
+            workers,
+            ..
+        } = self;
+        info!("shutting down: flushing batches");
+        poller.pause.store(true, Ordering::Relaxed);
+        let deadline = tokio::time::Instant::now() + config.pipeline.shutdown_timeout;
+        state.summarize(&stats, true);
+        state.flush_all();
+        while state.watermarks.in_flight() > state.rebuilding_records() || state.has_queued() {
+            state.dispatch(&shard_txs, &letters_tx, &journal_tx);
+            tokio::select! {
+                Some(done) = done_rx.recv() => state.finish(done, &stats),
+                Some(reply) = journal_done.recv() => state.journaled(reply, &config, &stats),
+                // Records still arriving are not taken: they stay uncommitted.
+                Some(Event::Revoke { partitions, chunks, reply }) = events.recv() => {
+                    state.revoke = Some(PendingRevoke { partitions, chunks, reply, deadline: Instant::now() });
+                    state.answer_revoke(true);
+                }
+                _ = tokio::time::sleep_until(deadline) => {
+                    warn!(records = state.watermarks.in_flight(),
+                          "shutdown deadline reached; uncommitted records will be read again");
+                    break;
+                }
             }
         }
+        drop(shard_txs);
+        drop(letters_tx);
+        drop(journal_tx);
+        let offsets = state.watermarks.to_commit();
+        // Closing commits synchronously and leaves the group; events that are
+        // still coming are dropped (uncommitted) so nobody blocks on them.
+        if poller.commands.send(Command::Close(offsets)).is_err() {
+            warn!("the Kafka poll thread was gone before the final commit");
+        }
+        let drain = async { while events.recv().await.is_some() {} };
+        if tokio::time::timeout_at(deadline + KAFKA_CLOSE_GRACE, drain)
+            .await
+            .is_err()
+        {
+            warn!("the Kafka side did not close in time");
+        } else {
+            // Every sender is gone, so the threads are finishing.
+            for t in decoder_threads.into_iter().chain([poller.thread]) {
+                if !matches!(
+                    tokio::task::spawn_blocking(move || t.join()).await,
+                    Ok(Ok(()))
+                ) {
+                    warn!("a Kafka or decoder thread panicked");
+                }
+            }
+        }
+        if tokio::time::timeout_at(deadline, workers.wait())
+            .await
+            .is_err()
+        {
+            warn!("insert workers still busy at the deadline");
+        }
+        info!("stopped");
     }
-    if tokio::time::timeout_at(deadline, workers.wait())
-        .await
-        .is_err()
-    {
-        warn!("insert workers still busy at the deadline");
-    }
-    info!("stopped");
-    failure.map_or(Ok(()), Err)
 }
 
 fn now_ms() -> u64 {
@@ -504,16 +639,36 @@ struct State {
     letters: VecDeque<Letter>,
     watermarks: Watermarks,
     in_flight_bytes: usize,
-    /// Chunks taken, in order; the next one to take is number `chunks_received`.
-    chunks_received: u64,
-    /// Chunks decoded ahead of their turn (at most a few per decoder).
-    unordered: BTreeMap<u64, Vec<Decoded>>,
+    /// Decoded chunks, back in poll order.
+    in_order: InOrder<Vec<Decoded>>,
     revoke: Option<PendingRevoke>,
     quality: Quality,
     shards: usize,
 }
 
 impl State {
+    fn new(config: &Config, owned: Owned, now_ms: u64) -> State {
+        let shards = config.clickhouse.shards.len();
+        State {
+            last_counters: Counters::default(),
+            group: config.kafka.group_id.clone(),
+            partitions: HashMap::new(),
+            epoch: 0,
+            owned,
+            to_journal: Vec::new(),
+            to_read: Vec::new(),
+            journal_busy: false,
+            ready: (0..shards).map(|_| VecDeque::new()).collect(),
+            letters: VecDeque::new(),
+            watermarks: Watermarks::default(),
+            in_flight_bytes: 0,
+            in_order: InOrder::new(),
+            revoke: None,
+            quality: Quality::new(config.quality.ingester_id(), now_ms),
+            shards,
+        }
+    }
+
     /// The state of a partition (`accept` announces one it has not heard of
     /// before asking for it).
     fn partition(&mut self, topic: &str, partition: i32) -> &mut Partition {
@@ -907,7 +1062,7 @@ impl State {
                 .filter(|o| o.rebuild.is_some())
                 .map_or(0, |o| o.offsets.len())
         };
-        let drained = self.chunks_received >= r.chunks
+        let drained = self.in_order.handed_on() >= r.chunks
             && !self.journal_busy
             && r.partitions
                 .iter()
@@ -1124,6 +1279,116 @@ async fn journal_worker<S: Sink>(
         };
         if done.send(reply).await.is_err() {
             return;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn the_budget_pauses_at_the_limit_and_resumes_under_half() {
+        let mut b = Budget::new(100);
+        assert!(!b.update(99, false));
+        assert!(b.update(100, false));
+        assert!(b.update(50, false), "paused down to half the budget");
+        assert!(!b.update(49, false));
+        assert!(!b.update(150, true), "never paused while rebuilding");
+        assert!(b.update(150, false));
+        assert!(!b.update(150, true), "rebuilding resumes at once");
+    }
+
+    #[test]
+    fn chunks_are_handed_on_in_poll_order() {
+        let mut o = InOrder::new();
+        assert!(o.push(1, "b").is_empty());
+        assert!(o.push(2, "c").is_empty());
+        assert_eq!(o.handed_on(), 0);
+        assert_eq!(o.push(0, "a"), ["a", "b", "c"]);
+        assert_eq!(o.handed_on(), 3);
+        assert_eq!(o.push(3, "d"), ["d"]);
+    }
+
+    proptest! {
+        #[test]
+        fn any_arrival_order_comes_out_in_poll_order(order in Just((0..40u64).collect::<Vec<_>>()).prop_shuffle()) {
+            let mut o = InOrder::new();
+            let mut out = Vec::new();
+            for n in order {
+                out.extend(o.push(n, n));
+            }
+            prop_assert_eq!(out, (0..40).collect::<Vec<_>>());
+            prop_assert!(o.early.is_empty());
+        }
+    }
+
+    fn revoking(
+        state: &mut State,
+        chunks: u64,
+        deadline: Instant,
+    ) -> std::sync::mpsc::Receiver<Vec<CommitOffset>> {
+        let (reply, answer) = std::sync::mpsc::sync_channel(1);
+        state.revoke = Some(PendingRevoke {
+            partitions: vec![("t".into(), 0)],
+            chunks,
+            reply,
+            deadline,
+        });
+        answer
+    }
+
+    #[test]
+    fn a_revoke_is_answered_once_its_chunks_are_in_and_its_records_durable() {
+        let mut state = State::new(&Config::default(), Owned::default(), 0);
+        state.assigned(vec![("t".into(), 0, Some(0))]);
+        state.watermarks.consumed("t", 0, 10);
+        let answer = revoking(&mut state, 2, Instant::now() + Duration::from_secs(60));
+
+        // Chunk 1 of 2 polled before the revoke has not been decoded yet.
+        state.in_order.push(0, Vec::new());
+        state.answer_revoke(false);
+        assert!(answer.try_recv().is_err(), "answered with a chunk missing");
+        state.in_order.push(1, Vec::new());
+        // Its record 10 is still in flight.
+        state.answer_revoke(false);
+        assert!(
+            answer.try_recv().is_err(),
+            "answered with a record in flight"
+        );
+
+        state.watermarks.finished("t", 0, 10);
+        state.answer_revoke(false);
+        let offsets = answer.try_recv().expect("answered once drained");
+        assert_eq!(offsets.len(), 1);
+        assert_eq!(offsets[0].offset, 11, "committed past the durable record");
+        assert!(state.revoke.is_none());
+        assert!(state.partitions.is_empty(), "the partition is forgotten");
+        assert!(
+            lock(&state.owned).is_empty(),
+            "the journal stops writing it"
+        );
+    }
+
+    #[test]
+    fn a_revoke_not_drained_is_answered_at_its_deadline_or_on_shutdown() {
+        for shutting_down in [false, true] {
+            let mut state = State::new(&Config::default(), Owned::default(), 0);
+            state.assigned(vec![("t".into(), 0, Some(0))]);
+            state.watermarks.consumed("t", 0, 10);
+            let deadline = if shutting_down {
+                Instant::now() + Duration::from_secs(60)
+            } else {
+                Instant::now()
+            };
+            let answer = revoking(&mut state, 1, deadline);
+            state.answer_revoke(shutting_down);
+            let offsets = answer.try_recv().expect("answered");
+            assert_eq!(
+                offsets[0].offset, 10,
+                "the record in flight stays uncommitted for the next owner"
+            );
         }
     }
 }
