@@ -54,6 +54,41 @@ impl SinkError {
 /// 72 CANNOT_PARSE_NUMBER, 117 INCORRECT_DATA, 131 TOO_LARGE_STRING_SIZE.
 const DATA_ERROR_CODES: &[u32] = &[6, 26, 27, 33, 53, 69, 70, 72, 117, 131];
 
+/// Classifies a failed call by the client's error variant first: network
+/// faults and timeouts are worth retrying; rows the client cannot encode are
+/// bad data (dead-lettered); a client and server that do not understand each
+/// other (parameters, an unsupported URL scheme, a schema mismatch) are a
+/// schema problem (retried, partitions paused, never dead-lettered). The
+/// server's own errors are classified by their code ([`classify`]).
+pub fn classify_error(e: &clickhouse::error::Error) -> SinkError {
+    use clickhouse::error::Error as E;
+    let message = e.to_string();
+    match e {
+        E::BadResponse(server) => classify(server),
+        E::Custom(_)
+        | E::SequenceMustHaveLength
+        | E::InvalidUtf8Encoding(_)
+        | E::InvalidTagEncoding(_)
+        | E::VariantDiscriminatorIsOutOfBound(_)
+        | E::Compression(_)
+        | E::DataFormat(_) => SinkError::Data {
+            code: CLIENT_SIDE,
+            message,
+        },
+        E::InvalidParams(_)
+        | E::Unsupported(_)
+        | E::SchemaMismatch(_)
+        | E::InvalidColumnsHeader(_) => SinkError::Schema(message),
+        // Network faults, timeouts, answers cut short, and whatever a later
+        // client version adds: try again.
+        _ => SinkError::Retryable(message),
+    }
+}
+
+/// The code of [`SinkError::Data`] when the client, not the server, refused
+/// the rows (ClickHouse's own codes start at 1).
+pub const CLIENT_SIDE: u32 = 0;
+
 /// Classifies a server message by its `Code: N`.
 pub fn classify(message: &str) -> SinkError {
     let code = message
@@ -325,7 +360,8 @@ impl ClickHouseSink {
             .collect::<Vec<_>>()
             .join(", ");
         let mut insert = self.clients[shard]
-            .insert_formatted_with(format!("INSERT INTO {table} ({columns}) FORMAT RowBinary"));
+            .insert_formatted_with(format!("INSERT INTO {table} ({columns}) FORMAT RowBinary"))
+            .with_timeouts(Some(self.timeout), Some(self.timeout));
         if let Some(token) = token
             && self.dedup(shard).await? == Dedup::Token
         {
@@ -348,7 +384,7 @@ impl ClickHouseSink {
                 self.timeout
             ))),
             Ok(Ok(v)) => Ok(v),
-            Ok(Err(e)) => Err(classify(&e.to_string())),
+            Ok(Err(e)) => Err(classify_error(&e)),
         }
     }
 }
@@ -478,5 +514,38 @@ mod tests {
         assert!(matches!(e, SinkError::Data { code: 53, .. }));
         assert!(classify("Code: 252. DB::Exception: Too many parts").is_retryable());
         assert!(classify("error trying to connect: Connection refused").is_retryable());
+    }
+
+    #[test]
+    fn client_errors_are_classified_by_variant_first() {
+        use clickhouse::error::Error as E;
+        let io =
+            || Box::new(std::io::Error::other("reset")) as Box<dyn std::error::Error + Send + Sync>;
+        assert!(classify_error(&E::Network(io())).is_retryable());
+        assert!(classify_error(&E::TimedOut).is_retryable());
+        assert!(matches!(
+            classify_error(&E::BadResponse(
+                "Code: 53. DB::Exception: Type mismatch".into()
+            )),
+            SinkError::Data { code: 53, .. }
+        ));
+        assert!(classify_error(&E::BadResponse("Code: 252. Too many parts".into())).is_retryable());
+        // A row the client cannot encode: the data, never retried forever.
+        assert!(matches!(
+            classify_error(&E::Custom("u64 out of range".into())),
+            SinkError::Data {
+                code: CLIENT_SIDE,
+                ..
+            }
+        ));
+        // Client and server disagree: a schema problem, never dead-lettered.
+        assert!(matches!(
+            classify_error(&E::Unsupported("invalid URL, scheme is not http".into())),
+            SinkError::Schema(_)
+        ));
+        assert!(matches!(
+            classify_error(&E::InvalidParams(io())),
+            SinkError::Schema(_)
+        ));
     }
 }
