@@ -86,9 +86,32 @@ impl Producer {
         Ok(Producer { inner, stop })
     }
 
+    /// Messages queued in librdkafka and not yet delivered.
+    pub fn in_flight(&self) -> i32 {
+        self.inner.in_flight_count()
+    }
+}
+
+/// What the publisher needs of a Kafka producer: a trait, so that the
+/// publisher's state machine is tested without a broker ([`Producer`] is the
+/// real one).
+pub trait Deliver: Send + 'static {
+    /// Queues a message; the receiver resolves with its outcome.
+    fn send(
+        &self,
+        topic: &str,
+        key: &str,
+        payload: &[u8],
+        headers: OwnedHeaders,
+    ) -> Result<oneshot::Receiver<DeliveryOutcome>, String>;
+    /// A fatal error: this producer can no longer deliver.
+    fn fatal_error(&self) -> Option<String>;
+}
+
+impl Deliver for Producer {
     /// Queues a message; the receiver resolves when the broker acknowledged
     /// it or librdkafka gave up (`message.timeout.ms`).
-    pub fn send(
+    fn send(
         &self,
         topic: &str,
         key: &str,
@@ -107,16 +130,11 @@ impl Producer {
     /// librdkafka's fatal error, if it raised one: the instance can no longer
     /// deliver (e.g. the idempotent producer's state was lost when the
     /// broker came back empty) and must be replaced.
-    pub fn fatal_error(&self) -> Option<String> {
+    fn fatal_error(&self) -> Option<String> {
         self.inner
             .client()
             .fatal_error()
             .map(|(code, reason)| format!("{code}: {reason}"))
-    }
-
-    /// Messages queued in librdkafka and not yet delivered.
-    pub fn in_flight(&self) -> i32 {
-        self.inner.in_flight_count()
     }
 }
 

@@ -33,8 +33,8 @@ use tokio::sync::mpsc;
 use tracing::{info, warn};
 
 use crate::config::Config;
-use crate::producer::{DeliveryOutcome, Producer};
-use crate::spool::{Entry, EntryKind, Pos, Spool};
+use crate::producer::{Deliver, DeliveryOutcome, Producer};
+use crate::spool::{Entry, EntryKind, Pos, Spool, SpoolStore};
 use crate::telemetry::AgentStats;
 
 /// Deliveries in flight at once. Agents send one record per tick; the window
@@ -130,15 +130,22 @@ struct InFlight {
     error: Option<String>,
 }
 
-/// The publisher: owns the producer, the memory queue and the spool.
-pub struct Publisher {
-    producer: Producer,
+/// Builds a producer (the publisher replaces one that is wedged).
+pub type Connect<P> = Box<dyn Fn() -> Result<P, String> + Send>;
+
+/// The publisher: owns the producer, the memory queue and the spool. Its
+/// states: **healthy** (memory queue → producer), **spooling** (a delivery
+/// failed or the memory queue is full: everything goes to the spool, and
+/// deliveries wait for the backoff), **replaying** (the spool is sent oldest
+/// first), and healthy again once the spool is empty.
+pub struct Publisher<P: Deliver = Producer, S: SpoolStore = Spool> {
+    producer: P,
     topic: String,
     key: String,
     memory: VecDeque<Entry>,
     memory_bytes: usize,
     memory_cap: usize,
-    spool: Spool,
+    spool: S,
     stats: Arc<AgentStats>,
     drops: SharedDropLog,
     /// Bumped at each failure: spool acks from an older epoch are ignored.
@@ -147,8 +154,8 @@ pub struct Publisher {
     backoff: Duration,
     /// Whether the last delivery failed (to log transitions only).
     failing: bool,
-    /// To build a fresh producer when the current one is wedged.
-    client_config: ClientConfig,
+    /// Builds a fresh producer when the current one is wedged.
+    connect: Connect<P>,
     /// When the current producer was built.
     producer_since: Instant,
 }
@@ -177,8 +184,8 @@ pub fn producer_config(config: &Config) -> ClientConfig {
 }
 
 impl Publisher {
-    /// Creates the producer. librdkafka connects lazily, so this succeeds
-    /// while the broker is down.
+    /// Creates the Kafka producer. librdkafka connects lazily, so this
+    /// succeeds while the broker is down.
     pub fn new(
         config: &Config,
         key: String,
@@ -188,14 +195,47 @@ impl Publisher {
     ) -> Result<Publisher, rdkafka::error::KafkaError> {
         let client_config = producer_config(config);
         let producer = Producer::new(&client_config)?;
-        stats.set_spool(spool.bytes(), spool.records());
-        Ok(Publisher {
-            producer,
+        let connect: Connect<Producer> =
+            Box::new(move || Producer::new(&client_config).map_err(|e| e.to_string()));
+        let target = Target {
             topic: config.kafka.topic.clone(),
             key,
+            memory_cap: config.buffer.memory_bytes,
+        };
+        Ok(Publisher::with_parts(
+            producer, connect, spool, target, stats, drops,
+        ))
+    }
+}
+
+/// Where a publisher sends, and how much it holds in memory.
+pub struct Target {
+    /// The topic.
+    pub topic: String,
+    /// Every message's key (the host id).
+    pub key: String,
+    /// The memory queue's cap, bytes.
+    pub memory_cap: usize,
+}
+
+impl<P: Deliver, S: SpoolStore> Publisher<P, S> {
+    /// A publisher over any producer and spool.
+    pub fn with_parts(
+        producer: P,
+        connect: Connect<P>,
+        spool: S,
+        target: Target,
+        stats: Arc<AgentStats>,
+        drops: SharedDropLog,
+    ) -> Publisher<P, S> {
+        stats.set_spool(spool.bytes(), spool.records());
+        Publisher {
+            producer,
+            topic: target.topic,
+            key: target.key,
             memory: VecDeque::new(),
             memory_bytes: 0,
-            memory_cap: config.buffer.memory_bytes,
+            memory_cap: target.memory_cap,
             spool,
             stats,
             drops,
@@ -203,14 +243,14 @@ impl Publisher {
             retry_at: None,
             backoff: BACKOFF_MIN,
             failing: false,
-            client_config,
+            connect,
             producer_since: Instant::now(),
-        })
+        }
     }
 
     /// Runs until `rx` closes, then flushes for at most `flush_deadline` and
     /// spools whatever was not delivered. Returns the spool for reuse (reload).
-    pub async fn run(mut self, mut rx: mpsc::Receiver<Entry>, flush_deadline: Duration) -> Spool {
+    pub async fn run(mut self, mut rx: mpsc::Receiver<Entry>, flush_deadline: Duration) -> S {
         let mut inflight: VecDeque<InFlight> = VecDeque::new();
         loop {
             self.fill(&mut inflight);
@@ -418,7 +458,7 @@ impl Publisher {
         if fatal.is_none() && !stale {
             return;
         }
-        match Producer::new(&self.client_config) {
+        match (self.connect)() {
             Ok(p) => {
                 warn!(fatal = fatal.as_deref(), "replacing the Kafka producer");
                 self.producer = p;
@@ -497,6 +537,277 @@ async fn sleep_until(at: Option<tokio::time::Instant>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::io;
+
+    /// A broker the test switches on and off; it records what it received.
+    #[derive(Clone, Default)]
+    struct Broker(Arc<Mutex<BrokerState>>);
+
+    #[derive(Default)]
+    struct BrokerState {
+        up: bool,
+        delivered: Vec<u64>,
+        /// Producers of this generation have raised a fatal error.
+        fatal_generation: Option<u32>,
+        producers_built: u32,
+    }
+
+    impl Broker {
+        fn set_up(&self, up: bool) {
+            lock(&self.0).up = up;
+        }
+        fn delivered(&self) -> Vec<u64> {
+            lock(&self.0).delivered.clone()
+        }
+        fn producer(&self) -> FakeProducer {
+            let mut b = lock(&self.0);
+            let generation = b.producers_built;
+            b.producers_built += 1;
+            FakeProducer {
+                broker: self.clone(),
+                generation,
+            }
+        }
+    }
+
+    struct FakeProducer {
+        broker: Broker,
+        generation: u32,
+    }
+
+    impl Deliver for FakeProducer {
+        fn send(
+            &self,
+            _topic: &str,
+            _key: &str,
+            payload: &[u8],
+            _headers: OwnedHeaders,
+        ) -> Result<tokio::sync::oneshot::Receiver<DeliveryOutcome>, String> {
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            let mut b = lock(&self.broker.0);
+            let outcome = if b.fatal_generation == Some(self.generation) {
+                Err("fatal: producer fenced".to_owned())
+            } else if b.up {
+                let seq = u64::from_le_bytes(payload.try_into().map_err(|_| "payload")?);
+                b.delivered.push(seq);
+                Ok(())
+            } else {
+                Err("broker down".to_owned())
+            };
+            let _sent = tx.send(outcome);
+            Ok(rx)
+        }
+        fn fatal_error(&self) -> Option<String> {
+            (lock(&self.broker.0).fatal_generation == Some(self.generation))
+                .then(|| "fenced".to_owned())
+        }
+    }
+
+    /// A spool in memory that holds at most `cap` records (oldest dropped).
+    struct FakeSpool {
+        entries: VecDeque<(u64, Entry)>,
+        next_index: u64,
+        /// Index of the next record to hand out.
+        sent: u64,
+        cap: usize,
+    }
+
+    impl FakeSpool {
+        fn new(cap: usize) -> FakeSpool {
+            FakeSpool {
+                entries: VecDeque::new(),
+                next_index: 0,
+                sent: 0,
+                cap,
+            }
+        }
+        fn base(&self) -> u64 {
+            self.entries.front().map_or(self.next_index, |(i, _)| *i)
+        }
+    }
+
+    impl SpoolStore for FakeSpool {
+        fn append(&mut self, entry: &Entry) -> io::Result<Vec<(EntryKind, u64)>> {
+            self.entries.push_back((self.next_index, entry.clone()));
+            self.next_index += 1;
+            let mut dropped = Vec::new();
+            while self.entries.len() > self.cap {
+                if let Some((_, e)) = self.entries.pop_front() {
+                    dropped.push((e.kind, e.seq));
+                }
+            }
+            self.sent = self.sent.max(self.base());
+            Ok(dropped)
+        }
+        fn next_unsent(&mut self) -> io::Result<Option<(Entry, Pos)>> {
+            let base = self.base();
+            let Some((_, e)) = self.entries.get((self.sent - base) as usize) else {
+                return Ok(None);
+            };
+            self.sent += 1;
+            Ok(Some((e.clone(), Pos::new(0, self.sent))))
+        }
+        fn ack(&mut self, pos: Pos, _records: u64) -> io::Result<()> {
+            while self
+                .entries
+                .front()
+                .is_some_and(|(i, _)| Pos::new(0, i + 1) <= pos)
+            {
+                self.entries.pop_front();
+            }
+            Ok(())
+        }
+        fn rewind(&mut self) {
+            self.sent = self.base();
+        }
+        fn is_empty(&self) -> bool {
+            self.entries.is_empty()
+        }
+        fn bytes(&self) -> u64 {
+            self.entries.iter().map(|(_, e)| e.bytes.len() as u64).sum()
+        }
+        fn records(&self) -> u64 {
+            self.entries.len() as u64
+        }
+    }
+
+    fn tick(seq: u64) -> Entry {
+        Entry {
+            kind: EntryKind::Metrics,
+            seq,
+            bytes: seq.to_le_bytes().to_vec(),
+        }
+    }
+
+    struct Harness {
+        broker: Broker,
+        stats: Arc<AgentStats>,
+        drops: SharedDropLog,
+        tx: mpsc::Sender<Entry>,
+        task: tokio::task::JoinHandle<FakeSpool>,
+    }
+
+    fn start(spool_cap: usize, memory_cap: usize) -> Harness {
+        let broker = Broker::default();
+        broker.set_up(true);
+        let stats = Arc::new(AgentStats::default());
+        let drops = SharedDropLog::default();
+        let connect_to = broker.clone();
+        let publisher = Publisher::with_parts(
+            broker.producer(),
+            Box::new(move || Ok(connect_to.producer())),
+            FakeSpool::new(spool_cap),
+            Target {
+                topic: "t".into(),
+                key: "h".into(),
+                memory_cap,
+            },
+            stats.clone(),
+            drops.clone(),
+        );
+        let (tx, rx) = mpsc::channel(16);
+        let task = tokio::spawn(publisher.run(rx, Duration::from_secs(1)));
+        Harness {
+            broker,
+            stats,
+            drops,
+            tx,
+            task,
+        }
+    }
+
+    impl Harness {
+        async fn send(&self, seqs: std::ops::Range<u64>) {
+            for seq in seqs {
+                self.tx.send(tick(seq)).await.expect("publisher running");
+                // Let the publisher take it (the clock is paused: no waiting).
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        }
+        async fn wait_for(&self, what: &str, done: impl Fn(&Harness) -> bool) {
+            for _ in 0..10_000 {
+                if done(self) {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            panic!("{what}: delivered {:?}", self.broker.delivered());
+        }
+        fn spool_records(&self) -> u64 {
+            self.stats.snapshot().spool_records
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn healthy_spooling_replaying_healthy() {
+        let h = start(100, 1 << 20);
+        h.send(0..2).await;
+        h.wait_for("healthy", |h| h.broker.delivered() == [0, 1])
+            .await;
+        assert_eq!(h.spool_records(), 0, "healthy: the spool is not used");
+
+        h.broker.set_up(false);
+        h.send(2..5).await;
+        h.wait_for("spooling", |h| h.spool_records() == 3).await;
+
+        h.broker.set_up(true);
+        h.wait_for("replayed", |h| h.spool_records() == 0).await;
+        assert_eq!(h.broker.delivered(), [0, 1, 2, 3, 4], "replayed in order");
+
+        h.send(5..6).await;
+        h.wait_for("healthy again", |h| h.broker.delivered().ends_with(&[5]))
+            .await;
+        drop(h.tx);
+        let spool = h.task.await.expect("publisher");
+        assert!(spool.is_empty());
+        assert!(lock(&h.drops).pending().is_empty(), "nothing dropped");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_fatal_producer_is_replaced_and_nothing_is_lost() {
+        let h = start(100, 1 << 20);
+        lock(&h.broker.0).fatal_generation = Some(0);
+        h.send(0..3).await;
+        h.wait_for("delivered by a new producer", |h| {
+            h.broker.delivered() == [0, 1, 2]
+        })
+        .await;
+        assert_eq!(lock(&h.broker.0).producers_built, 2, "replaced once");
+        assert_eq!(h.spool_records(), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_full_spool_drops_the_oldest_and_reports_them() {
+        let h = start(3, 1 << 20);
+        h.broker.set_up(false);
+        h.send(0..8).await;
+        h.wait_for("spool at its cap", |h| h.spool_records() == 3)
+            .await;
+        assert_eq!(
+            lock(&h.drops).pending(),
+            [SeqRange { first: 0, last: 4 }],
+            "the dropped ticks are reported"
+        );
+        h.broker.set_up(true);
+        h.wait_for("the rest delivered", |h| h.spool_records() == 0)
+            .await;
+        assert_eq!(h.broker.delivered(), [5, 6, 7]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_full_memory_queue_spools() {
+        // Room for one record in memory: the second goes to the spool.
+        let h = start(100, 8);
+        h.broker.set_up(false);
+        h.send(0..1).await;
+        h.broker.set_up(true);
+        h.send(1..4).await;
+        h.wait_for("all delivered", |h| h.broker.delivered().len() >= 4)
+            .await;
+        let mut got = h.broker.delivered();
+        got.dedup();
+        assert_eq!(got, [0, 1, 2, 3], "in order, none lost");
+    }
 
     #[test]
     fn drop_log_merges_and_keeps_ranges_until_acknowledged() {

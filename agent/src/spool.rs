@@ -417,6 +417,56 @@ fn create_private_dir(dir: &Path) -> io::Result<()> {
     fs::set_permissions(dir, fs::Permissions::from_mode(0o700))
 }
 
+/// What the publisher needs of a spool: a trait, so that the publisher's
+/// state machine is tested without a disk ([`Spool`] is the real one).
+pub trait SpoolStore: Send + 'static {
+    /// Appends a record; returns the undelivered records dropped at the cap.
+    fn append(&mut self, entry: &Entry) -> io::Result<Vec<(EntryKind, u64)>>;
+    /// The next record not yet handed out, with the position just after it.
+    fn next_unsent(&mut self) -> io::Result<Option<(Entry, Pos)>>;
+    /// Marks everything before `pos` (`records` of them) delivered.
+    fn ack(&mut self, pos: Pos, records: u64) -> io::Result<()>;
+    /// Hands out everything after the delivered position again.
+    fn rewind(&mut self);
+    /// Whether every record has been delivered.
+    fn is_empty(&self) -> bool;
+    /// Bytes held.
+    fn bytes(&self) -> u64;
+    /// Undelivered records.
+    fn records(&self) -> u64;
+}
+
+impl SpoolStore for Spool {
+    fn append(&mut self, entry: &Entry) -> io::Result<Vec<(EntryKind, u64)>> {
+        Spool::append(self, entry)
+    }
+    fn next_unsent(&mut self) -> io::Result<Option<(Entry, Pos)>> {
+        Spool::next_unsent(self)
+    }
+    fn ack(&mut self, pos: Pos, records: u64) -> io::Result<()> {
+        Spool::ack(self, pos, records)
+    }
+    fn rewind(&mut self) {
+        Spool::rewind(self);
+    }
+    fn is_empty(&self) -> bool {
+        Spool::is_empty(self)
+    }
+    fn bytes(&self) -> u64 {
+        Spool::bytes(self)
+    }
+    fn records(&self) -> u64 {
+        Spool::records(self)
+    }
+}
+
+impl Pos {
+    /// A position: the segment and the byte offset within it.
+    pub fn new(segment: u64, offset: u64) -> Pos {
+        Pos { segment, offset }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
