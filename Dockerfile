@@ -46,6 +46,8 @@ FROM runtime AS agent
 COPY --from=build /usr/local/bin/spillway-agent /usr/local/bin/
 # The spool volume mounts here; it must belong to the agent's user.
 RUN install -d -o spillway -m 0700 /var/lib/spillway/spool
+# One glibc malloc arena, as in packaging/spillway-agent.service.
+ENV MALLOC_ARENA_MAX=1
 USER spillway
 WORKDIR /var/lib/spillway
 ENTRYPOINT ["spillway-agent"]

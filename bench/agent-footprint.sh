@@ -54,7 +54,8 @@ tansu topic create --broker "tcp://$SPILLWAY_KAFKA_BROKERS" --partitions 1 bench
 
 prometheus-node-exporter --web.listen-address="127.0.0.1:$NE_PORT" >"$work/ne.log" 2>&1 &
 ne_pid=$!
-"$AGENT" --config "$work/agent.toml" >"$work/agent.log" 2>&1 &
+# As packaged (packaging/spillway-agent.service, the Dockerfile): one malloc arena.
+MALLOC_ARENA_MAX=1 "$AGENT" --config "$work/agent.toml" >"$work/agent.log" 2>&1 &
 agent_pid=$!
 sleep 3
 

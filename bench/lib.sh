@@ -8,6 +8,10 @@ eval "$(scripts/stack.sh env)"
 # One shard, named in the benchmarks' configs.
 unset SPILLWAY_CLICKHOUSE_URLS SPILLWAY_CLICKHOUSE_CLUSTER
 CH=${SPILLWAY_CLICKHOUSE_URL:-http://127.0.0.1:18123}
+# The binaries get configuration files: the stack's variables stay in the
+# scripts, not in the binaries' environment (where they are old names).
+export -n SPILLWAY_KAFKA_BROKERS SPILLWAY_CLICKHOUSE_URL SPILLWAY_CLICKHOUSE_USER \
+  SPILLWAY_CLICKHOUSE_PASSWORD SPILLWAY_STACK_ZOOKEEPER_PORT
 profile=${BENCH_PROFILE:-release}
 flag=--release
 if [ "$profile" = debug ]; then flag=; fi

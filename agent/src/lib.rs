@@ -142,7 +142,14 @@ fn start_publisher(
     let publisher = Publisher::new(config, key.to_owned(), spool, stats.clone(), drops.clone())
         .context("cannot create the Kafka producer")?;
     let (tx, rx) = mpsc::channel(CHANNEL_CAPACITY);
-    let task = tokio::spawn(publisher.run(rx, config.agent.shutdown_timeout));
+    // The publisher writes and fsyncs the spool synchronously: it runs on a
+    // thread of the blocking pool, not on the runtime's one async thread,
+    // so a slow disk never delays a tick. (The main thread drives the
+    // runtime's timers and I/O meanwhile, as Handle::block_on requires.)
+    let handle = tokio::runtime::Handle::current();
+    let shutdown_timeout = config.agent.shutdown_timeout;
+    let task =
+        tokio::task::spawn_blocking(move || handle.block_on(publisher.run(rx, shutdown_timeout)));
     Ok(Running { tx, task })
 }
 
