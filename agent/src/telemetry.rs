@@ -11,6 +11,12 @@ use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::registry::Registry;
 
 /// Counters and gauges about the agent, updated lock-free on the hot paths.
 #[derive(Debug, Default)]
@@ -199,130 +205,154 @@ pub fn process_usage() -> ProcessUsage {
         .unwrap_or_default()
 }
 
-/// Renders the stats in the Prometheus text format.
-pub fn render_prometheus(s: &StatsSnapshot) -> String {
-    let mut out = String::new();
-    let mut metric = |name: &str, kind: &str, help: &str, samples: &[(String, f64)]| {
-        // Writing to a String cannot fail.
-        out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} {kind}\n"));
-        for (labels, v) in samples {
-            out.push_str(&format!("{name}{labels} {v}\n"));
+/// The agent's metrics as a prometheus-client collector: read from
+/// [`AgentStats`] (and this process's usage) at each scrape, so the hot
+/// paths keep their plain atomics. Counter names get `_total` from the
+/// encoder, as in the ingester's registry.
+#[derive(Debug)]
+struct Exposition(Arc<AgentStats>);
+
+/// One metric of a scrape: a plain value, or one value per collector.
+enum Value {
+    Counter(f64),
+    Gauge(f64),
+    PerCollector(MetricType, Vec<(&'static str, f64)>),
+}
+
+impl Collector for Exposition {
+    fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
+        let s = self.0.snapshot();
+        let usage = process_usage();
+        let count = |n: u64| Value::Counter(n as f64);
+        let mut metrics = vec![
+            ("ticks", "Collection ticks.", count(s.ticks)),
+            (
+                "ticks_missed",
+                "Tick slots that went by while an earlier tick was still running (no record for them).",
+                count(s.missed),
+            ),
+            (
+                "records_published",
+                "Records acknowledged by the broker.",
+                count(s.published),
+            ),
+            (
+                "records_spooled",
+                "Records written to the disk spool.",
+                count(s.spooled),
+            ),
+            (
+                "records_dropped",
+                "Records dropped at the spool cap (reported in status records).",
+                count(s.dropped),
+            ),
+            (
+                "spool_truncated_bytes",
+                "Bytes cut from a torn spool tail (a crash mid-write) when the spool was opened.",
+                count(s.spool_truncated_bytes),
+            ),
+            (
+                "ticks_split",
+                "Ticks split to fit the message size limit.",
+                count(s.split),
+            ),
+            (
+                "samples_non_finite",
+                "Samples dropped for a NaN or infinite value.",
+                count(s.non_finite),
+            ),
+            (
+                "spool_bytes",
+                "Bytes in the disk spool.",
+                Value::Gauge(s.spool_bytes as f64),
+            ),
+            (
+                "spool_records",
+                "Records in the disk spool.",
+                Value::Gauge(s.spool_records as f64),
+            ),
+            (
+                "broker_up",
+                "1 if the last delivery succeeded.",
+                Value::Gauge(if s.broker_ok { 1.0 } else { 0.0 }),
+            ),
+            (
+                "collection_duration_seconds",
+                "Last run time of each collector.",
+                Value::PerCollector(
+                    MetricType::Gauge,
+                    s.collection_durations
+                        .iter()
+                        .map(|(c, d)| (*c, d.as_secs_f64()))
+                        .collect(),
+                ),
+            ),
+            (
+                "collector_skips",
+                "Ticks a collector was skipped (late, stuck or failed).",
+                Value::PerCollector(
+                    MetricType::Counter,
+                    s.skips.iter().map(|(c, n)| (*c, *n as f64)).collect(),
+                ),
+            ),
+        ];
+        if let Some(rss) = usage.rss_bytes {
+            metrics.push((
+                "memory_rss_bytes",
+                "Resident set size.",
+                Value::Gauge(rss as f64),
+            ));
         }
-    };
-    let plain = |v: f64| vec![(String::new(), v)];
-    let usage = process_usage();
-    if let Some(rss) = usage.rss_bytes {
-        metric(
-            "spillway_agent_memory_rss_bytes",
-            "gauge",
-            "Resident set size.",
-            &plain(rss as f64),
-        );
+        if let Some(cpu) = usage.cpu_seconds {
+            metrics.push(("cpu_seconds", "CPU time used.", Value::Counter(cpu)));
+        }
+        if let Some(l) = s.last_publish_latency {
+            metrics.push((
+                "publish_latency_seconds",
+                "Latency of the last acknowledged delivery.",
+                Value::Gauge(l.as_secs_f64()),
+            ));
+        }
+        for (name, help, value) in metrics {
+            match value {
+                Value::Counter(v) => ConstCounter::new(v).encode(encoder.encode_descriptor(
+                    name,
+                    help,
+                    None,
+                    MetricType::Counter,
+                )?)?,
+                Value::Gauge(v) => ConstGauge::new(v).encode(encoder.encode_descriptor(
+                    name,
+                    help,
+                    None,
+                    MetricType::Gauge,
+                )?)?,
+                Value::PerCollector(kind, values) => {
+                    let mut family = encoder.encode_descriptor(name, help, None, kind)?;
+                    for (collector, v) in values {
+                        let labels = [("collector", collector)];
+                        let one = family.encode_family(&labels)?;
+                        match kind {
+                            MetricType::Counter => ConstCounter::new(v).encode(one)?,
+                            _ => ConstGauge::new(v).encode(one)?,
+                        }
+                    }
+                }
+            }
+        }
+        Ok(())
     }
-    if let Some(cpu) = usage.cpu_seconds {
-        metric(
-            "spillway_agent_cpu_seconds_total",
-            "counter",
-            "CPU time used.",
-            &plain(cpu),
-        );
+}
+
+/// The agent's metrics in the text format of prometheus-client (the
+/// library the ingester's `/metrics` uses too).
+pub fn render_metrics(stats: &Arc<AgentStats>) -> String {
+    let mut registry = Registry::with_prefix("spillway_agent");
+    registry.register_collector(Box::new(Exposition(stats.clone())));
+    let mut out = String::new();
+    if prometheus_client::encoding::text::encode(&mut out, &registry).is_err() {
+        out.clear();
     }
-    metric(
-        "spillway_agent_ticks_total",
-        "counter",
-        "Collection ticks.",
-        &plain(s.ticks as f64),
-    );
-    metric(
-        "spillway_agent_ticks_missed_total",
-        "counter",
-        "Tick slots that went by while an earlier tick was still running (no record for them).",
-        &plain(s.missed as f64),
-    );
-    metric(
-        "spillway_agent_records_published_total",
-        "counter",
-        "Records acknowledged by the broker.",
-        &plain(s.published as f64),
-    );
-    metric(
-        "spillway_agent_records_spooled_total",
-        "counter",
-        "Records written to the disk spool.",
-        &plain(s.spooled as f64),
-    );
-    metric(
-        "spillway_agent_records_dropped_total",
-        "counter",
-        "Records dropped at the spool cap (reported in status records).",
-        &plain(s.dropped as f64),
-    );
-    metric(
-        "spillway_agent_spool_truncated_bytes_total",
-        "counter",
-        "Bytes cut from a torn spool tail (a crash mid-write) when the spool was opened.",
-        &plain(s.spool_truncated_bytes as f64),
-    );
-    metric(
-        "spillway_agent_ticks_split_total",
-        "counter",
-        "Ticks split to fit the message size limit.",
-        &plain(s.split as f64),
-    );
-    metric(
-        "spillway_agent_samples_non_finite_total",
-        "counter",
-        "Samples dropped for a NaN or infinite value.",
-        &plain(s.non_finite as f64),
-    );
-    metric(
-        "spillway_agent_spool_bytes",
-        "gauge",
-        "Bytes in the disk spool.",
-        &plain(s.spool_bytes as f64),
-    );
-    metric(
-        "spillway_agent_spool_records",
-        "gauge",
-        "Records in the disk spool.",
-        &plain(s.spool_records as f64),
-    );
-    metric(
-        "spillway_agent_broker_up",
-        "gauge",
-        "1 if the last delivery succeeded.",
-        &plain(if s.broker_ok { 1.0 } else { 0.0 }),
-    );
-    if let Some(l) = s.last_publish_latency {
-        metric(
-            "spillway_agent_publish_latency_seconds",
-            "gauge",
-            "Latency of the last acknowledged delivery.",
-            &plain(l.as_secs_f64()),
-        );
-    }
-    let durations: Vec<(String, f64)> = s
-        .collection_durations
-        .iter()
-        .map(|(c, d)| (format!("{{collector=\"{c}\"}}"), d.as_secs_f64()))
-        .collect();
-    metric(
-        "spillway_agent_collection_duration_seconds",
-        "gauge",
-        "Last run time of each collector.",
-        &durations,
-    );
-    let skips: Vec<(String, f64)> = s
-        .skips
-        .iter()
-        .map(|(c, n)| (format!("{{collector=\"{c}\"}}"), *n as f64))
-        .collect();
-    metric(
-        "spillway_agent_collector_skips_total",
-        "counter",
-        "Ticks a collector was skipped (late, stuck or failed).",
-        &skips,
-    );
     out
 }
 
@@ -337,7 +367,7 @@ pub fn router(stats: Arc<AgentStats>) -> Router {
 async fn metrics(State(stats): State<Arc<AgentStats>>) -> impl IntoResponse {
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        render_prometheus(&stats.snapshot()),
+        render_metrics(&stats),
     )
 }
 
