@@ -9,7 +9,6 @@ use anyhow::Context;
 use opentelemetry::KeyValue;
 use opentelemetry::metrics::MeterProvider as _;
 use opentelemetry_otlp::WithExportConfig;
-use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::metrics::{PeriodicReader, SdkMeterProvider};
 use spillway_shared::Origin;
 
@@ -33,15 +32,15 @@ pub fn start(
     let reader = PeriodicReader::builder(exporter)
         .with_interval(config.otlp_interval)
         .build();
-    let resource = Resource::builder()
-        .with_service_name("spillway-agent")
-        .with_attributes([
+    let resource = spillway_shared::process::otlp_resource(
+        "spillway-agent",
+        &origin.instance_id,
+        &origin.agent_version,
+        [
             KeyValue::new("host.id", origin.host_id.clone()),
             KeyValue::new("host.name", origin.hostname.clone()),
-            KeyValue::new("service.instance.id", origin.instance_id.clone()),
-            KeyValue::new("service.version", origin.agent_version.clone()),
-        ])
-        .build();
+        ],
+    );
     let provider = SdkMeterProvider::builder()
         .with_reader(reader)
         .with_resource(resource)

@@ -7,11 +7,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use opentelemetry::KeyValue;
 use opentelemetry::metrics::MeterProvider as _;
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_otlp::WithExportConfig;
-use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::metrics::{PeriodicReader, SdkMeterProvider};
 use opentelemetry_sdk::trace::{SdkTracer, SdkTracerProvider};
 
@@ -52,13 +50,12 @@ pub fn start(
         return Ok(None);
     };
     let base = endpoint.trim_end_matches('/');
-    let resource = Resource::builder()
-        .with_service_name("spillway-ingester")
-        .with_attributes([
-            KeyValue::new("service.instance.id", ingester_id.to_owned()),
-            KeyValue::new("service.version", env!("CARGO_PKG_VERSION")),
-        ])
-        .build();
+    let resource = spillway_shared::process::otlp_resource(
+        "spillway-ingester",
+        ingester_id,
+        env!("CARGO_PKG_VERSION"),
+        [],
+    );
     let span_exporter = opentelemetry_otlp::SpanExporter::builder()
         .with_http()
         .with_endpoint(format!("{base}/v1/traces"))
@@ -162,6 +159,7 @@ pub fn start(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use opentelemetry::KeyValue;
     use opentelemetry::trace::{Span as _, Tracer as _};
 
     /// Real OTLP/HTTP requests reach a local receiver: a span and the metrics.

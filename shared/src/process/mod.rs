@@ -8,6 +8,28 @@ mod logging;
 mod signals;
 
 pub use http::{serve, spawn as spawn_http};
+
+/// The OpenTelemetry resource both programs export under: the service name
+/// (the program), `service.instance.id`, `service.version`, and whatever
+/// else describes the process (the agent adds its host).
+pub fn otlp_resource(
+    program: &'static str,
+    instance_id: &str,
+    version: &str,
+    more: impl IntoIterator<Item = opentelemetry::KeyValue>,
+) -> opentelemetry_sdk::Resource {
+    opentelemetry_sdk::Resource::builder()
+        .with_service_name(program)
+        .with_attributes(
+            [
+                opentelemetry::KeyValue::new("service.instance.id", instance_id.to_owned()),
+                opentelemetry::KeyValue::new("service.version", version.to_owned()),
+            ]
+            .into_iter()
+            .chain(more),
+        )
+        .build()
+}
 pub use logging::{LogConfig, LogFormat, init_logging};
 pub use signals::{Signal, stop_on_signal, stop_on_signals};
 
