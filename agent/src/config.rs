@@ -325,7 +325,7 @@ pub const COLLECTORS: &[&str] = &[
 
 pub use spillway_shared::process::{HttpConfig, LogConfig, LogFormat};
 pub use spillway_shared::settings::{ConfigErrors, EnvSource, ProcessEnv, Properties};
-use spillway_shared::settings::{EnvPolicy, EnvVar};
+use spillway_shared::settings::{EnvPolicy, EnvVar, http_url_problem};
 
 impl Config {
     /// Parses TOML text.
@@ -487,12 +487,8 @@ impl Config {
                     .to_owned(),
             );
         }
-        if let Some(url) = &self.telemetry.otlp_endpoint
-            && !(url.starts_with("http://") || url.starts_with("https://"))
-        {
-            e.push(format!(
-                "telemetry.otlp_endpoint `{url}` must start with http:// or https://"
-            ));
+        if let Some(url) = &self.telemetry.otlp_endpoint {
+            e.extend(http_url_problem("telemetry.otlp_endpoint", url));
         }
         if self.telemetry.otlp_interval < Duration::from_secs(1) {
             e.push("telemetry.otlp_interval must be at least 1s".to_owned());

@@ -346,7 +346,7 @@ pub struct TelemetryConfig {
 
 pub use spillway_shared::process::{HttpConfig, LogConfig, LogFormat};
 pub use spillway_shared::settings::{ConfigErrors, EnvSource, ProcessEnv, Properties, Secret};
-use spillway_shared::settings::{EnvPolicy, EnvVar};
+use spillway_shared::settings::{EnvPolicy, EnvVar, http_url_problem};
 
 impl Config {
     /// Parses TOML.
@@ -489,12 +489,10 @@ impl Config {
             e.push("clickhouse.shards must list at least one shard".to_owned());
         }
         for (i, s) in self.clickhouse.shards.iter().enumerate() {
-            if !(s.url.starts_with("http://") || s.url.starts_with("https://")) {
-                e.push(format!(
-                    "clickhouse.shards[{i}].url `{}` must start with http:// or https://",
-                    s.url
-                ));
-            }
+            e.extend(http_url_problem(
+                &format!("clickhouse.shards[{i}].url"),
+                &s.url,
+            ));
             if s.database.is_empty()
                 || !s
                     .database
@@ -562,12 +560,8 @@ impl Config {
         {
             e.push(format!("clickhouse.cluster `{c}` must be [A-Za-z0-9_]+"));
         }
-        if let Some(url) = &self.telemetry.otlp_endpoint
-            && !(url.starts_with("http://") || url.starts_with("https://"))
-        {
-            e.push(format!(
-                "telemetry.otlp_endpoint `{url}` must start with http:// or https://"
-            ));
+        if let Some(url) = &self.telemetry.otlp_endpoint {
+            e.extend(http_url_problem("telemetry.otlp_endpoint", url));
         }
         if e.is_empty() {
             Ok(())

@@ -226,6 +226,12 @@ pub fn read_toml<T: DeserializeOwned + Default>(path: Option<&Path>) -> Result<T
     })
 }
 
+/// The problem with `url`, the value of `key`, unless it is an http(s) URL.
+pub fn http_url_problem(key: &str, url: &str) -> Option<String> {
+    (!(url.starts_with("http://") || url.starts_with("https://")))
+        .then(|| format!("{key} `{url}` must start with http:// or https://"))
+}
+
 /// A secret from configuration (a password). `Debug` never shows it, so a
 /// configuration dumped with `{:?}`, or an error that carries one, does not
 /// leak it; [`Secret::expose`] is the one way to read it.
