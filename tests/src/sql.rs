@@ -80,19 +80,41 @@ pub fn fleet_wide(sql: &str) -> String {
     out
 }
 
+/// Runs `sql` on one shard; returns the result as text in `format`.
+pub async fn run_on(
+    env: &TestEnv,
+    shard: usize,
+    db: &str,
+    sql: &str,
+    format: &str,
+) -> Result<String> {
+    let bytes = env
+        .clickhouse(shard)
+        .with_database(db)
+        .query(sql)
+        .fetch_bytes(format)?
+        .collect()
+        .await
+        .with_context(|| format!("shard {shard}:\n{sql}"))?;
+    Ok(String::from_utf8_lossy(&bytes).into_owned())
+}
+
 /// Runs `sql` on every shard; returns the shards' TSV results.
 pub async fn run_everywhere(env: &TestEnv, db: &str, sql: &str) -> Result<Vec<String>> {
     let mut out = Vec::new();
     for shard in 0..env.clickhouse_urls.len() {
-        let bytes = env
-            .clickhouse(shard)
-            .with_database(db)
-            .query(sql)
-            .fetch_bytes("TSV")?
-            .collect()
-            .await
-            .with_context(|| format!("shard {shard}:\n{sql}"))?;
-        out.push(String::from_utf8_lossy(&bytes).into_owned());
+        out.push(run_on(env, shard, db, sql, "TSV").await?);
     }
     Ok(out)
+}
+
+/// The table that takes `samples` rows written directly (synthetic rows):
+/// `samples_in` on a legacy server with replicated tiers (migration 0008),
+/// whose views feed `samples` and the tiers; else `samples` itself.
+pub async fn samples_entry(ch: &clickhouse::Client) -> Result<&'static str> {
+    let entry: u64 = ch
+        .query("SELECT count() FROM system.tables WHERE database = currentDatabase() AND name = 'samples_in'")
+        .fetch_one()
+        .await?;
+    Ok(if entry > 0 { "samples_in" } else { "samples" })
 }

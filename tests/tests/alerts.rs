@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail, ensure};
 use spillway_e2e::ingest::migrate;
+use spillway_e2e::sql::{run_on, samples_entry};
 use spillway_e2e::{TestEnv, unique_name};
 
 fn deploy(path: &str) -> PathBuf {
@@ -185,15 +186,7 @@ fn parse_rule(r: &serde_norway::Value) -> Result<Rule> {
 /// every shard) and returns each row's label columns joined by `/` with its
 /// `value`.
 async fn evaluate(env: &TestEnv, db: &str, sql: &str) -> Result<Vec<(String, f64)>> {
-    let bytes = env
-        .clickhouse(0)
-        .with_database(db)
-        .query(sql)
-        .fetch_bytes("TSVWithNames")?
-        .collect()
-        .await
-        .with_context(|| format!("query failed:\n{sql}"))?;
-    let text = String::from_utf8_lossy(&bytes);
+    let text = run_on(env, 0, db, sql, "TSVWithNames").await?;
     let mut lines = text.lines();
     let header: Vec<&str> = lines.next().unwrap_or_default().split('\t').collect();
     let value_at = header
@@ -232,13 +225,7 @@ async fn firing(env: &TestEnv, db: &str, rule: &Rule) -> Result<(BTreeSet<String
 /// that must not.
 async fn load_hosts(env: &TestEnv, db: &str) -> Result<()> {
     let ch = env.clickhouse(0).with_database(db);
-    // On a legacy server with replicated tiers (migration 0008) samples
-    // enter through `samples_in`, whose views feed `samples`.
-    let entry: u64 = ch
-        .query("SELECT count() FROM system.tables WHERE database = currentDatabase() AND name = 'samples_in'")
-        .fetch_one()
-        .await?;
-    let table = if entry > 0 { "samples_in" } else { "samples" };
+    let table = samples_entry(&ch).await?;
     let mut rows = Vec::new();
     let mut sample = |host: &str, ago: u64, metric: &str, labels: &str, value: f64| {
         rows.push(format!(

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, ensure};
 use spillway_e2e::ingest::{count, ingester_config, migrate};
 use spillway_e2e::process::Service;
-use spillway_e2e::sql::{documented_queries, fleet_wide, run_everywhere};
+use spillway_e2e::sql::{documented_queries, fleet_wide, run_everywhere, samples_entry};
 use spillway_e2e::{TestEnv, unique_name};
 
 /// The Grafana ClickHouse plugin's macros and Grafana's own time-range
@@ -40,13 +40,7 @@ fn expand_panel_sql(sql: &str, host: &str, range: u64) -> Result<String> {
 /// dropped ticks.
 async fn load_synthetic(env: &TestEnv, db: &str) -> Result<()> {
     let ch = env.clickhouse(0).with_database(db);
-    // On a legacy server with replicated tiers (migration 0008) rows enter
-    // through `samples_in`, whose views feed `samples` and the tiers.
-    let entry: u64 = ch
-        .query("SELECT count() FROM system.tables WHERE database = currentDatabase() AND name = 'samples_in'")
-        .fetch_one()
-        .await?;
-    let samples = if entry > 0 { "samples_in" } else { "samples" };
+    let samples = samples_entry(&ch).await?;
     let fs = |ago: u64, state: &str, value: f64| {
         format!(
             "(now() - {ago}, 0, 'disk-filling-host', 'disk-filling-host', 'system.filesystem.usage', \
