@@ -257,7 +257,9 @@ pub fn unique_name(prefix: &str) -> String {
 
 pub mod broker;
 pub mod clickhouse_server;
+pub mod compose;
 pub mod consume;
+pub mod grafana;
 pub mod ingest;
 pub mod process;
 pub mod sql;

@@ -3,37 +3,17 @@
 //! agent that went through the real broker and ingester, plus a few
 //! synthetic hosts for the questions a healthy fleet does not raise.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, ensure};
+use spillway_e2e::grafana::dashboard::Dashboard;
+use spillway_e2e::grafana::plugin::{Frame, TimeRange};
 use spillway_e2e::ingest::{count, ingester_config, migrate};
 use spillway_e2e::process::Service;
-use spillway_e2e::sql::{documented_queries, fleet_wide, run_everywhere, samples_entry};
+use spillway_e2e::sql::{documented_queries, fleet_wide, run_everywhere, run_on, samples_entry};
 use spillway_e2e::{TestEnv, unique_name};
-
-/// The Grafana ClickHouse plugin's macros and Grafana's own time-range
-/// variables, expanded as they are for a range of `range` seconds ending
-/// now, and the `host` variable.
-fn expand_panel_sql(sql: &str, host: &str, range: u64) -> Result<String> {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)?
-        .as_secs();
-    let from = now - range;
-    let mut out = sql
-        .replace("${host}", host)
-        .replace("${__from:date:seconds}", &from.to_string())
-        .replace("${__to:date:seconds}", &now.to_string());
-    while let Some(start) = out.find("$__timeFilter(") {
-        let rest = &out[start + "$__timeFilter(".len()..];
-        let end = rest.find(')').context("unclosed $__timeFilter")?;
-        let column = rest[..end].to_owned();
-        let expanded = format!("{column} >= toDateTime({from}) AND {column} <= toDateTime({now})");
-        out.replace_range(start..start + "$__timeFilter(".len() + end + 1, &expanded);
-    }
-    ensure!(!out.contains('$'), "unexpanded macro in panel SQL:\n{out}");
-    Ok(out)
-}
 
 /// Synthetic rows: a filesystem filling up, a host gone silent an hour ago,
 /// an agent with missing ticks, a counter that resets, an agent that
@@ -215,71 +195,95 @@ spool_dir = "{spool}"
         }
     }
 
-    // Every dashboard Grafana is given (docker-compose.yml mounts this folder).
+    // Every dashboard Grafana is given (docker-compose.yml mounts this
+    // folder), run as Grafana and the ClickHouse plugin run it: variables
+    // resolved by their own queries for the range, then the template
+    // service, then the plugin's macros (spillway_e2e::grafana::dashboard).
+    let datasources: BTreeSet<String> = ["spillway-clickhouse".to_owned()].into();
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/grafana/dashboards");
-    let mut sqls = Vec::new();
+    let mut dashboards = Vec::new();
     for entry in std::fs::read_dir(dir)? {
-        let dashboard: serde_json::Value =
-            serde_json::from_str(&std::fs::read_to_string(entry?.path())?)?;
-        for panel in dashboard["panels"].as_array().context("no panels")? {
-            for target in panel["targets"].as_array().into_iter().flatten() {
-                let title = panel["title"].as_str().unwrap_or("?").to_owned();
-                sqls.push((
-                    title,
-                    target["rawSql"].as_str().context("rawSql")?.to_owned(),
-                ));
-            }
-        }
-        for variable in dashboard["templating"]["list"]
-            .as_array()
-            .into_iter()
-            .flatten()
-        {
-            sqls.push((
-                format!("variable {}", variable["name"]),
-                variable["query"]
-                    .as_str()
-                    .context("variable query")?
-                    .to_owned(),
-            ));
-        }
+        let path = entry?.path();
+        let text = std::fs::read_to_string(&path)?;
+        dashboards.push(
+            Dashboard::parse(&text, &datasources).with_context(|| path.display().to_string())?,
+        );
     }
-    ensure!(sqls.len() >= 12, "only {} panel queries", sqls.len());
-    // The same dashboard serves one server and a cluster: every table it
-    // reads is an `_all` table.
-    for (title, sql) in &sqls {
-        for table in sql.split("FROM ").skip(1).filter_map(|rest| {
-            let name: String = rest
-                .chars()
-                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
-                .collect();
-            (!name.is_empty()).then_some(name)
-        }) {
-            ensure!(
-                table.ends_with("_all"),
-                "`{title}` reads `{table}`, not an _all table"
-            );
-        }
-    }
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_secs();
+    let chosen: BTreeMap<String, String> = [("host".to_owned(), hostname.clone())].into();
+    let tiers = ["samples_all", "samples_1m_all", "samples_1h_all"];
+    let mut empty = Vec::new();
+    let mut ran = 0;
     // Each range reads its own tier: raw rows up to an hour, the 1-minute
     // tier up to three days, the 1-hour tier beyond.
-    let mut empty = Vec::new();
-    for (range, tier) in [(3600, "raw"), (86400, "1m"), (30 * 86400, "1h")] {
-        for (title, sql) in &sqls {
-            let sql = expand_panel_sql(sql, &hostname, range)?;
-            let results = run_everywhere(&env, &db, &sql).await?;
-            if results.concat().trim().is_empty() {
-                empty.push(format!("{title} ({tier})"));
+    for (range, tier) in [(3600, tiers[0]), (86400, tiers[1]), (30 * 86400, tiers[2])] {
+        let range = TimeRange {
+            from: now - range,
+            to: now,
+        };
+        for dashboard in &dashboards {
+            let values = dashboard
+                .resolve(range, &chosen, |sql| {
+                    let env = &env;
+                    let db = &db;
+                    async move {
+                        let text = run_on(env, 0, db, &sql, "TSVWithNamesAndTypes").await?;
+                        Frame::from_tsv_with_names_and_types(&text)
+                    }
+                })
+                .await?;
+            ensure!(
+                values.get("samples").map(String::as_str) == Some(tier),
+                "range {range:?} reads {values:?}"
+            );
+            for target in dashboard.targets()? {
+                let sql = dashboard.expand(&target.sql, &values, range)?;
+                // One table per query, and only `_all` tables: the same
+                // dashboard serves one server and a cluster.
+                let tables: Vec<String> = sql
+                    .split("FROM ")
+                    .skip(1)
+                    .map(|rest| {
+                        rest.chars()
+                            .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                            .collect()
+                    })
+                    .filter(|name: &String| !name.is_empty())
+                    .collect();
+                for table in &tables {
+                    ensure!(
+                        table.ends_with("_all"),
+                        "`{}` reads `{table}`, not an _all table",
+                        target.panel
+                    );
+                }
+                let read: BTreeSet<&String> = tables
+                    .iter()
+                    .filter(|t| tiers.contains(&t.as_str()))
+                    .collect();
+                ensure!(
+                    read.len() <= 1,
+                    "`{}` reads several tiers: {read:?}",
+                    target.panel
+                );
+                let results = run_everywhere(&env, &db, &sql)
+                    .await
+                    .with_context(|| format!("`{}`:\n{sql}", target.panel))?;
+                if results.concat().trim().is_empty() {
+                    empty.push(format!("{} ({tier})", target.panel));
+                }
+                ran += 1;
             }
         }
     }
     // Every panel shows this host's data or the synthetic hosts'.
-    let unexpected: Vec<&String> = empty.iter().collect();
-    ensure!(unexpected.is_empty(), "panels without data: {unexpected:?}");
+    ensure!(empty.is_empty(), "panels without data: {empty:?}");
+    ensure!(ran >= 3 * 20, "only {ran} dashboard queries ran");
     println!(
-        "{} documented queries and {} dashboard queries ran",
-        queries.len(),
-        sqls.len()
+        "{} documented queries and {ran} dashboard queries ran",
+        queries.len()
     );
 
     ensure!(
@@ -290,5 +294,43 @@ spool_dir = "{spool}"
         ingester.terminate(Duration::from_secs(30))?,
         "ingester exited non-zero"
     );
+    Ok(())
+}
+
+/// A panel the docs point at (`the dashboard's "X" panel`, `panel "X"`)
+/// must be on a provisioned dashboard.
+#[test]
+fn every_panel_the_docs_name_is_on_a_dashboard() -> Result<()> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let datasources: BTreeSet<String> = ["spillway-clickhouse".to_owned()].into();
+    let mut titles = BTreeSet::new();
+    for entry in std::fs::read_dir(root.join("deploy/grafana/dashboards"))? {
+        let text = std::fs::read_to_string(entry?.path())?;
+        titles.extend(Dashboard::parse(&text, &datasources)?.panel_titles());
+    }
+    let mut docs = vec![root.join("README.md"), root.join("ARCHITECTURE.md")];
+    for entry in std::fs::read_dir(root.join("docs"))? {
+        docs.push(entry?.path());
+    }
+    let mut named = 0;
+    for doc in docs {
+        let text = std::fs::read_to_string(&doc)?.replace('\n', " ");
+        let quoted: Vec<&str> = text.split('"').collect();
+        // Odd pieces are quoted; a quote followed by " panel" or preceded
+        // by "panel " names a panel.
+        for (i, piece) in quoted.iter().enumerate().skip(1).step_by(2) {
+            let after = quoted.get(i + 1).copied().unwrap_or_default();
+            let before = quoted[i - 1];
+            if after.starts_with(" panel") || before.ends_with("panel ") {
+                ensure!(
+                    titles.contains(*piece),
+                    "{} names a panel \"{piece}\" that no dashboard has",
+                    doc.display()
+                );
+                named += 1;
+            }
+        }
+    }
+    ensure!(named >= 2, "only {named} panels named in the docs");
     Ok(())
 }

@@ -8,51 +8,13 @@
 //! this project's machines; docs/operations.md says so).
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
 use anyhow::{Context, Result, ensure};
 use serde_norway::Value;
 
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
-/// `docker-compose config`: the file with anchors, merges and `env_file`s
-/// resolved, as Compose would run it.
-fn resolved_compose() -> Result<Value> {
-    let out = Command::new("docker-compose")
-        .current_dir(repo())
-        .args(["-f", "docker-compose.yml", "config"])
-        .output()
-        .context(
-            "docker-compose is not installed (apt-get install docker-compose; it needs no engine)",
-        )?;
-    ensure!(
-        out.status.success(),
-        "docker-compose config failed:\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    Ok(serde_norway::from_slice(&out.stdout)?)
-}
-
-/// A service's environment, as `NAME: value` pairs.
-fn environment(service: &Value) -> BTreeMap<String, String> {
-    service["environment"]
-        .as_mapping()
-        .into_iter()
-        .flatten()
-        .filter_map(|(k, v)| {
-            let value = match v {
-                Value::String(s) => s.clone(),
-                Value::Number(n) => n.to_string(),
-                Value::Bool(b) => b.to_string(),
-                _ => String::new(),
-            };
-            Some((k.as_str()?.to_owned(), value))
-        })
-        .collect()
-}
+use spillway_e2e::compose::{environment, repo, resolved as resolved_compose};
 
 /// Runs `bin check-config` with exactly `env` (plus PATH); a value naming a
 /// file mounted into the container is pointed at the file in the repository.
@@ -201,7 +163,7 @@ fn grafana_is_given_only_what_the_suite_tests() -> Result<()> {
         mounted("provisioning") && mounted("dashboards"),
         "grafana mounts {mounts:?}"
     );
-    // Every threshold of alerting.env reaches Grafana.
+    // Every variable of alerting.env reaches Grafana.
     let env = environment(grafana);
     let text = std::fs::read_to_string(deploy.join("alerting.env"))?;
     for line in text
@@ -212,6 +174,80 @@ fn grafana_is_given_only_what_the_suite_tests() -> Result<()> {
         ensure!(
             env.get(k).map(String::as_str) == Some(v),
             "grafana's environment lacks {k}={v}"
+        );
+    }
+    Ok(())
+}
+
+/// What the images do with the services as written: two services building
+/// one tag can race ("image already exists"), so one builds and the others
+/// run it without pulling; Grafana starts after the migrations; the
+/// webhook's host resolves inside Grafana's container, where `localhost` is
+/// Grafana itself.
+#[test]
+fn services_build_once_start_in_order_and_reach_the_webhook() -> Result<()> {
+    let compose = resolved_compose()?;
+    let services = compose["services"].as_mapping().context("no services")?;
+    let mut builders: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for (name, service) in services {
+        let name = name.as_str().unwrap_or("?").to_owned();
+        let image = service["image"].as_str().unwrap_or_default();
+        if image.contains(":local") {
+            if service.get("build").is_some() {
+                builders.entry(image.to_owned()).or_default().push(name);
+            } else {
+                ensure!(
+                    service["pull_policy"] == "never",
+                    "{name} runs the local image {image} but may try to pull it"
+                );
+            }
+        }
+    }
+    for (image, names) in &builders {
+        ensure!(names.len() == 1, "{image} is built by {names:?}");
+    }
+    let locals: Vec<&str> = services
+        .values()
+        .filter_map(|s| s["image"].as_str())
+        .filter(|i| i.contains(":local"))
+        .collect();
+    for image in locals {
+        ensure!(builders.contains_key(image), "no service builds {image}");
+    }
+
+    let grafana = &compose["services"]["grafana"];
+    ensure!(
+        grafana["depends_on"]["migrate"]["condition"] == "service_completed_successfully",
+        "grafana does not wait for the migrations: {:?}",
+        grafana["depends_on"]
+    );
+    let url = environment(grafana)
+        .get("SPILLWAY_ALERT_WEBHOOK_URL")
+        .cloned()
+        .context("grafana has no SPILLWAY_ALERT_WEBHOOK_URL")?;
+    let host = url
+        .split("://")
+        .nth(1)
+        .and_then(|r| r.split([':', '/']).next())
+        .unwrap_or_default();
+    ensure!(
+        !["localhost", "127.0.0.1", "::1", ""].contains(&host),
+        "the webhook {url} is Grafana's own container"
+    );
+    if host == "host.docker.internal" {
+        let mapped = grafana["extra_hosts"]
+            .as_sequence()
+            .into_iter()
+            .flatten()
+            .any(|h| h.as_str() == Some("host.docker.internal:host-gateway"));
+        ensure!(
+            mapped,
+            "host.docker.internal is not mapped for grafana on Linux"
+        );
+    } else {
+        ensure!(
+            services.keys().any(|k| k.as_str() == Some(host)),
+            "the webhook host {host} is neither a service nor the Docker host"
         );
     }
     Ok(())
