@@ -13,9 +13,9 @@ For each data set (a record file) it:
      as the ingester does; today's rows get the label arrays it used to send
      and `ingested` = time + 1 s;
   3. merges each table into one part per partition (wide format), then reads
-     compressed bytes per column from system.columns;
-  4. runs every dashboard panel (today's dashboard from git, and v2's) over
-     the data's time range, interleaved, and takes the p50 of the latencies.
+     compressed bytes per column from system.columns.
+Dashboard latency is bench/dashboard.sh's (it loads data with
+`load_dataset` below).
 """
 
 import argparse
@@ -101,41 +101,9 @@ def compact(server, db, tables):
         server.q(f"OPTIMIZE TABLE {db}.{t} FINAL")
 
 
-def panels(commit):
-    if commit:
-        text = subprocess.run(["git", "show", f"{commit}:{DASHBOARD}"], capture_output=True,
-                              text=True, check=True).stdout
-    else:
-        text = open(DASHBOARD).read()
-    d = json.loads(text)
-    out = []
-    for p in d["panels"]:
-        for t in p.get("targets", []):
-            out.append((p["title"], t["rawSql"]))
-    return out, d["templating"]["list"][0]["query"]
-
-
-def expand(sql, host, frm, to):
-    sql = (sql.replace("${host}", host).replace("${__from:date:seconds}", str(frm))
-           .replace("${__to:date:seconds}", str(to)))
-    return re.sub(r"\$__timeFilter\((\w+)\)",
-                  lambda m: f"{m.group(1)} >= toDateTime({frm}) AND {m.group(1)} <= toDateTime({to})", sql)
-
-
-def latency(server, db, sql, runs):
-    times = []
-    for _ in range(runs):
-        t = time.perf_counter()
-        req = urllib.request.Request(server.url + "/?" + urllib.parse.urlencode({"database": db}),
-                                     data=sql.encode())
-        with urllib.request.urlopen(req, timeout=600) as r:
-            r.read()
-        times.append(time.perf_counter() - t)
-    times.sort()
-    return times[len(times) // 2]
-
-
-def run_dataset(args, server, label, records, work):
+def load_dataset(args, server, label, records, work):
+    """Loads `records` into a v2 database and a previous-layout one on
+    `server`; returns (v2 database, previous database, profile)."""
     rows_dir = os.path.join(work, label)
     exact_dir = os.path.join(work, label + "-exact")
     for d, env in ((rows_dir, {}), (exact_dir, {"STORAGE_ROWS_EXACT": "1"})):
@@ -175,6 +143,11 @@ def run_dataset(args, server, label, records, work):
     server.q(f"INSERT INTO {db_today}.samples SELECT time, time_ms, host_id, hostname, metric, labels, "
              f"label_keys, label_values, value, kind, unit, instance_id, seq, time + 1 FROM {stage}")
     server.q(f"DROP TABLE {stage}")
+    return db_v2, db_today, profile
+
+
+def run_dataset(args, server, label, records, work):
+    db_v2, db_today, profile = load_dataset(args, server, label, records, work)
     result = {"profile": profile}
     for name, db, tables in (("v2", db_v2, ["samples", "samples_1m", "samples_1h"]),
                              ("today", db_today, ["samples", "samples_1m"])):
@@ -183,22 +156,6 @@ def run_dataset(args, server, label, records, work):
         rollups = {t: sizes(server, db, t)[1] / rows for t in tables[1:]}
         result[name] = {"db": db, "rows": rows, "total": total / rows,
                         "columns": {c: b / rows for c, b in per_col.items()}, "rollups": rollups}
-    # Panels over the data's range, p50 of `runs` runs each, interleaved.
-    frm, to = (int(x) for x in server.q(
-        f"SELECT toUInt32(min(time)), toUInt32(max(time)) + 1 FROM {db_v2}.samples FORMAT TSV").split())
-    host = server.q(f"SELECT hostname FROM {db_v2}.samples GROUP BY hostname ORDER BY count() DESC LIMIT 1").strip()
-    old, _ = panels(TODAY_COMMIT)
-    new, _ = panels(None)
-    lat = {}
-    for (title, osql), (_, nsql) in zip(old, new):
-        o = expand(osql, host, frm, to)
-        n = expand(nsql, host, frm, to)
-        lo = latency(server, db_today, o, 1)  # warm
-        ln = latency(server, db_v2, n, 1)
-        lo = latency(server, db_today, o, args.runs)
-        ln = latency(server, db_v2, n, args.runs)
-        lat[title] = (lo, ln)
-    result["panels"] = lat
     for db in (db_v2, db_today):
         server.q(f"DROP DATABASE {db}")
     return result
@@ -218,9 +175,6 @@ def table(res):
     for t in sorted(set(today["rollups"]) | set(v2["rollups"])):
         lines.append(f"| rollup `{t}`, per raw sample | {fmt(today['rollups'].get(t))} | "
                      f"{fmt(v2['rollups'].get(t))} |")
-    lines += ["", "| panel | today p50 ms | v2 p50 ms | v2 / today |", "|---|---:|---:|---:|"]
-    for title, (o, n) in res["panels"].items():
-        lines.append(f"| {title} | {o * 1000:.1f} | {n * 1000:.1f} | {n / o:.2f} |")
     return "\n".join(lines)
 
 
@@ -231,7 +185,6 @@ def main():
     ap.add_argument("--legacy-url", required=True)
     ap.add_argument("--agent", required=True, help="record file of real agent data")
     ap.add_argument("--fleet", required=True, help="record file of a simulated fleet")
-    ap.add_argument("--runs", type=int, default=7)
     ap.add_argument("--out", required=True)
     args = ap.parse_args()
 

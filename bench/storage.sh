@@ -7,8 +7,7 @@
 #       release agent at 1 s through the stack's broker);
 #   (b) a simulated fleet: HOSTS hosts for TICKS ticks 10 s apart
 #       (`loadgen --values host`: host-like values);
-# plus the p50 latency of every dashboard panel over each data set's range,
-# today's dashboard on today's layout against v2's on v2.
+# (Dashboard panel latency on the same layouts: bench/dashboard.sh.)
 #
 #   bench/storage.sh [HOSTS] [TICKS]      (default 20 360; CI smoke: 2 30)
 #
@@ -20,7 +19,6 @@ ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT"
 HOSTS=${1:-20}
 TICKS=${2:-360}
-RUNS=${BENCH_RUNS:-7}
 
 # shellcheck source=bench/lib.sh
 source bench/lib.sh
@@ -54,11 +52,11 @@ fi
 out=${BENCH_RESULTS:-bench/results}/$(date +%F)-storage.md
 mkdir -p "$(dirname "$out")"
 python3 bench/storage.py --ingester "$INGESTER" --rows "$ROWS" --legacy-url "$CH" \
-  --agent "$agent_data" --fleet "$work/fleet.rec" --runs "$RUNS" --out "$work/tables.md" | tee "$work/log"
+  --agent "$agent_data" --fleet "$work/fleet.rec" --out "$work/tables.md" | tee "$work/log"
 {
   echo "# Storage: previous layout vs storage v2 ($(date +%F))"
   echo
-  echo "\`bench/storage.sh $HOSTS $TICKS\`, $RUNS runs per panel, on $(nproc) cores."
+  echo "\`bench/storage.sh $HOSTS $TICKS\`, on $(nproc) cores."
   echo "Agent data: $(if [ -n "${BENCH_COLLECT:-}" ]; then echo "collected now, ${BENCH_COLLECT} s"; else echo "bench/data/agent-1s.rec.zst (20 minutes of this machine at 1 s)"; fi);"
   echo "fleet: $HOSTS simulated hosts x $TICKS ticks at 10 s."
   echo "Compressed bytes per raw sample after merging each table to one part per partition;"

@@ -51,6 +51,10 @@ fi
 step "docker-compose config -q (the compose file is valid)"
 docker-compose -f docker-compose.yml config -q
 
+step "Grafana dashboards against @grafana/schema 12.2.1 (tests/grafana-schema: tsc over the dashboard JSON)"
+(cd tests/grafana-schema && npm ci --no-audit --no-fund --silent)
+node tests/grafana-schema/check.mjs
+
 step "cargo fmt --check"
 cargo fmt --all --check
 cargo fmt --manifest-path fuzz/Cargo.toml --check
@@ -149,7 +153,7 @@ step "fuzz smoke run (every target for 20 s from the kept corpus; a crash fails)
 scripts/fuzz.sh 20
 
 step "benchmark set-up in each one's default (release) mode"
-for b in bench/ingest-drain.sh bench/freshness.sh bench/agent-footprint.sh bench/storage.sh; do
+for b in bench/ingest-drain.sh bench/freshness.sh bench/agent-footprint.sh bench/storage.sh bench/dashboard.sh; do
   BENCH_CHECK=1 BENCH_PROFILE= "$b"
 done
 
@@ -162,4 +166,5 @@ bench/freshness.sh 50 6 2s
 bench/agent-footprint.sh 5
 bench/codec.sh --smoke
 bench/storage.sh 2 30
+bench/dashboard.sh 2 8
 rm -rf "$BENCH_RESULTS"

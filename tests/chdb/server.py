@@ -13,7 +13,8 @@ Only what Spillway's client uses is implemented: `GET /ping`; a query in the
 when `decompress=1`), in any input format, staged in a file and inserted with
 the `file()` table function; `database`; other URL parameters are passed on
 as query settings. Results are returned uncompressed; errors as ClickHouse
-returns them (HTTP 500, `X-ClickHouse-Exception-Code`, `Code: N. ...`).
+returns them (HTTP 500, `X-ClickHouse-Exception-Code`, `Code: N. ...`); rows
+and bytes read in `X-ClickHouse-Summary`, as ClickHouse reports them.
 Connections are served on threads (the client pools them); queries run one
 at a time, as chdb's session is not thread-safe.
 
@@ -23,6 +24,7 @@ not listen on but reports as local) is defined, so `Distributed` tables work.
 
 import argparse
 import http.server
+import json
 import os
 import re
 import struct
@@ -86,7 +88,13 @@ class Server:
         self.version = self.run("SELECT version()", "TSV").decode().strip()
 
     def run(self, sql, fmt="TSV"):
-        return self.session.query(sql, fmt).bytes()
+        return self.query(sql, fmt).bytes()
+
+    def query(self, sql, fmt="TSV"):
+        result = self.session.query(sql, fmt)
+        # What ClickHouse reports in X-ClickHouse-Summary.
+        self.read_rows, self.read_bytes = result.storage_rows_read(), result.storage_bytes_read()
+        return result
 
     def handle(self, params, body):
         database = params.get("database", "default")
@@ -194,6 +202,8 @@ def main():
             try:
                 with lock:
                     out = server.handle(params, body)
+                    summary = json.dumps({"read_rows": str(server.read_rows),
+                                          "read_bytes": str(server.read_bytes)})
             except Exception as e:  # chdb's errors carry ClickHouse's code
                 text = str(e)
                 code = CODE.search(text)
@@ -202,7 +212,8 @@ def main():
                     text = f"Code: {code}. DB::Exception: {text}"
                 return self.reply(500, (text + "\n").encode(),
                                   [("X-ClickHouse-Exception-Code", code)])
-            self.reply(200, out, [("X-ClickHouse-Server-Display-Name", "chdb")])
+            self.reply(200, out, [("X-ClickHouse-Server-Display-Name", "chdb"),
+                                  ("X-ClickHouse-Summary", summary)])
 
         def do_GET(self):
             self.serve(b"")

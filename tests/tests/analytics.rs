@@ -212,7 +212,8 @@ spool_dir = "{spool}"
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)?
         .as_secs();
-    let chosen: BTreeMap<String, String> = [("host".to_owned(), hostname.clone())].into();
+    // The host variable's values are host ids (its texts are host names).
+    let chosen: BTreeMap<String, String> = [("host".to_owned(), host.clone())].into();
     let tiers = ["samples_all", "samples_1m_all", "samples_1h_all"];
     let mut empty = Vec::new();
     let mut ran = 0;
@@ -237,6 +238,10 @@ spool_dir = "{spool}"
             ensure!(
                 values.get("samples").map(String::as_str) == Some(tier),
                 "range {range:?} reads {values:?}"
+            );
+            ensure!(
+                values.get("host") == Some(&host),
+                "the host variable does not offer {host}: {values:?}"
             );
             for target in dashboard.targets()? {
                 let sql = dashboard.expand(&target.sql, &values, range)?;
