@@ -21,6 +21,8 @@ CH_SERVERS=${SPILLWAY_STACK_CLICKHOUSE_SERVERS:-2}
 CH_HTTP_BASE=${SPILLWAY_STACK_CLICKHOUSE_HTTP_PORT:-18123}
 CH_TCP_BASE=${SPILLWAY_STACK_CLICKHOUSE_TCP_PORT:-19000}
 CH_INTERSERVER_BASE=${SPILLWAY_STACK_CLICKHOUSE_INTERSERVER_PORT:-18009}
+CH_HTTPS_BASE=${SPILLWAY_STACK_CLICKHOUSE_HTTPS_PORT:-18443}
+TLS_DIR=$STACK_DIR/tls
 ZK_PORT=${SPILLWAY_STACK_ZOOKEEPER_PORT:-12181}
 TANSU_VERSION=0.6.0
 WAIT_SECS=${SPILLWAY_STACK_WAIT_SECS:-60}
@@ -45,6 +47,14 @@ apt_install() {
 
 ensure_installed() {
   command -v curl >/dev/null || apt_install curl
+  command -v openssl >/dev/null || apt_install openssl
+  # What building Spillway links: librdkafka's TLS/SASL (OpenSSL) and OIDC
+  # (libcurl).
+  local pkg missing=()
+  for pkg in pkg-config libssl-dev libcurl4-openssl-dev; do
+    dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
+  done
+  [ ${#missing[@]} -eq 0 ] || apt_install "${missing[@]}"
   command -v clickhouse-server >/dev/null || apt_install clickhouse-server
   [ -f /usr/share/java/zookeeper.jar ] || apt_install zookeeper
   command -v java >/dev/null || apt_install default-jre-headless
@@ -95,6 +105,31 @@ pid_alive() { [ -f "$1" ] && kill -0 "$(cat "$1")" 2>/dev/null; }
 ch_http_port() { echo $((CH_HTTP_BASE + $1 - 1)); }
 ch_tcp_port() { echo $((CH_TCP_BASE + $1 - 1)); }
 ch_interserver_port() { echo $((CH_INTERSERVER_BASE + $1 - 1)); }
+ch_https_port() { echo $((CH_HTTPS_BASE + $1 - 1)); }
+
+# A test CA and, signed by it, a server certificate for localhost and
+# 127.0.0.1 and a client certificate (rustls refuses a CA certificate used
+# as a server's, hence the two levels). Made once per stack directory.
+make_tls() {
+  [ -f "$TLS_DIR/client.pem" ] && return
+  mkdir -p "$TLS_DIR"
+  log "making a test CA and certificates in $TLS_DIR"
+  (
+    cd "$TLS_DIR"
+    openssl req -x509 -newkey rsa:2048 -nodes -days 3650 -subj "/CN=spillway test CA" \
+      -addext basicConstraints=critical,CA:TRUE -addext keyUsage=critical,keyCertSign,cRLSign \
+      -keyout ca.key -out ca.pem 2>/dev/null
+    openssl req -newkey rsa:2048 -nodes -subj "/CN=localhost" -keyout server.key -out server.csr 2>/dev/null
+    printf 'subjectAltName=DNS:localhost,IP:127.0.0.1\nextendedKeyUsage=serverAuth\n' >server.ext
+    openssl x509 -req -in server.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 3650 \
+      -extfile server.ext -out server.pem 2>/dev/null
+    openssl req -newkey rsa:2048 -nodes -subj "/CN=spillway client" -keyout client.key -out client.csr 2>/dev/null
+    printf 'extendedKeyUsage=clientAuth\n' >client.ext
+    openssl x509 -req -in client.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 3650 \
+      -extfile client.ext -out client.pem 2>/dev/null
+    rm -f ./*.csr ./*.ext
+  ) || die "cannot make the test certificates (is openssl installed?)"
+}
 ch_url() { echo "http://127.0.0.1:$(ch_http_port "$1")"; }
 
 kafka_healthy() {
@@ -156,6 +191,9 @@ start_clickhouse() {
       -e "s#@INTERSERVER_PORT@#$(ch_interserver_port "$n")#g" \
       -e "s#@ZK_PORT@#$ZK_PORT#g" \
       -e "s#@SHARD@#$n#g" \
+      -e "s#@HTTPS_PORT@#$(ch_https_port "$n")#g" \
+      -e "s#@TLS_DIR@#$TLS_DIR#g" \
+      -e "s#@VERIFICATION_MODE@#$([ "$n" = 2 ] && echo strict || echo none)#g" \
       "$ROOT/scripts/stack/clickhouse-config.xml.in" >"$dir/config.xml"
   cp "$ROOT/scripts/stack/clickhouse-users.xml" "$dir/users.xml"
   log "starting clickhouse-$n on 127.0.0.1:$(ch_http_port "$n")"
@@ -227,12 +265,15 @@ export SPILLWAY_CLICKHOUSE_CLUSTER=spillway
 export SPILLWAY_CLICKHOUSE_USER=default
 export SPILLWAY_CLICKHOUSE_PASSWORD=
 export SPILLWAY_STACK_ZOOKEEPER_PORT=$ZK_PORT
+export SPILLWAY_STACK_TLS_DIR=$TLS_DIR
+export SPILLWAY_STACK_CLICKHOUSE_HTTPS_URLS=https://127.0.0.1:$(ch_https_port 1),https://127.0.0.1:$(ch_https_port 2)
 EOF
 }
 
 cmd_up() {
   ensure_installed
   mkdir -p "$STACK_DIR"
+  make_tls
   start_kafka
   start_zookeeper
   wait_zookeeper

@@ -48,6 +48,11 @@ if ! command -v docker-compose >/dev/null 2>&1; then
   apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq docker-compose >/dev/null
 fi
+if ! command -v stunnel >/dev/null 2>&1; then
+  step "apt-get install stunnel4 (terminates TLS in front of the test broker: tests/tests/secure.rs)"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq stunnel4 >/dev/null
+fi
 step "docker-compose config -q (the compose file is valid)"
 docker-compose -f docker-compose.yml config -q
 

@@ -42,6 +42,12 @@ pub const ENV: EnvPolicy = EnvPolicy {
         EnvVar::new("SPILLWAY_AGENT_HOSTNAME"),
         EnvVar::new("SPILLWAY_AGENT_HOST_ROOT"),
         EnvVar::new("SPILLWAY_AGENT_SPOOL_DIR"),
+        EnvVar::new("SPILLWAY_AGENT_KAFKA_TLS_CA_FILE"),
+        EnvVar::new("SPILLWAY_AGENT_KAFKA_TLS_CERT_FILE"),
+        EnvVar::new("SPILLWAY_AGENT_KAFKA_TLS_KEY_FILE"),
+        EnvVar::new("SPILLWAY_AGENT_KAFKA_SASL_MECHANISM"),
+        EnvVar::new("SPILLWAY_AGENT_KAFKA_SASL_USERNAME"),
+        EnvVar::new("SPILLWAY_AGENT_KAFKA_SASL_PASSWORD_FILE"),
         EnvVar::new("SPILLWAY_AGENT_HTTP_LISTEN"),
         EnvVar::new("SPILLWAY_AGENT_LOG_FORMAT"),
     ],
@@ -253,8 +259,23 @@ pub struct KafkaConfig {
     pub delivery_timeout: Duration,
     /// Largest message the broker accepts; larger ticks are split.
     pub max_message_bytes: usize,
-    /// Extra librdkafka properties, passed through (TLS, SASL, ...).
+    /// TLS towards the brokers (`[kafka.tls]`); plaintext when absent.
+    pub tls: Option<KafkaTls>,
+    /// SASL authentication (`[kafka.sasl]`); none when absent.
+    pub sasl: Option<KafkaSasl>,
+    /// Extra librdkafka properties, passed through; one that `tls` or
+    /// `sasl` sets is an error.
     pub properties: Properties,
+}
+
+impl KafkaConfig {
+    /// The `tls` and `sasl` blocks together.
+    pub fn security(&self) -> KafkaSecurity<'_> {
+        KafkaSecurity {
+            tls: self.tls.as_ref(),
+            sasl: self.sasl.as_ref(),
+        }
+    }
 }
 
 impl Default for KafkaConfig {
@@ -266,6 +287,8 @@ impl Default for KafkaConfig {
             linger: Duration::from_millis(5),
             delivery_timeout: Duration::from_secs(10),
             max_message_bytes: 1_000_000,
+            tls: None,
+            sasl: None,
             properties: Properties::default(),
         }
     }
@@ -323,6 +346,7 @@ pub const COLLECTORS: &[&str] = &[
     "agent",
 ];
 
+pub use spillway_shared::kafka_security::{KafkaSasl, KafkaSecurity, KafkaTls, SaslMechanism};
 pub use spillway_shared::process::{HttpConfig, LogConfig, LogFormat};
 pub use spillway_shared::settings::{ConfigErrors, EnvSource, ProcessEnv, Properties};
 use spillway_shared::settings::{EnvPolicy, EnvVar, http_url_problem};
@@ -382,6 +406,12 @@ impl Config {
         if let Some(v) = r.get("SPILLWAY_AGENT_SPOOL_DIR") {
             self.buffer.spool_dir = v.into();
         }
+        let mut problems = spillway_shared::kafka_security::apply_env(
+            &mut self.kafka.tls,
+            &mut self.kafka.sasl,
+            &mut r,
+            ENV.prefix,
+        );
         if let Some(a) = r.parse("SPILLWAY_AGENT_HTTP_LISTEN") {
             self.http.listen = Some(a);
         }
@@ -390,7 +420,8 @@ impl Config {
         }
         let (errors, warnings) = r.finish();
         self.warnings = warnings;
-        errors
+        problems.extend(errors);
+        problems
     }
 
     /// Checks every rule and reports all problems at once.
@@ -474,6 +505,7 @@ impl Config {
                 ));
             }
         }
+        e.extend(k.security().validate("kafka", &k.properties));
         let b = &self.buffer;
         if b.memory_bytes < 64 * 1024 {
             e.push("buffer.memory_bytes must be at least 64 KiB".to_owned());
@@ -512,6 +544,13 @@ impl Config {
 impl spillway_shared::settings::Settings for Config {
     fn apply_env(&mut self, env: &dyn EnvSource) -> Vec<String> {
         Config::apply_env(self, env)
+    }
+    fn read_files(&mut self) -> Vec<String> {
+        spillway_shared::kafka_security::read_files(
+            &mut self.kafka.tls,
+            &mut self.kafka.sasl,
+            "kafka",
+        )
     }
     fn validate(&self) -> Result<(), ConfigErrors> {
         Config::validate(self)

@@ -164,6 +164,9 @@ pub struct Publisher<P: Deliver = Producer, S: SpoolStore = Spool> {
 pub fn producer_config(config: &Config) -> ClientConfig {
     let k = &config.kafka;
     let mut c = ClientConfig::new();
+    for (key, value) in k.security().properties() {
+        c.set(key, value);
+    }
     for (key, value) in &k.properties {
         c.set(key, value);
     }

@@ -66,6 +66,15 @@ pub const ENV: EnvPolicy = EnvPolicy {
             "SPILLWAY_INGESTER_CLICKHOUSE_PASSWORD",
             &["SPILLWAY_CLICKHOUSE_PASSWORD"],
         ),
+        EnvVar::new("SPILLWAY_INGESTER_CLICKHOUSE_TLS_CA_FILE"),
+        EnvVar::new("SPILLWAY_INGESTER_CLICKHOUSE_TLS_CERT_FILE"),
+        EnvVar::new("SPILLWAY_INGESTER_CLICKHOUSE_TLS_KEY_FILE"),
+        EnvVar::new("SPILLWAY_INGESTER_KAFKA_TLS_CA_FILE"),
+        EnvVar::new("SPILLWAY_INGESTER_KAFKA_TLS_CERT_FILE"),
+        EnvVar::new("SPILLWAY_INGESTER_KAFKA_TLS_KEY_FILE"),
+        EnvVar::new("SPILLWAY_INGESTER_KAFKA_SASL_MECHANISM"),
+        EnvVar::new("SPILLWAY_INGESTER_KAFKA_SASL_USERNAME"),
+        EnvVar::new("SPILLWAY_INGESTER_KAFKA_SASL_PASSWORD_FILE"),
         EnvVar::new("SPILLWAY_INGESTER_HTTP_LISTEN"),
         EnvVar::new("SPILLWAY_INGESTER_LOG_FORMAT"),
     ],
@@ -90,7 +99,12 @@ pub struct KafkaConfig {
     /// How often the contiguous watermark is committed.
     #[serde(with = "humantime_serde")]
     pub commit_interval: Duration,
-    /// Extra librdkafka properties (TLS, SASL, `partition.assignment.strategy`, ...).
+    /// TLS towards the brokers (`[kafka.tls]`); plaintext when absent.
+    pub tls: Option<KafkaTls>,
+    /// SASL authentication (`[kafka.sasl]`); none when absent.
+    pub sasl: Option<KafkaSasl>,
+    /// Extra librdkafka properties (`partition.assignment.strategy`, ...);
+    /// one that `tls` or `sasl` sets is an error.
     pub properties: Properties,
 }
 
@@ -103,12 +117,37 @@ impl Default for KafkaConfig {
             dead_letter_topic: String::new(),
             session_timeout: Duration::from_secs(10),
             commit_interval: Duration::from_millis(100),
+            tls: None,
+            sasl: None,
             properties: Properties::default(),
         }
     }
 }
 
 impl KafkaConfig {
+    /// The `tls` and `sasl` blocks together.
+    pub fn security(&self) -> KafkaSecurity<'_> {
+        KafkaSecurity {
+            tls: self.tls.as_ref(),
+            sasl: self.sasl.as_ref(),
+        }
+    }
+
+    /// A librdkafka configuration with the brokers, the security blocks and
+    /// the pass-through properties: the base of every client the ingester
+    /// makes (consumer, dead-letter producer, admin).
+    pub fn client_config(&self) -> rdkafka::ClientConfig {
+        let mut c = rdkafka::ClientConfig::new();
+        for (key, value) in self.security().properties() {
+            c.set(key, value);
+        }
+        for (key, value) in &self.properties {
+            c.set(key, value);
+        }
+        c.set("bootstrap.servers", &self.brokers);
+        c
+    }
+
     /// The dead-letter topic in force.
     pub fn dlq_topic(&self) -> String {
         if self.dead_letter_topic.is_empty() {
@@ -136,6 +175,18 @@ pub struct ClickHouseConfig {
     /// `samples_1m_all`, `agent_status_all` and `ingest_quality_all`
     /// (Distributed tables) for fleet-wide queries.
     pub cluster: Option<String>,
+    /// HTTPS settings for every shard whose `tls` is not set.
+    pub tls: ClickHouseTls,
+}
+
+/// Problems of a `tls` block (`key` names it in messages).
+fn tls_problems(tls: &ClickHouseTls, key: &str) -> Vec<String> {
+    if tls.cert_file.is_some() != tls.key_file.is_some() {
+        return vec![format!(
+            "{key}: cert_file and key_file go together (mutual TLS needs both)"
+        )];
+    }
+    Vec::new()
 }
 
 impl Default for ClickHouseConfig {
@@ -144,6 +195,7 @@ impl Default for ClickHouseConfig {
             shards: vec![ShardConfig::default()],
             insert_timeout: Duration::from_secs(30),
             cluster: None,
+            tls: ClickHouseTls::default(),
         }
     }
 }
@@ -162,6 +214,8 @@ pub struct ShardConfig {
     pub password: Secret,
     /// A file holding the password (trailing newline ignored).
     pub password_file: Option<std::path::PathBuf>,
+    /// HTTPS settings of this shard; `clickhouse.tls` when absent.
+    pub tls: Option<ClickHouseTls>,
 }
 
 impl Default for ShardConfig {
@@ -172,6 +226,7 @@ impl Default for ShardConfig {
             user: "default".into(),
             password: Secret::default(),
             password_file: None,
+            tls: None,
         }
     }
 }
@@ -344,6 +399,8 @@ pub struct TelemetryConfig {
     pub otlp_endpoint: Option<String>,
 }
 
+pub use crate::tls::ClickHouseTls;
+pub use spillway_shared::kafka_security::{KafkaSasl, KafkaSecurity, KafkaTls, SaslMechanism};
 pub use spillway_shared::process::{HttpConfig, LogConfig, LogFormat};
 pub use spillway_shared::settings::{ConfigErrors, EnvSource, ProcessEnv, Properties, Secret};
 use spillway_shared::settings::{EnvPolicy, EnvVar, http_url_problem};
@@ -360,9 +417,27 @@ impl Config {
         spillway_shared::settings::load(path, env)
     }
 
-    /// Reads every shard's `password_file`.
+    /// Reads every shard's `password_file` and the Kafka blocks' secret
+    /// files.
     fn read_password_files(&mut self) -> Vec<String> {
-        let mut errors = Vec::new();
+        let mut errors = spillway_shared::kafka_security::read_files(
+            &mut self.kafka.tls,
+            &mut self.kafka.sasl,
+            "kafka",
+        );
+        // A shard without its own `tls` takes `clickhouse.tls`; every
+        // block's files are read now, so a bad certificate stops the start.
+        for (i, shard) in self.clickhouse.shards.iter_mut().enumerate() {
+            if shard.tls.is_none() && self.clickhouse.tls != ClickHouseTls::default() {
+                shard.tls = Some(self.clickhouse.tls.clone());
+            }
+            if let Some(t) = &shard.tls
+                && t.cert_file.is_some() == t.key_file.is_some()
+                && let Err(e) = crate::tls::tls_config(t)
+            {
+                errors.push(format!("clickhouse.shards[{i}].tls: {e}"));
+            }
+        }
         for (i, shard) in self.clickhouse.shards.iter_mut().enumerate() {
             if let Some(file) = &shard.password_file {
                 match std::fs::read_to_string(file) {
@@ -433,6 +508,28 @@ impl Config {
                 shard.password = v.clone().into();
             }
         }
+        let tls = &mut self.clickhouse.tls;
+        for (name, slot) in [
+            ("SPILLWAY_INGESTER_CLICKHOUSE_TLS_CA_FILE", &mut tls.ca_file),
+            (
+                "SPILLWAY_INGESTER_CLICKHOUSE_TLS_CERT_FILE",
+                &mut tls.cert_file,
+            ),
+            (
+                "SPILLWAY_INGESTER_CLICKHOUSE_TLS_KEY_FILE",
+                &mut tls.key_file,
+            ),
+        ] {
+            if let Some(v) = r.get(name) {
+                *slot = Some(v.into());
+            }
+        }
+        let mut problems = spillway_shared::kafka_security::apply_env(
+            &mut self.kafka.tls,
+            &mut self.kafka.sasl,
+            &mut r,
+            ENV.prefix,
+        );
         if let Some(a) = r.parse("SPILLWAY_INGESTER_HTTP_LISTEN") {
             self.http.listen = Some(a);
         }
@@ -441,7 +538,8 @@ impl Config {
         }
         let (errors, warnings) = r.finish();
         self.warnings = warnings;
-        errors
+        problems.extend(errors);
+        problems
     }
 
     /// Checks every rule; reports all problems at once.
@@ -485,8 +583,16 @@ impl Config {
                 ));
             }
         }
+        e.extend(k.security().validate("kafka", &k.properties));
         if self.clickhouse.shards.is_empty() {
             e.push("clickhouse.shards must list at least one shard".to_owned());
+        }
+        e.extend(tls_problems(&self.clickhouse.tls, "clickhouse.tls"));
+        for (i, s) in self.clickhouse.shards.iter().enumerate() {
+            // A shard's own block; an inherited one is reported once, above.
+            if let Some(t) = s.tls.as_ref().filter(|t| **t != self.clickhouse.tls) {
+                e.extend(tls_problems(t, &format!("clickhouse.shards[{i}].tls")));
+            }
         }
         for (i, s) in self.clickhouse.shards.iter().enumerate() {
             e.extend(http_url_problem(
@@ -721,5 +827,32 @@ mod tests {
         c.apply_env(&[("SPILLWAY_INGESTER_CLICKHOUSE_PASSWORD", "env-secret")]);
         assert_eq!(c.clickhouse.shards[0].password.expose(), "env-secret");
         assert!(!format!("{c:?}").contains("env-secret"));
+    }
+
+    #[test]
+    fn kafka_and_clickhouse_tls_come_from_the_environment_too() {
+        let mut c = Config::default();
+        let errors = c.apply_env(&[
+            ("SPILLWAY_INGESTER_KAFKA_TLS_CA_FILE", "/ca.pem"),
+            ("SPILLWAY_INGESTER_KAFKA_SASL_MECHANISM", "SCRAM-SHA-256"),
+            ("SPILLWAY_INGESTER_KAFKA_SASL_USERNAME", "ingest"),
+            ("SPILLWAY_INGESTER_CLICKHOUSE_TLS_CA_FILE", "/ch-ca.pem"),
+        ]);
+        assert!(errors.is_empty(), "{errors:?}");
+        let props: std::collections::BTreeMap<_, _> =
+            c.kafka.security().properties().into_iter().collect();
+        assert_eq!(props["security.protocol"], "SASL_SSL");
+        assert_eq!(props["sasl.mechanism"], "SCRAM-SHA-256");
+        assert_eq!(props["sasl.username"], "ingest");
+        assert_eq!(
+            c.clickhouse.tls.ca_file.as_deref(),
+            Some(Path::new("/ch-ca.pem"))
+        );
+        let mut c = Config::default();
+        let errors = c.apply_env(&[
+            ("SPILLWAY_INGESTER_KAFKA_SASL_USERNAME", "ingest"),
+            ("SPILLWAY_INGESTER_KAFKA_SASL_MECHANISM", "GSSAPI"),
+        ]);
+        assert_eq!(errors.len(), 2, "{errors:?}");
     }
 }

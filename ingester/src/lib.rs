@@ -24,6 +24,7 @@ pub mod pipeline;
 mod retry;
 pub mod sink;
 pub mod telemetry;
+pub mod tls;
 pub mod tools;
 
 use std::sync::Arc;
@@ -50,7 +51,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     );
     // Refuse to start against shards without the tables: say how to fix it.
     for shard in &config.clickhouse.shards {
-        let client = sink::client(shard);
+        let client = sink::client(shard).with_context(|| format!("ClickHouse at {}", shard.url))?;
         let n: u64 = client
             .query("SELECT count() FROM system.tables WHERE database = ? AND name IN ('samples', 'agent_status', 'ingest_quality', 'ingester_status', 'ingest_journal')")
             .bind(&shard.database)
@@ -65,21 +66,14 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
             );
         }
     }
-    let mut producer_config = rdkafka::ClientConfig::new();
-    for (k, v) in &config.kafka.properties {
-        producer_config.set(k, v);
-    }
-    let producer: FutureProducer<LogContext> = producer_config
-        .set("bootstrap.servers", &config.kafka.brokers)
+    let producer: FutureProducer<LogContext> = config
+        .kafka
+        .client_config()
         .set("acks", "all")
         .set("enable.idempotence", "true")
         .create_with_context(LogContext::default())
         .context("cannot create the dead-letter producer")?;
-    let mut admin_config = rdkafka::ClientConfig::new();
-    for (k, v) in &config.kafka.properties {
-        admin_config.set(k, v);
-    }
-    admin_config.set("bootstrap.servers", &config.kafka.brokers);
+    let admin_config = config.kafka.client_config();
     tools::topics::ensure_topic(&admin_config, &config.kafka.dlq_topic(), 1)
         .await
         .with_context(|| {
@@ -90,7 +84,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
             )
         })?;
     let dlq = pipeline::dlq::DeadLetters::new(producer, config.kafka.dlq_topic());
-    let sink = ClickHouseSink::new(&config.clickhouse);
+    let sink = ClickHouseSink::new(&config.clickhouse).context("ClickHouse TLS settings")?;
     let otlp = otlp::start(
         &config.telemetry,
         &config.quality.ingester_id(),
@@ -98,11 +92,14 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         Duration::from_secs(30),
     )?;
     let background = shutdown.child_token();
-    tokio::spawn(probe_shards(
-        config.clickhouse.shards.clone(),
-        stats.clone(),
-        background.clone(),
-    ));
+    let probes = config
+        .clickhouse
+        .shards
+        .iter()
+        .map(sink::client)
+        .collect::<Result<Vec<_>, _>>()
+        .context("ClickHouse TLS settings")?;
+    tokio::spawn(probe_shards(probes, stats.clone(), background.clone()));
     tokio::spawn(tools::retention::run(
         config.clickhouse.shards.clone(),
         config.retention.clone(),
@@ -124,11 +121,10 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
 /// Asks every shard `SELECT 1` every 5 s, for `/ready` and `shard_up`:
 /// inserts only tell when there is data to insert.
 async fn probe_shards(
-    shards: Vec<config::ShardConfig>,
+    clients: Vec<clickhouse::Client>,
     stats: Arc<Stats>,
     shutdown: CancellationToken,
 ) {
-    let clients: Vec<clickhouse::Client> = shards.iter().map(sink::client).collect();
     let mut every = tokio::time::interval(Duration::from_secs(5));
     loop {
         tokio::select! {

@@ -103,7 +103,7 @@ fn main() -> ExitCode {
             Command::Migrate { profile, until } => migrate(&config, profile, until).await,
             Command::Prune => prune(&config).await,
             Command::Loadgen(args) => {
-                spillway_ingester::tools::loadgen::run(&config.kafka.brokers, &args).await
+                spillway_ingester::tools::loadgen::run(&config.kafka.client_config(), &args).await
             }
             Command::ReplayDlq(args) => replay_dlq(&config, &args).await,
             Command::Run | Command::CheckConfig => {
@@ -164,7 +164,7 @@ async fn replay_dlq(
 ) -> anyhow::Result<()> {
     let shutdown = CancellationToken::new();
     tokio::spawn(process::stop_on_signal(shutdown.clone()));
-    let sink = spillway_ingester::sink::ClickHouseSink::new(&config.clickhouse);
+    let sink = spillway_ingester::sink::ClickHouseSink::new(&config.clickhouse)?;
     let report = spillway_ingester::tools::replay::run(config, args, &sink, &shutdown).await?;
     println!(
         "replay-dlq{}: {report}",

@@ -9,6 +9,8 @@
 //! - [`codec`]: MessagePack encoding and validating decoding, with [`Limits`]
 //!   and the typed [`DecodeError`].
 //! - [`kafka`]: message key, headers and the default topic.
+//! - [`kafka_security`]: the `[kafka.tls]` and `[kafka.sasl]` blocks both
+//!   programs read, and the librdkafka properties they become.
 //! - [`settings`]: configuration plumbing shared by the two binaries.
 //! - [`throttle`]: collapsing repeated log messages (also shared by both).
 //! - `kafka_log` (feature `rdkafka`): librdkafka's messages, throttled, into
@@ -24,6 +26,7 @@ pub mod codec;
 pub mod kafka;
 #[cfg(feature = "rdkafka")]
 pub mod kafka_log;
+pub mod kafka_security;
 #[cfg(feature = "process")]
 pub mod process;
 pub mod record;

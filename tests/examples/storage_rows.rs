@@ -260,7 +260,7 @@ async fn rows(input: &Path, outdir: &Path) -> Result<()> {
             ..ShardConfig::default()
         }],
         ..ClickHouseConfig::default()
-    });
+    })?;
     let limits = Limits::default();
     // The ingester's default precision rules, or exact values with
     // STORAGE_ROWS_EXACT=1 (the previous layout stored them so).

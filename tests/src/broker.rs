@@ -15,6 +15,9 @@ use anyhow::{Context, Result, bail};
 /// A broker process on a port of its own.
 pub struct LocalBroker {
     port: u16,
+    /// The port it tells clients to connect to (its own, or a TLS
+    /// terminator's in front of it).
+    advertised: u16,
     child: Option<Child>,
     log: PathBuf,
 }
@@ -42,13 +45,47 @@ pub fn free_port() -> Result<u16> {
 impl LocalBroker {
     /// Starts a broker on a free port and waits until it accepts connections.
     pub fn start(log_dir: &std::path::Path) -> Result<LocalBroker> {
+        let port = free_port()?;
+        Self::start_advertising(log_dir, port, port)
+    }
+
+    /// Starts a broker on `port` that advertises `advertised` to clients
+    /// (a TLS terminator's port: tansu 0.6.0 has no working TLS listener,
+    /// and a client told the plaintext port would try TLS against it).
+    pub fn start_advertising(
+        log_dir: &std::path::Path,
+        port: u16,
+        advertised: u16,
+    ) -> Result<LocalBroker> {
         let mut b = LocalBroker {
-            port: free_port()?,
+            port,
+            advertised,
             child: None,
             log: log_dir.join("tansu.log"),
         };
         b.restart()?;
         Ok(b)
+    }
+
+    /// Creates a topic through the broker's own port (tansu's CLI).
+    pub fn create_topic(&self, name: &str, partitions: i32) -> Result<()> {
+        let out = Command::new(tansu_bin())
+            .args([
+                "topic",
+                "create",
+                "--broker",
+                &format!("tcp://127.0.0.1:{}", self.port),
+            ])
+            .args(["--partitions", &partitions.to_string(), name])
+            .output()
+            .context("cannot run tansu topic create")?;
+        if !out.status.success() {
+            bail!(
+                "tansu topic create {name}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Ok(())
     }
 
     /// `host:port` for clients.
@@ -62,6 +99,7 @@ impl LocalBroker {
             bail!("broker already running");
         }
         let url = format!("tcp://127.0.0.1:{}", self.port);
+        let advertised = format!("tcp://127.0.0.1:{}", self.advertised);
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -72,7 +110,7 @@ impl LocalBroker {
                 "--listener-url",
                 &url,
                 "--advertised-listener-url",
-                &url,
+                &advertised,
             ])
             .args(["--storage-engine", "memory://tansu/"])
             .stdin(Stdio::null())
@@ -114,5 +152,88 @@ impl Drop for LocalBroker {
     fn drop(&mut self) {
         // Best effort on the way out of a test.
         let _killed = self.kill();
+    }
+}
+
+/// stunnel (Debian `stunnel4`) terminating TLS on a port of its own in front
+/// of a plaintext port, with the server certificate and key in `tls_dir`
+/// (`server.pem`, `server.key`); with `require_client_cert`, only clients
+/// with a certificate signed by `tls_dir/ca.pem` get through (mutual TLS).
+pub struct Stunnel {
+    port: u16,
+    child: Option<Child>,
+    log: PathBuf,
+}
+
+impl Stunnel {
+    /// Starts stunnel on `port`, forwarding to `target`.
+    pub fn start(
+        dir: &std::path::Path,
+        tls_dir: &std::path::Path,
+        port: u16,
+        target: u16,
+        require_client_cert: bool,
+    ) -> Result<Stunnel> {
+        let log = dir.join("stunnel.log");
+        let conf = dir.join("stunnel.conf");
+        let client_checks = if require_client_cert {
+            format!(
+                "verifyChain = yes\nrequireCert = yes\nCAfile = {}/ca.pem\n",
+                tls_dir.display()
+            )
+        } else {
+            String::new()
+        };
+        std::fs::write(
+            &conf,
+            format!(
+                "foreground = yes\npid =\noutput = {log}\ndebug = notice\n[kafka]\naccept = 127.0.0.1:{port}\n\
+                 connect = 127.0.0.1:{target}\ncert = {tls}/server.pem\nkey = {tls}/server.key\n{client_checks}",
+                log = log.display(),
+                tls = tls_dir.display()
+            ),
+        )?;
+        let child = Command::new("stunnel")
+            .arg(&conf)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("cannot start stunnel (apt-get install stunnel4)")?;
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            if Instant::now() > deadline {
+                bail!(
+                    "stunnel did not listen on port {port} within 20 s; see {}",
+                    log.display()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Ok(Stunnel {
+            port,
+            child: Some(child),
+            log,
+        })
+    }
+
+    /// `host:port` for clients.
+    pub fn brokers(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// What stunnel logged.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Stunnel {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            // Best effort on the way out of a test.
+            let _killed = c.kill();
+            let _waited = c.wait();
+        }
     }
 }

@@ -169,24 +169,34 @@ pub fn start_loadgen(
     hosts: u64,
     ticks: u64,
 ) -> Result<(Service, u64)> {
+    let args = loadgen_args(topic, prefix, hosts, ticks);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let g = Service::ingester(
         &dir.join(format!("loadgen-{prefix}")),
         &ingester_config(env, topic, "loadgen", "unused"),
-        &[
-            "loadgen",
-            "--topic",
-            topic,
-            "--hosts",
-            &hosts.to_string(),
-            "--ticks",
-            &ticks.to_string(),
-            "--samples",
-            "40",
-            "--host-prefix",
-            prefix,
-        ],
+        &args,
     )?;
     Ok((g, hosts * ticks * 40))
+}
+
+/// The arguments of `spillway-ingester loadgen` for `hosts × ticks` records
+/// of 40 samples, host names starting with `prefix`.
+pub fn loadgen_args(topic: &str, prefix: &str, hosts: u64, ticks: u64) -> Vec<String> {
+    [
+        "loadgen",
+        "--topic",
+        topic,
+        "--hosts",
+        &hosts.to_string(),
+        "--ticks",
+        &ticks.to_string(),
+        "--samples",
+        "40",
+        "--host-prefix",
+        prefix,
+    ]
+    .map(str::to_owned)
+    .to_vec()
 }
 
 /// A fresh topic (`partitions`), database and consumer group named after

@@ -58,12 +58,8 @@ use crate::telemetry::Stats;
 /// Builds the consumer configuration.
 pub fn consumer_config(config: &Config) -> ClientConfig {
     let k = &config.kafka;
-    let mut c = ClientConfig::new();
-    for (key, value) in &k.properties {
-        c.set(key, value);
-    }
-    c.set("bootstrap.servers", &k.brokers)
-        .set("group.id", &k.group_id)
+    let mut c = k.client_config();
+    c.set("group.id", &k.group_id)
         .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")
         .set("auto.offset.reset", "earliest")

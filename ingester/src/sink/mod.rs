@@ -2,6 +2,7 @@
 //! that component tests can fake it.
 #![deny(clippy::unwrap_used, clippy::expect_used)]
 
+pub mod https;
 pub mod precision;
 pub(crate) mod rowbinary;
 pub mod rows;
@@ -192,22 +193,25 @@ impl Buffers {
 /// The journal's table, on the first shard.
 const JOURNAL_TABLE: &str = "ingest_journal";
 
-/// A client for one shard, with schema validation off (ClickHouse 18.16
-/// lacks the format it needs).
-pub fn client(shard: &crate::config::ShardConfig) -> clickhouse::Client {
-    clickhouse::Client::default()
+/// A client for one shard (HTTP or HTTPS, [`https`]), with schema
+/// validation off (ClickHouse 18.16 lacks the format it needs).
+pub fn client(
+    shard: &crate::config::ShardConfig,
+) -> Result<clickhouse::Client, crate::tls::TlsError> {
+    Ok(https::client(shard)?
         .with_url(&shard.url)
         .with_user(&shard.user)
         .with_password(shard.password.expose())
         .with_database(&shard.database)
-        .with_validation(false)
+        .with_validation(false))
 }
 
 impl ClickHouseSink {
-    /// Builds the clients (no connection yet).
-    pub fn new(config: &ClickHouseConfig) -> ClickHouseSink {
-        ClickHouseSink {
-            clients: config.shards.iter().map(client).collect(),
+    /// Builds the clients (no connection yet); fails only on TLS material
+    /// that cannot be used.
+    pub fn new(config: &ClickHouseConfig) -> Result<ClickHouseSink, crate::tls::TlsError> {
+        Ok(ClickHouseSink {
+            clients: config.shards.iter().map(client).collect::<Result<_, _>>()?,
             urls: config.shards.iter().map(|s| s.url.clone()).collect(),
             timeout: config.insert_timeout,
             traits: Arc::new(
@@ -219,7 +223,7 @@ impl ClickHouseSink {
             ),
             buffers: Buffers::default(),
             schema_checked: Arc::default(),
-        }
+        })
     }
 
     /// How `shard` deduplicates, asked once.

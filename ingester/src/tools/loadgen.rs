@@ -390,9 +390,10 @@ fn now_ms() -> u64 {
 }
 
 /// Produces `hosts × ticks` records and waits until all are acknowledged.
-pub async fn run(brokers: &str, args: &LoadgenArgs) -> anyhow::Result<()> {
-    let mut base = ClientConfig::new();
-    base.set("bootstrap.servers", brokers);
+/// `base` holds the brokers and their security settings
+/// ([`crate::config::KafkaConfig::client_config`]).
+pub async fn run(base: &ClientConfig, args: &LoadgenArgs) -> anyhow::Result<()> {
+    let base = base.clone();
     crate::tools::topics::ensure_topic(&base, &args.topic, args.partitions).await?;
     let producer: FutureProducer = base
         .clone()

@@ -141,6 +141,14 @@ pub const MIGRATIONS: &[Migration] = &[
 /// Migration failed.
 #[derive(Debug, thiserror::Error)]
 pub enum MigrateError {
+    /// The shard's TLS settings cannot be used.
+    #[error("shard {url}: {source}")]
+    Tls {
+        /// The shard.
+        url: String,
+        /// What is wrong.
+        source: crate::tls::TlsError,
+    },
     /// ClickHouse refused or could not be reached.
     #[error("shard {url}: {context}: {source}")]
     ClickHouse {
@@ -383,12 +391,18 @@ pub async fn migrate_shard(
             source,
         }
     };
-    let root = crate::sink::client(shard).with_database("default");
+    let tls = |source| MigrateError::Tls {
+        url: shard.url.clone(),
+        source,
+    };
+    let root = crate::sink::client(shard)
+        .map_err(tls)?
+        .with_database("default");
     root.query(&format!("CREATE DATABASE IF NOT EXISTS {}", shard.database))
         .execute()
         .await
         .map_err(err("create database"))?;
-    let db = crate::sink::client(shard);
+    let db = crate::sink::client(shard).map_err(tls)?;
     db.query(
         "CREATE TABLE IF NOT EXISTS schema_migrations (version String, checksum String, \
          applied_at DateTime DEFAULT now()) ENGINE = MergeTree() ORDER BY version",

@@ -45,12 +45,23 @@ fn tables(r: &RetentionConfig) -> impl Iterator<Item = (&'static str, u32)> {
         .map(|(table, _, days)| (table, days))
 }
 
+/// Why pruning a shard failed.
+#[derive(Debug, thiserror::Error)]
+pub enum PruneError {
+    /// The shard's TLS settings cannot be used.
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsError),
+    /// ClickHouse refused or could not be reached.
+    #[error(transparent)]
+    ClickHouse(#[from] clickhouse::error::Error),
+}
+
 /// Drops the expired partitions of one shard.
 pub async fn prune_shard(
     shard: &ShardConfig,
     retention: &RetentionConfig,
-) -> Result<Vec<Dropped>, clickhouse::error::Error> {
-    let client = crate::sink::client(shard);
+) -> Result<Vec<Dropped>, PruneError> {
+    let client = crate::sink::client(shard)?;
     let existing: Vec<TableRow> = client
         .query("SELECT name, engine_full FROM system.tables WHERE database = ?")
         .bind(&shard.database)

@@ -1,0 +1,236 @@
+//! Secure connections against real servers: Kafka over TLS and mutual TLS
+//! (stunnel, Debian's, terminating TLS in front of a tansu broker of the
+//! test's own that advertises stunnel's port: tansu 0.6.0 has no working
+//! TLS listener) and ClickHouse 18.16 over HTTPS, with and without a
+//! required client certificate (the stack's servers: scripts/stack.sh gives
+//! server 1 an HTTPS port that checks no client certificate and server 2
+//! one that requires a certificate signed by the stack's test CA).
+//!
+//! The certificates are the stack's (`SPILLWAY_STACK_TLS_DIR`, from
+//! `scripts/stack.sh env`): a CA, a server certificate for localhost and
+//! 127.0.0.1, a client certificate.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, Result, ensure};
+use rdkafka::producer::{BaseProducer, Producer};
+use spillway_e2e::broker::{LocalBroker, Stunnel, free_port};
+use spillway_e2e::ingest::{ingester_config, loadgen_args, wait_rows};
+use spillway_e2e::process::{Service, agent_config};
+use spillway_e2e::{TestEnv, unique_name};
+
+/// The stack's test certificates.
+fn tls_dir() -> Result<PathBuf> {
+    let dir = std::env::var("SPILLWAY_STACK_TLS_DIR")
+        .ok()
+        .filter(|d| !d.is_empty())
+        .map(PathBuf::from)
+        .context("SPILLWAY_STACK_TLS_DIR is not set: export what `scripts/stack.sh env` prints")?;
+    ensure!(
+        dir.join("client.pem").exists(),
+        "no test certificates in {}",
+        dir.display()
+    );
+    Ok(dir)
+}
+
+/// `[kafka.tls]` with the test CA and, for mutual TLS, the client certificate.
+fn kafka_tls(tls: &std::path::Path, client_cert: bool) -> String {
+    let mut s = format!("\n[kafka.tls]\nca_file = \"{}/ca.pem\"\n", tls.display());
+    if client_cert {
+        s += &format!(
+            "cert_file = \"{0}/client.pem\"\nkey_file = \"{0}/client.key\"\n",
+            tls.display()
+        );
+    }
+    s
+}
+
+/// Runs `spillway-ingester <args>` with `config` to the end.
+fn run_ingester(dir: &std::path::Path, config: &str, args: &[&str]) -> Result<(bool, String)> {
+    let mut s = Service::ingester(dir, config, args)?;
+    let ok = s.wait(Duration::from_secs(120))?;
+    Ok((ok, s.log()))
+}
+
+#[tokio::test]
+#[ignore = "needs the local stack"]
+async fn kafka_over_mutual_tls_carries_every_record_and_refuses_a_client_without_a_certificate()
+-> Result<()> {
+    let env = TestEnv::from_env();
+    let tls = tls_dir()?;
+    let dir = tempfile::tempdir()?;
+    let (plain, secure) = (free_port()?, free_port()?);
+    let broker = LocalBroker::start_advertising(dir.path(), plain, secure)?;
+    let stunnel = Stunnel::start(dir.path(), &tls, secure, plain, true)?;
+    let topic = unique_name("e2e_tls");
+    broker.create_topic(&topic, 2)?;
+    broker.create_topic(&format!("{topic}.dlq"), 1)?;
+    let tls_env = TestEnv {
+        kafka_brokers: stunnel.brokers(),
+        ..env.clone()
+    };
+
+    // A client with the CA but no certificate of its own is turned away.
+    let refused: BaseProducer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", stunnel.brokers())
+        .set("security.protocol", "SSL")
+        .set("ssl.ca.location", tls.join("ca.pem").display().to_string())
+        .create()?;
+    ensure!(
+        refused
+            .client()
+            .fetch_metadata(None, Duration::from_secs(5))
+            .is_err(),
+        "a client without a certificate got metadata through mutual TLS"
+    );
+
+    let (group, db) = (unique_name("g"), unique_name("e2e_tls"));
+    spillway_e2e::ingest::migrate(&env, dir.path(), &topic, &db)?;
+    let secure_config = |group: &str, db: &str| {
+        ingester_config(&tls_env, &topic, group, db) + &kafka_tls(&tls, true)
+    };
+    let mut ingester = Service::ingester(
+        &dir.path().join("ingester"),
+        &secure_config(&group, &db),
+        &[],
+    )?;
+    let (hosts, ticks) = (4u64, 25u64);
+    let args = loadgen_args(&topic, "tls", hosts, ticks);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let (ok, log) = run_ingester(
+        &dir.path().join("loadgen"),
+        &secure_config("loadgen", "unused"),
+        &args,
+    )?;
+    ensure!(ok, "loadgen over mutual TLS failed:\n{log}");
+    wait_rows(
+        &env,
+        &db,
+        hosts * ticks * 40,
+        Duration::from_secs(90),
+        || format!("{}\nstunnel:\n{}", ingester.log(), stunnel.log()),
+    )
+    .await?;
+
+    // The agent over mutual TLS: its ticks land too.
+    let host = unique_name("tls-agent");
+    let mut agent = Service::start(
+        &dir.path().join("agent"),
+        &agent_config(
+            &stunnel.brokers(),
+            &topic,
+            &host,
+            &dir.path().join("spool"),
+            &kafka_tls(&tls, true),
+        ),
+    )?;
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let ticks: u64 = env
+            .clickhouse(0)
+            .with_database(&db)
+            .query("SELECT uniqExact(seq) FROM samples_all WHERE host_id = ? AND metric = 'system.uptime'")
+            .bind(&host)
+            .fetch_one()
+            .await?;
+        if ticks >= 3 {
+            break;
+        }
+        ensure!(
+            std::time::Instant::now() < deadline,
+            "{ticks} agent ticks after 60 s:\n{}\n{}",
+            agent.log(),
+            stunnel.log()
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    ensure!(
+        agent.terminate(Duration::from_secs(15))?,
+        "agent exited non-zero:\n{}",
+        agent.log()
+    );
+    ensure!(
+        ingester.terminate(Duration::from_secs(30))?,
+        "ingester exited non-zero"
+    );
+    Ok(())
+}
+
+/// Ingester configuration with the stack's HTTPS URLs instead of its HTTP ones.
+fn https_config(
+    env: &TestEnv,
+    topic: &str,
+    group: &str,
+    db: &str,
+    tls_block: &str,
+) -> Result<String> {
+    let urls = std::env::var("SPILLWAY_STACK_CLICKHOUSE_HTTPS_URLS")
+        .context("SPILLWAY_STACK_CLICKHOUSE_HTTPS_URLS is not set: export what `scripts/stack.sh env` prints")?;
+    let https: Vec<String> = urls.split(',').map(str::to_owned).collect();
+    ensure!(
+        https.len() == env.clickhouse_urls.len(),
+        "{urls} is not one HTTPS URL per shard"
+    );
+    let https_env = TestEnv {
+        clickhouse_urls: https,
+        ..env.clone()
+    };
+    Ok(ingester_config(&https_env, topic, group, db) + tls_block)
+}
+
+#[tokio::test]
+#[ignore = "needs the local stack"]
+async fn clickhouse_over_https_with_a_ca_file_and_a_client_certificate() -> Result<()> {
+    let env = TestEnv::from_env();
+    let tls = tls_dir()?;
+    let dir = tempfile::tempdir()?;
+    let (topic, group, db) = (
+        unique_name("e2e_https"),
+        unique_name("g"),
+        unique_name("e2e_https"),
+    );
+    env.create_topic(&topic, 2).await?;
+    let full = format!(
+        "\n[clickhouse.tls]\nca_file = \"{0}/ca.pem\"\ncert_file = \"{0}/client.pem\"\nkey_file = \"{0}/client.key\"\n",
+        tls.display()
+    );
+    let ca_only = format!(
+        "\n[clickhouse.tls]\nca_file = \"{}/ca.pem\"\n",
+        tls.display()
+    );
+
+    // The server that requires a client certificate refuses a client
+    // without one; without the CA the server's certificate is unknown.
+    let (ok, log) = run_ingester(
+        &dir.path().join("no-cert"),
+        &https_config(&env, &topic, &group, &db, &ca_only)?,
+        &["migrate"],
+    )?;
+    ensure!(
+        !ok && log.contains("shard https://127.0.0.1"),
+        "migrate without a client certificate:\n{log}"
+    );
+    let (ok, log) = run_ingester(
+        &dir.path().join("no-ca"),
+        &https_config(&env, &topic, &group, &db, "")?,
+        &["migrate"],
+    )?;
+    ensure!(
+        !ok && log.to_lowercase().contains("certificate"),
+        "migrate without the CA:\n{log}"
+    );
+
+    let config = https_config(&env, &topic, &group, &db, &full)?;
+    let (ok, log) = run_ingester(&dir.path().join("migrate"), &config, &["migrate"])?;
+    ensure!(ok, "migrate over HTTPS failed:\n{log}");
+    let mut ingester = Service::ingester(&dir.path().join("ingester"), &config, &[])?;
+    let rows = spillway_e2e::ingest::loadgen(&env, dir.path(), &topic, "https", 4, 25)?;
+    wait_rows(&env, &db, rows, Duration::from_secs(90), || ingester.log()).await?;
+    ensure!(
+        ingester.terminate(Duration::from_secs(30))?,
+        "ingester exited non-zero"
+    );
+    Ok(())
+}
