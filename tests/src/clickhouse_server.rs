@@ -20,7 +20,16 @@ pub struct LocalClickHouse {
 impl LocalClickHouse {
     /// Starts a server with its data in `dir` and waits until it answers.
     pub fn start(dir: &Path) -> Result<LocalClickHouse> {
-        let (http_port, tcp_port, interserver_port) = (free_port()?, free_port()?, free_port()?);
+        let (http_port, tcp_port, interserver_port, https_port) =
+            (free_port()?, free_port()?, free_port()?, free_port()?);
+        // The stack's test certificates (the template gives every server an
+        // HTTPS port; this one's is unused).
+        let tls_dir = std::env::var("SPILLWAY_STACK_TLS_DIR").unwrap_or_else(|_| {
+            Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("../.stack/tls")
+                .display()
+                .to_string()
+        });
         // The stack's ZooKeeper; this server's tables get paths of their own.
         let zk_port =
             std::env::var("SPILLWAY_STACK_ZOOKEEPER_PORT").unwrap_or_else(|_| "12181".to_owned());
@@ -38,7 +47,18 @@ impl LocalClickHouse {
             .replace("@SHARD1_TCP_PORT@", &tcp_port.to_string())
             .replace("@INTERSERVER_PORT@", &interserver_port.to_string())
             .replace("@ZK_PORT@", &zk_port)
-            .replace("@SHARD@", &format!("local-{http_port}"));
+            .replace("@SHARD@", &format!("local-{http_port}"))
+            .replace("@HTTPS_PORT@", &https_port.to_string())
+            .replace("@TLS_DIR@", &tls_dir)
+            .replace("@VERIFICATION_MODE@", "none");
+        let unfilled = config.split('@').skip(1).step_by(2).find(|name| {
+            !name.is_empty() && name.chars().all(|c| c.is_ascii_uppercase() || c == '_')
+        });
+        if let Some(name) = unfilled {
+            anyhow::bail!(
+                "clickhouse-config.xml.in has a placeholder this test does not fill: @{name}@"
+            );
+        }
         std::fs::write(dir.join("config.xml"), config)?;
         std::fs::copy(root.join("clickhouse-users.xml"), dir.join("users.xml"))?;
         let mut s = LocalClickHouse {

@@ -234,3 +234,136 @@ async fn clickhouse_over_https_with_a_ca_file_and_a_client_certificate() -> Resu
     );
     Ok(())
 }
+
+/// A CA that signed nothing the broker shows.
+fn wrong_ca(dir: &std::path::Path) -> Result<PathBuf> {
+    let pem = dir.join("wrong-ca.pem");
+    let out = std::process::Command::new("openssl")
+        .args([
+            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+        ])
+        .args(["-subj", "/CN=not the broker's CA", "-keyout"])
+        .arg(dir.join("wrong-ca.key"))
+        .arg("-out")
+        .arg(&pem)
+        .output()
+        .context("cannot run openssl")?;
+    ensure!(
+        out.status.success(),
+        "openssl: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(pem)
+}
+
+/// The rows of `host`'s ticks: (distinct ticks, highest tick + 1).
+async fn agent_ticks(env: &TestEnv, db: &str, host: &str) -> Result<(u64, u64)> {
+    Ok(env
+        .clickhouse(0)
+        .with_database(db)
+        .query(
+            "SELECT uniqExact(seq), toUInt64(max(seq) + 1) FROM samples_all \
+             WHERE host_id = ? AND metric = 'system.uptime'",
+        )
+        .bind(host)
+        .fetch_one()
+        .await?)
+}
+
+#[tokio::test]
+#[ignore = "needs the local stack"]
+async fn an_agent_with_the_wrong_ca_spools_then_delivers_every_tick_after_sighup() -> Result<()> {
+    let env = TestEnv::from_env();
+    let tls = tls_dir()?;
+    let dir = tempfile::tempdir()?;
+    let (plain, secure) = (free_port()?, free_port()?);
+    let broker = LocalBroker::start_advertising(dir.path(), plain, secure)?;
+    let stunnel = Stunnel::start(dir.path(), &tls, secure, plain, false)?;
+    let topic = unique_name("e2e_rotate");
+    broker.create_topic(&topic, 1)?;
+    broker.create_topic(&format!("{topic}.dlq"), 1)?;
+    let tls_env = TestEnv {
+        kafka_brokers: stunnel.brokers(),
+        ..env.clone()
+    };
+    let (group, db) = (unique_name("g"), unique_name("e2e_rotate"));
+    spillway_e2e::ingest::migrate(&env, dir.path(), &topic, &db)?;
+    let mut ingester = Service::ingester(
+        &dir.path().join("ingester"),
+        &(ingester_config(&tls_env, &topic, &group, &db) + &kafka_tls(&tls, false)),
+        &[],
+    )?;
+
+    let host = unique_name("rotate");
+    let port = free_port()?;
+    let config = |ca: &std::path::Path| {
+        agent_config(
+            &stunnel.brokers(),
+            &topic,
+            &host,
+            &dir.path().join("spool"),
+            &format!(
+                "[http]\nlisten = \"127.0.0.1:{port}\"\n[collect]\ndisable = [\"processes\"]\n\
+                 [kafka.tls]\nca_file = \"{}\"\n",
+                ca.display()
+            ),
+        )
+    };
+    let wrong = wrong_ca(dir.path())?;
+    let mut agent = Service::start(&dir.path().join("agent"), &config(&wrong))?;
+    // It cannot verify the broker: its ticks go to the spool.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while spillway_e2e::process::agent_metric(port, "spillway_agent_spool_records")
+        .await
+        .unwrap_or(0.0)
+        < 3.0
+    {
+        ensure!(
+            std::time::Instant::now() < deadline,
+            "nothing spooled in 60 s:\n{}",
+            agent.log()
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    ensure!(
+        agent.log().contains("certificate verify failed"),
+        "the agent's log does not say why it cannot deliver:\n{}",
+        agent.log()
+    );
+    ensure!(
+        agent_ticks(&env, &db, &host).await?.0 == 0,
+        "a tick got through with the wrong CA"
+    );
+
+    // The right CA and SIGHUP: the spool drains, every tick arrives once.
+    agent.write_config(&config(&tls.join("ca.pem")))?;
+    spillway_e2e::process::signal(agent.pid().context("agent not running")?, "HUP")?;
+    let deadline = std::time::Instant::now() + Duration::from_secs(90);
+    loop {
+        let made = spillway_e2e::process::agent_metric(port, "spillway_agent_ticks_total").await?;
+        let (distinct, next) = agent_ticks(&env, &db, &host).await?;
+        if distinct >= made as u64 && distinct > 5 {
+            ensure!(
+                distinct == next,
+                "{distinct} ticks stored, but seq reaches {next}: some were lost"
+            );
+            break;
+        }
+        ensure!(
+            std::time::Instant::now() < deadline,
+            "{distinct} of {made} ticks stored 90 s after the fix:\n{}\n{}",
+            agent.log(),
+            ingester.log()
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    ensure!(
+        agent.terminate(Duration::from_secs(15))?,
+        "agent exited non-zero"
+    );
+    ensure!(
+        ingester.terminate(Duration::from_secs(30))?,
+        "ingester exited non-zero"
+    );
+    Ok(())
+}
