@@ -158,7 +158,7 @@ step "fuzz smoke run (every target for 20 s from the kept corpus; a crash fails)
 scripts/fuzz.sh 20
 
 step "benchmark set-up in each one's default (release) mode"
-for b in bench/ingest-drain.sh bench/freshness.sh bench/agent-footprint.sh bench/storage.sh bench/dashboard.sh; do
+for b in bench/ingest-drain.sh bench/freshness.sh bench/agent-footprint.sh bench/storage.sh bench/dashboard.sh bench/tls-cost.sh; do
   BENCH_CHECK=1 BENCH_PROFILE= "$b"
 done
 
@@ -172,4 +172,5 @@ bench/agent-footprint.sh 5
 bench/codec.sh --smoke
 bench/storage.sh 2 30
 bench/dashboard.sh 2 8
+bench/tls-cost.sh 50 4 5
 rm -rf "$BENCH_RESULTS"

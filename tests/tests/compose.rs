@@ -252,3 +252,52 @@ fn services_build_once_start_in_order_and_reach_the_webhook() -> Result<()> {
     }
     Ok(())
 }
+
+/// Grafana reads ClickHouse as a user of its own that can only read: the
+/// data source's user is defined in a users.d file mounted into the
+/// ClickHouse service, with a read-only profile and SELECT-only grants.
+#[test]
+fn grafana_reads_clickhouse_as_a_read_only_user() -> Result<()> {
+    let compose = resolved_compose()?;
+    let ds: Value = serde_norway::from_str(&std::fs::read_to_string(
+        repo().join("deploy/grafana/provisioning/datasources/clickhouse.yaml"),
+    )?)?;
+    let user = ds["datasources"][0]["jsonData"]["username"]
+        .as_str()
+        .context("data source without username")?
+        .to_owned();
+    let admin = environment(&compose["services"]["clickhouse"])
+        .get("CLICKHOUSE_USER")
+        .cloned()
+        .unwrap_or_default();
+    ensure!(user != admin, "Grafana uses the administrator {admin}");
+    let mounts = bind_mounts(&compose["services"]["clickhouse"]);
+    let (file, _) = mounts
+        .iter()
+        .find(|(_, target)| target.starts_with("/etc/clickhouse-server/users.d/"))
+        .context("no users.d file mounted into clickhouse")?;
+    let xml = std::fs::read_to_string(file)?;
+    ensure!(
+        xml.contains(&format!("<{user}>")),
+        "{file} does not define {user}"
+    );
+    ensure!(
+        xml.contains("<readonly>1</readonly>"),
+        "{file}: no read-only profile"
+    );
+    for grant in xml.split("<query>").skip(1) {
+        let grant = grant.split("</query>").next().unwrap_or_default();
+        let rights = grant
+            .trim_start_matches("GRANT ")
+            .split(" ON ")
+            .next()
+            .unwrap_or_default();
+        ensure!(
+            rights
+                .split(',')
+                .all(|r| ["SELECT", "SHOW TABLES", "SHOW COLUMNS"].contains(&r.trim())),
+            "{user} is granted more than reading: {grant}"
+        );
+    }
+    Ok(())
+}

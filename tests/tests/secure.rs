@@ -367,3 +367,78 @@ async fn an_agent_with_the_wrong_ca_spools_then_delivers_every_tick_after_sighup
     );
     Ok(())
 }
+
+/// The database the stack's restricted users may see (scripts/stack/clickhouse-users.xml).
+const RESTRICTED_DB: &str = "spillway_restricted";
+
+#[tokio::test]
+#[ignore = "needs the local stack"]
+async fn the_ingester_runs_on_its_own_database_only_and_grafana_only_reads() -> Result<()> {
+    let env = TestEnv::from_env();
+    let dir = tempfile::tempdir()?;
+    let topic = unique_name("e2e_rights");
+    env.create_topic(&topic, 2).await?;
+    // The migrations need DDL: an administrator runs them.
+    for shard in 0..env.clickhouse_urls.len() {
+        env.clickhouse(shard)
+            .query(&format!("DROP DATABASE IF EXISTS {RESTRICTED_DB}"))
+            .execute()
+            .await?;
+    }
+    spillway_e2e::ingest::migrate(&env, dir.path(), &topic, RESTRICTED_DB)?;
+    let restricted = TestEnv {
+        clickhouse_user: "spillway_ingester".into(),
+        clickhouse_password: "ingester".into(),
+        ..env.clone()
+    };
+    let mut ingester = Service::ingester(
+        &dir.path().join("ingester"),
+        &ingester_config(&restricted, &topic, &unique_name("g"), RESTRICTED_DB),
+        &[],
+    )?;
+    let rows = spillway_e2e::ingest::loadgen(&env, dir.path(), &topic, "rights", 4, 25)?;
+    wait_rows(&env, RESTRICTED_DB, rows, Duration::from_secs(90), || {
+        ingester.log()
+    })
+    .await?;
+    ensure!(
+        ingester.terminate(Duration::from_secs(30))?,
+        "ingester exited non-zero:\n{}",
+        ingester.log()
+    );
+
+    let as_user = |user: &str, password: &str| {
+        env.clickhouse(0)
+            .with_user(user)
+            .with_password(password)
+            .with_database(RESTRICTED_DB)
+    };
+    let ingester_user = as_user("spillway_ingester", "ingester");
+    let denied = ingester_user
+        .query("CREATE DATABASE spillway_not_allowed")
+        .execute()
+        .await
+        .err()
+        .context("the ingester's user created another database")?;
+    ensure!(
+        denied.to_string().contains("Access denied"),
+        "the ingester's user was refused another database for another reason: {denied}"
+    );
+    let grafana = as_user("spillway_grafana", "grafana");
+    let seen: u64 = grafana
+        .query("SELECT count() FROM samples_all")
+        .fetch_one()
+        .await?;
+    ensure!(seen == rows, "grafana's user sees {seen} of {rows} rows");
+    let refused = grafana
+        .query("INSERT INTO ingester_status (time, ingester) VALUES (now(), 'grafana')")
+        .execute()
+        .await
+        .err()
+        .context("grafana's user could insert")?;
+    ensure!(
+        refused.to_string().contains("readonly"),
+        "grafana's insert refused for another reason: {refused}"
+    );
+    Ok(())
+}
