@@ -125,7 +125,7 @@ rm -f "$mock_log"
 
 step "modern ClickHouse (chdb-core, ClickHouse 26.9): the modern profile, every documented query, panel and alert rule, the upgrade, exactly-once after kill -9"
 chdb_dir=$(mktemp -d)
-python3 tests/chdb/server.py --data "$chdb_dir" --cluster spillway >"$chdb_dir/server.log" 2>&1 &
+python3 tests/chdb/server.py --data "$chdb_dir" --cluster spillway --tls-dir "${SPILLWAY_STACK_TLS_DIR:-$ROOT/.stack/tls}" >"$chdb_dir/server.log" 2>&1 &
 chdb_pid=$!
 stop_chdb() { kill "$chdb_pid" 2>/dev/null || true; wait "$chdb_pid" 2>/dev/null || true; rm -rf "$chdb_dir"; }
 for _ in $(seq 1 100); do
@@ -134,10 +134,19 @@ for _ in $(seq 1 100); do
   sleep 0.2
 done
 chdb_url="http://$(sed -n 's/^listening on \([0-9.:]*\).*/\1/p' "$chdb_dir/server.log")"
+chdb_https="https://$(sed -n 's/^https on \([0-9.:]*\).*/\1/p' "$chdb_dir/server.log")"
 echo "$(head -1 "$chdb_dir/server.log")"
 if ! SPILLWAY_CLICKHOUSE_URL=$chdb_url SPILLWAY_CLICKHOUSE_URLS=$chdb_url SPILLWAY_CLICKHOUSE_CLUSTER=spillway \
     SPILLWAY_CLICKHOUSE_USER=default SPILLWAY_CLICKHOUSE_PASSWORD= \
     cargo test -p spillway-e2e --locked --test analytics --test alerts --test storage -- --include-ignored; then
+  tail -20 "$chdb_dir/server.log"
+  stop_chdb
+  exit 1
+fi
+# HTTPS with a required client certificate on the modern profile.
+if ! SPILLWAY_CLICKHOUSE_URL=$chdb_url SPILLWAY_CLICKHOUSE_URLS=$chdb_url SPILLWAY_CLICKHOUSE_CLUSTER=spillway \
+    SPILLWAY_CLICKHOUSE_USER=default SPILLWAY_CLICKHOUSE_PASSWORD= SPILLWAY_STACK_CLICKHOUSE_HTTPS_URLS=$chdb_https \
+    cargo test -p spillway-e2e --locked --test secure -- --include-ignored clickhouse_over_https; then
   tail -20 "$chdb_dir/server.log"
   stop_chdb
   exit 1

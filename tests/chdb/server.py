@@ -18,6 +18,10 @@ and bytes read in `X-ClickHouse-Summary`, as ClickHouse reports them.
 Connections are served on threads (the client pools them); queries run one
 at a time, as chdb's session is not thread-safe.
 
+With --tls-dir, the same server also answers HTTPS on a second port (printed
+as `https on 127.0.0.1:PORT` before the `listening` line), requiring a client
+certificate signed by the directory's CA.
+
 With --cluster, a cluster of one shard (this server, on a TCP port chdb does
 not listen on but reports as local) is defined, so `Distributed` tables work.
 """
@@ -27,6 +31,7 @@ import http.server
 import json
 import os
 import re
+import ssl
 import struct
 import sys
 import tempfile
@@ -160,6 +165,8 @@ def main():
     ap.add_argument("--data", required=True)
     ap.add_argument("--port", type=int, default=0)
     ap.add_argument("--cluster")
+    ap.add_argument("--tls-dir", help="also serve HTTPS with DIR/server.pem and server.key, "
+                    "requiring a client certificate signed by DIR/ca.pem")
     args = ap.parse_args()
     os.makedirs(args.data, exist_ok=True)
     server = Server(args.data, args.cluster)
@@ -223,6 +230,18 @@ def main():
 
     httpd = http.server.ThreadingHTTPServer(("127.0.0.1", args.port), Handler)
     httpd.daemon_threads = True
+    if args.tls_dir:
+        # The same server over HTTPS on a second port, as a ClickHouse server
+        # with <https_port> and verificationMode strict.
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.load_cert_chain(os.path.join(args.tls_dir, "server.pem"), os.path.join(args.tls_dir, "server.key"))
+        ctx.load_verify_locations(os.path.join(args.tls_dir, "ca.pem"))
+        ctx.verify_mode = ssl.CERT_REQUIRED
+        https = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        https.daemon_threads = True
+        https.socket = ctx.wrap_socket(https.socket, server_side=True)
+        threading.Thread(target=https.serve_forever, daemon=True).start()
+        print(f"https on 127.0.0.1:{https.server_port}", flush=True)
     print(f"listening on 127.0.0.1:{httpd.server_port} (ClickHouse {server.version})", flush=True)
     try:
         httpd.serve_forever()
