@@ -5,7 +5,7 @@
 # Debian slim, non-root.
 FROM rust:1.95-bookworm AS chef
 RUN apt-get update \
-    && apt-get install -y --no-install-recommends cmake pkg-config zlib1g-dev \
+    && apt-get install -y --no-install-recommends cmake pkg-config zlib1g-dev libssl-dev libcurl4-openssl-dev \
     && rm -rf /var/lib/apt/lists/* \
     && cargo install cargo-chef --locked --version 0.1.78
 WORKDIR /src
@@ -22,14 +22,17 @@ RUN cargo chef cook --release --locked --recipe-path recipe.json \
 # --version shows this revision; without it, `git rev-parse` of the context.
 ARG SPILLWAY_GIT_REVISION=
 COPY . .
+# Two builds: built alone, the agent leaves out libcurl (only the ingester's
+# OIDC needs it; Cargo.toml says why).
 RUN SPILLWAY_GIT_REVISION="$SPILLWAY_GIT_REVISION" \
-    cargo build --release --locked -p spillway-agent -p spillway-ingester \
+    cargo build --release --locked -p spillway-agent \
+    && SPILLWAY_GIT_REVISION="$SPILLWAY_GIT_REVISION" cargo build --release --locked -p spillway-ingester \
     && cp target/release/spillway-agent target/release/spillway-ingester /usr/local/bin/ \
     && spillway-agent --version && spillway-ingester --version
 
 FROM debian:bookworm-slim AS runtime
 RUN apt-get update \
-    && apt-get install -y --no-install-recommends ca-certificates \
+    && apt-get install -y --no-install-recommends ca-certificates libssl3 libcurl4 \
     && rm -rf /var/lib/apt/lists/* \
     && useradd --system --uid 10001 --home-dir /var/lib/spillway --create-home spillway
 
