@@ -27,7 +27,9 @@ source bench/lib.sh
 command -v stunnel >/dev/null || { echo "stunnel is needed (apt-get install stunnel4)" >&2; exit 1; }
 TLS=$(eval "$(scripts/stack.sh env)"; echo "$SPILLWAY_STACK_TLS_DIR")
 PLAIN_BROKER=$(eval "$(scripts/stack.sh env)"; echo "$SPILLWAY_KAFKA_BROKERS")
-cargo build $flag --quiet -p spillway-ingester -p spillway-agent --bins
+# Apart: built with the ingester, the agent would link libcurl too (Cargo.toml).
+cargo build $flag --quiet -p spillway-ingester --bins
+cargo build $flag --quiet -p spillway-agent --bins
 INGESTER=$ROOT/target/$profile/spillway-ingester
 AGENT=$ROOT/target/$profile/spillway-agent
 work=$(mktemp -d)

@@ -506,7 +506,10 @@ impl Config {
             }
         }
         e.extend(k.security().validate("kafka", &k.properties));
-        if k.sasl.as_ref().is_some_and(|s| s.mechanism == SaslMechanism::OauthBearer) {
+        if k.sasl
+            .as_ref()
+            .is_some_and(|s| s.mechanism == SaslMechanism::OauthBearer)
+        {
             e.push(
                 "kafka.sasl.mechanism OAUTHBEARER is not available in the agent: its build leaves \
                  out libcurl, which OIDC needs, to stay small (docs/security.md); use SCRAM or mutual TLS"
