@@ -47,6 +47,42 @@ fn kafka_tls(tls: &std::path::Path, client_cert: bool) -> String {
     s
 }
 
+/// A tansu broker of the test's own behind stunnel (TLS; mutual TLS with
+/// `require_client_cert`), a topic and its dead-letter topic on it, and the
+/// environment with its TLS address.
+struct TlsBroker {
+    _broker: LocalBroker,
+    stunnel: Stunnel,
+    topic: String,
+    env: TestEnv,
+}
+
+fn tls_broker(
+    env: &TestEnv,
+    dir: &std::path::Path,
+    tls: &std::path::Path,
+    prefix: &str,
+    partitions: i32,
+    require_client_cert: bool,
+) -> Result<TlsBroker> {
+    let (plain, secure) = (free_port()?, free_port()?);
+    let broker = LocalBroker::start_advertising(dir, plain, secure)?;
+    let stunnel = Stunnel::start(dir, tls, secure, plain, require_client_cert)?;
+    let topic = unique_name(prefix);
+    broker.create_topic(&topic, partitions)?;
+    broker.create_topic(&format!("{topic}.dlq"), 1)?;
+    let env = TestEnv {
+        kafka_brokers: stunnel.brokers(),
+        ..env.clone()
+    };
+    Ok(TlsBroker {
+        _broker: broker,
+        stunnel,
+        topic,
+        env,
+    })
+}
+
 /// Runs `spillway-ingester <args>` with `config` to the end.
 fn run_ingester(dir: &std::path::Path, config: &str, args: &[&str]) -> Result<(bool, String)> {
     let mut s = Service::ingester(dir, config, args)?;
@@ -61,16 +97,12 @@ async fn kafka_over_mutual_tls_carries_every_record_and_refuses_a_client_without
     let env = TestEnv::from_env();
     let tls = tls_dir()?;
     let dir = tempfile::tempdir()?;
-    let (plain, secure) = (free_port()?, free_port()?);
-    let broker = LocalBroker::start_advertising(dir.path(), plain, secure)?;
-    let stunnel = Stunnel::start(dir.path(), &tls, secure, plain, true)?;
-    let topic = unique_name("e2e_tls");
-    broker.create_topic(&topic, 2)?;
-    broker.create_topic(&format!("{topic}.dlq"), 1)?;
-    let tls_env = TestEnv {
-        kafka_brokers: stunnel.brokers(),
-        ..env.clone()
-    };
+    let TlsBroker {
+        _broker,
+        stunnel,
+        topic,
+        env: tls_env,
+    } = tls_broker(&env, dir.path(), &tls, "e2e_tls", 2, true)?;
 
     // A client with the CA but no certificate of its own is turned away.
     let refused: BaseProducer = rdkafka::ClientConfig::new()
@@ -276,16 +308,12 @@ async fn an_agent_with_the_wrong_ca_spools_then_delivers_every_tick_after_sighup
     let env = TestEnv::from_env();
     let tls = tls_dir()?;
     let dir = tempfile::tempdir()?;
-    let (plain, secure) = (free_port()?, free_port()?);
-    let broker = LocalBroker::start_advertising(dir.path(), plain, secure)?;
-    let stunnel = Stunnel::start(dir.path(), &tls, secure, plain, false)?;
-    let topic = unique_name("e2e_rotate");
-    broker.create_topic(&topic, 1)?;
-    broker.create_topic(&format!("{topic}.dlq"), 1)?;
-    let tls_env = TestEnv {
-        kafka_brokers: stunnel.brokers(),
-        ..env.clone()
-    };
+    let TlsBroker {
+        _broker,
+        stunnel,
+        topic,
+        env: tls_env,
+    } = tls_broker(&env, dir.path(), &tls, "e2e_rotate", 1, false)?;
     let (group, db) = (unique_name("g"), unique_name("e2e_rotate"));
     spillway_e2e::ingest::migrate(&env, dir.path(), &topic, &db)?;
     let mut ingester = Service::ingester(
