@@ -8,8 +8,9 @@
 #
 #   bench/tls-cost.sh [HOSTS] [TICKS] [SECS]   (default 2000 50 60: 4M rows; CI smoke: 50 4 5)
 #
-# Needs the stack (scripts/stack.sh up: its broker is the plaintext one, its
-# test CA signs stunnel's certificate, its first ClickHouse takes the rows).
+# Needs the stack (scripts/stack.sh up: its test CA signs stunnel's
+# certificate, its first ClickHouse takes the rows); both brokers are tansu
+# instances of its own, fresh, one behind stunnel.
 # Results: bench/results/DATE-tls-cost.md; last line:
 #   tls-cost: ingester CPU per million rows TLS / plaintext X.XX, agent CPU Y.YY, RSS Z.ZZ
 set -euo pipefail
@@ -26,7 +27,6 @@ ROWS=$((HOSTS * TICKS * SAMPLES))
 source bench/lib.sh
 command -v stunnel >/dev/null || { echo "stunnel is needed (apt-get install stunnel4)" >&2; exit 1; }
 TLS=$(eval "$(scripts/stack.sh env)"; echo "$SPILLWAY_STACK_TLS_DIR")
-PLAIN_BROKER=$(eval "$(scripts/stack.sh env)"; echo "$SPILLWAY_KAFKA_BROKERS")
 # Apart: built with the ingester, the agent would link libcurl too (Cargo.toml).
 cargo build $flag --quiet -p spillway-ingester --bins
 cargo build $flag --quiet -p spillway-agent --bins
@@ -38,7 +38,13 @@ trap 'kill "${pids[@]}" 2>/dev/null || true; rm -rf "$work"' EXIT
 ch() { curl -fsS "$CH" --data-binary "$1"; }
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 
-# The TLS broker: tansu advertising stunnel's port.
+# Two brokers of the same kind, fresh: one in plaintext, one advertising
+# stunnel's port, so only TLS differs.
+direct=$(free_port)
+tansu broker --listener-url "tcp://127.0.0.1:$direct" --advertised-listener-url "tcp://127.0.0.1:$direct" \
+  --storage-engine memory://tansu/ >"$work/tansu-plain.log" 2>&1 &
+pids+=($!)
+PLAIN_BROKER=127.0.0.1:$direct
 plain=$(free_port); secure=$(free_port)
 tansu broker --listener-url "tcp://127.0.0.1:$plain" --advertised-listener-url "tcp://127.0.0.1:$secure" \
   --storage-engine memory://tansu/ >"$work/tansu.log" 2>&1 &
@@ -47,7 +53,11 @@ printf 'foreground = yes\npid =\n[kafka]\naccept = 127.0.0.1:%s\nconnect = 127.0
   "$secure" "$plain" "$TLS" "$TLS" >"$work/stunnel.conf"
 stunnel "$work/stunnel.conf" >"$work/stunnel.log" 2>&1 &
 pids+=($!)
-for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/$secure") 2>/dev/null && (exec 3<>"/dev/tcp/127.0.0.1/$plain") 2>/dev/null && break; sleep 0.1; done
+for _ in $(seq 100); do
+  (exec 3<>"/dev/tcp/127.0.0.1/$secure") 2>/dev/null && (exec 3<>"/dev/tcp/127.0.0.1/$plain") 2>/dev/null \
+    && (exec 3<>"/dev/tcp/127.0.0.1/$direct") 2>/dev/null && break
+  sleep 0.1
+done
 TLS_BROKER=127.0.0.1:$secure
 
 run=$(date +%s)
@@ -173,7 +183,7 @@ summary=$(awk -v pc="$p_cpu" -v tc="$t_cpu" -v am="$a_ms" -v tm="$t_ms" -v ar="$
   echo "# TLS cost: plaintext and TLS side by side ($(date +%F))"
   echo
   echo "\`bench/tls-cost.sh $HOSTS $TICKS $SECS\`, $RUNS drains each way (alternating which goes first), medians; on $(nproc) cores."
-  echo "TLS: stunnel (Debian) terminating TLS 1.3 in front of tansu, the client verifying the server against the stack's test CA."
+  echo "Two fresh tansu brokers, one of them behind stunnel (Debian) terminating TLS 1.3; the TLS clients verify the server against the stack's test CA."
   echo
   echo "| | plaintext | TLS | TLS / plaintext |"
   echo "|---|---:|---:|---:|"
