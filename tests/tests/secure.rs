@@ -160,13 +160,7 @@ async fn kafka_over_mutual_tls_carries_every_record_and_refuses_a_client_without
     )?;
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
     loop {
-        let ticks: u64 = env
-            .clickhouse(0)
-            .with_database(&db)
-            .query("SELECT uniqExact(seq) FROM samples_all WHERE host_id = ? AND metric = 'system.uptime'")
-            .bind(&host)
-            .fetch_one()
-            .await?;
+        let (ticks, _) = agent_ticks(&env, &db, &host).await?;
         if ticks >= 3 {
             break;
         }
