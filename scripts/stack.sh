@@ -8,6 +8,8 @@
 #   scripts/stack.sh status   health of each service (exit 1 if any is down)
 #   scripts/stack.sh env      the environment variables for tests and binaries
 #   scripts/stack.sh down     stop the processes this script started (by PID)
+#   scripts/stack.sh install-sasl-broker
+#                             build the SASL tests' broker (tansu with libsql)
 #
 # Everything lives in .stack/ (git-ignored): data, logs, pid files.
 # Ports and counts can be changed with the variables below.
@@ -25,6 +27,10 @@ CH_HTTPS_BASE=${SPILLWAY_STACK_CLICKHOUSE_HTTPS_PORT:-18443}
 TLS_DIR=$STACK_DIR/tls
 ZK_PORT=${SPILLWAY_STACK_ZOOKEEPER_PORT:-12181}
 TANSU_VERSION=0.6.0
+# tansu built with its libsql feature: the SASL tests' broker (SCRAM needs a
+# storage engine that keeps users). A debug build: it compiles in a fraction
+# of the release build's time and serves a test's few thousand records.
+TANSU_SASL_ROOT=${SPILLWAY_STACK_TANSU_SASL_ROOT:-$HOME/.cargo/tansu-libsql}
 WAIT_SECS=${SPILLWAY_STACK_WAIT_SECS:-60}
 
 export PATH="$HOME/.cargo/bin:$PATH"
@@ -96,6 +102,15 @@ install_tansu() {
   log "cargo install tansu $TANSU_VERSION (about 20 minutes on 2 cores, once)"
   cargo install tansu --version "$TANSU_VERSION" --locked \
     --no-default-features --features dynostore
+}
+
+install_tansu_sasl() {
+  if "$TANSU_SASL_ROOT/bin/tansu" --version 2>/dev/null | grep -q "tansu $TANSU_VERSION"; then
+    return
+  fi
+  log "cargo install tansu $TANSU_VERSION with libsql into $TANSU_SASL_ROOT (the SASL tests' broker; once)"
+  CARGO_PROFILE_DEV_DEBUG=0 cargo install tansu --version "$TANSU_VERSION" --locked --debug \
+    --no-default-features --features libsql --root "$TANSU_SASL_ROOT"
 }
 
 # --- processes --------------------------------------------------------------
@@ -267,6 +282,7 @@ export SPILLWAY_CLICKHOUSE_PASSWORD=
 export SPILLWAY_STACK_ZOOKEEPER_PORT=$ZK_PORT
 export SPILLWAY_STACK_TLS_DIR=$TLS_DIR
 export SPILLWAY_STACK_CLICKHOUSE_HTTPS_URLS=https://127.0.0.1:$(ch_https_port 1),https://127.0.0.1:$(ch_https_port 2)
+export SPILLWAY_TANSU_SASL_BIN=$TANSU_SASL_ROOT/bin/tansu
 EOF
 }
 
@@ -324,5 +340,6 @@ case "${1:-}" in
   status) cmd_status ;;
   env) print_env ;;
   install) ensure_installed ;;
-  *) echo "usage: $0 up|down|status|env|install" >&2; exit 2 ;;
+  install-sasl-broker) install_tansu_sasl ;;
+  *) echo "usage: $0 up|down|status|env|install|install-sasl-broker" >&2; exit 2 ;;
 esac

@@ -53,6 +53,10 @@ if ! command -v stunnel >/dev/null 2>&1; then
   apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq stunnel4 >/dev/null
 fi
+step "tansu with libsql (the SASL tests' broker; built once, about 10 minutes)"
+scripts/stack.sh install-sasl-broker
+export SPILLWAY_TANSU_SASL_BIN=${SPILLWAY_TANSU_SASL_BIN:-$HOME/.cargo/tansu-libsql/bin/tansu}
+
 step "docker-compose config -q (the compose file is valid)"
 docker-compose -f docker-compose.yml config -q
 

@@ -24,6 +24,7 @@ pub fn start(
     let Some(endpoint) = &config.otlp_endpoint else {
         return Ok(None);
     };
+    spillway_shared::process::install_tls_provider();
     let exporter = opentelemetry_otlp::MetricExporter::builder()
         .with_http()
         .with_endpoint(format!("{}/v1/metrics", endpoint.trim_end_matches('/')))

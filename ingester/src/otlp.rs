@@ -49,6 +49,7 @@ pub fn start(
     let Some(endpoint) = &config.otlp_endpoint else {
         return Ok(None);
     };
+    spillway_shared::process::install_tls_provider();
     let base = endpoint.trim_end_matches('/');
     let resource = spillway_shared::process::otlp_resource(
         "spillway-ingester",

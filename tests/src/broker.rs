@@ -1,9 +1,16 @@
 //! A tansu broker owned by one test, for tests that stop and restart the
-//! broker (which a shared broker cannot allow). It uses memory storage, so a
-//! restart comes back empty, like a broker that lost its disk.
+//! broker (which a shared broker cannot allow), or that need settings of
+//! their own (an advertised TLS port, SASL).
 //!
-//! The `tansu` binary comes from `SPILLWAY_TANSU_BIN`, else `PATH`, else
-//! `~/.cargo/bin` (where `scripts/stack.sh` installs it).
+//! [`LocalBroker::start`] uses memory storage, so a restart comes back
+//! empty, like a broker that lost its disk; its `tansu` binary comes from
+//! `SPILLWAY_TANSU_BIN`, else `~/.cargo/bin` (where `scripts/stack.sh`
+//! installs it), else `PATH`.
+//!
+//! [`LocalBroker::start_sasl`] runs tansu built with its `libsql` feature
+//! (`SPILLWAY_TANSU_SASL_BIN`, installed by `scripts/stack.sh install`):
+//! only a storage engine that keeps users can check SCRAM credentials (the
+//! memory engine keeps none and answers every SCRAM client `unknown-user`).
 
 use std::net::TcpListener;
 use std::path::PathBuf;
@@ -14,12 +21,26 @@ use anyhow::{Context, Result, bail};
 
 /// A broker process on a port of its own.
 pub struct LocalBroker {
+    bin: PathBuf,
+    /// `--storage-engine`: memory, or an SQLite file in `dir`.
+    storage: &'static str,
+    /// Whether clients must authenticate (SASL/SCRAM).
+    authentication: bool,
+    /// The broker's working directory (its log, its SQLite file).
+    dir: PathBuf,
     port: u16,
     /// The port it tells clients to connect to (its own, or a TLS
     /// terminator's in front of it).
     advertised: u16,
     child: Option<Child>,
-    log: PathBuf,
+}
+
+/// A SCRAM user to create on a [`LocalBroker::start_sasl`] broker.
+pub struct ScramUser<'a> {
+    /// `scram256` or `scram512` (tansu's names).
+    pub mechanism: &'a str,
+    pub name: &'a str,
+    pub password: &'a str,
 }
 
 fn tansu_bin() -> PathBuf {
@@ -58,34 +79,99 @@ impl LocalBroker {
         advertised: u16,
     ) -> Result<LocalBroker> {
         let mut b = LocalBroker {
+            bin: tansu_bin(),
+            storage: "memory://tansu/",
+            authentication: false,
+            dir: log_dir.to_owned(),
             port,
             advertised,
             child: None,
-            log: log_dir.join("tansu.log"),
         };
         b.restart()?;
         Ok(b)
     }
 
-    /// Creates a topic through the broker's own port (tansu's CLI).
-    pub fn create_topic(&self, name: &str, partitions: i32) -> Result<()> {
-        let out = Command::new(tansu_bin())
-            .args([
-                "topic",
+    /// Starts a broker that keeps its data and users in an SQLite file in
+    /// `dir`, creates `users` and `topics` (name, partitions) while anyone
+    /// may connect, then restarts it requiring SASL/SCRAM of every client.
+    pub fn start_sasl(
+        dir: &std::path::Path,
+        port: u16,
+        advertised: u16,
+        users: &[ScramUser<'_>],
+        topics: &[(&str, i32)],
+    ) -> Result<LocalBroker> {
+        let bin = std::env::var_os("SPILLWAY_TANSU_SASL_BIN")
+            .map(PathBuf::from)
+            .context(
+                "SPILLWAY_TANSU_SASL_BIN is not set: run `scripts/stack.sh install` and export \
+                 what `scripts/stack.sh env` prints (tansu built with its libsql feature)",
+            )?;
+        let mut b = LocalBroker {
+            bin,
+            storage: "sqlite://tansu.db",
+            authentication: false,
+            dir: dir.to_owned(),
+            port,
+            advertised,
+            child: None,
+        };
+        b.restart()?;
+        for u in users {
+            b.cli(&[
+                "user",
                 "create",
-                "--broker",
-                &format!("tcp://127.0.0.1:{}", self.port),
-            ])
-            .args(["--partitions", &partitions.to_string(), name])
+                "--mechanism",
+                u.mechanism,
+                u.name,
+                u.password,
+            ])?;
+        }
+        for (name, partitions) in topics {
+            b.create_topic(name, *partitions)?;
+        }
+        b.kill()?;
+        b.authentication = true;
+        b.restart()?;
+        Ok(b)
+    }
+
+    /// Runs `tansu <args> --broker <this broker>` (its CLI; not once
+    /// authentication is required: the CLI has no SASL).
+    fn cli(&self, args: &[&str]) -> Result<()> {
+        let out = Command::new(&self.bin)
+            .args(args)
+            .args(["--broker", &format!("tcp://127.0.0.1:{}", self.port)])
             .output()
-            .context("cannot run tansu topic create")?;
+            .with_context(|| format!("cannot run tansu {}", args.join(" ")))?;
         if !out.status.success() {
             bail!(
-                "tansu topic create {name}: {}",
+                "tansu {}: {}",
+                args.join(" "),
                 String::from_utf8_lossy(&out.stderr)
             );
         }
         Ok(())
+    }
+
+    /// Creates a topic through the broker's own port (tansu's CLI).
+    pub fn create_topic(&self, name: &str, partitions: i32) -> Result<()> {
+        self.cli(&[
+            "topic",
+            "create",
+            "--partitions",
+            &partitions.to_string(),
+            name,
+        ])
+    }
+
+    fn log_path(&self) -> PathBuf {
+        self.dir.join("tansu.log")
+    }
+
+    /// What the broker logged.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.log_path()).unwrap_or_default()
     }
 
     /// `host:port` for clients.
@@ -93,7 +179,7 @@ impl LocalBroker {
         format!("127.0.0.1:{}", self.port)
     }
 
-    /// Starts the broker again on the same port (empty: memory storage).
+    /// Starts the broker again on the same port (empty with memory storage).
     pub fn restart(&mut self) -> Result<()> {
         if self.child.is_some() {
             bail!("broker already running");
@@ -103,16 +189,22 @@ impl LocalBroker {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
-            .open(&self.log)?;
-        let child = Command::new(tansu_bin())
-            .args([
-                "broker",
-                "--listener-url",
-                &url,
-                "--advertised-listener-url",
-                &advertised,
-            ])
-            .args(["--storage-engine", "memory://tansu/"])
+            .open(self.log_path())?;
+        let mut cmd = Command::new(&self.bin);
+        cmd.args([
+            "broker",
+            "--listener-url",
+            &url,
+            "--advertised-listener-url",
+            &advertised,
+        ])
+        .args(["--storage-engine", self.storage])
+        // tansu resolves an SQLite path against its working directory.
+        .current_dir(&self.dir);
+        if self.authentication {
+            cmd.arg("--authentication");
+        }
+        let child = cmd
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)
@@ -120,7 +212,7 @@ impl LocalBroker {
             .with_context(|| {
                 format!(
                     "cannot start {} (install it with scripts/stack.sh install)",
-                    tansu_bin().display()
+                    self.bin.display()
                 )
             })?;
         self.child = Some(child);
@@ -130,7 +222,7 @@ impl LocalBroker {
                 bail!(
                     "tansu did not listen on port {} within 20 s; see {}",
                     self.port,
-                    self.log.display()
+                    self.log_path().display()
                 );
             }
             std::thread::sleep(Duration::from_millis(50));

@@ -30,6 +30,8 @@ pub struct Service {
     name: &'static str,
     bin_env: &'static str,
     args: Vec<String>,
+    /// Environment variables the process gets on top of the test's own.
+    env: Vec<(String, String)>,
 }
 
 /// The agent process.
@@ -38,22 +40,36 @@ pub type AgentProcess = Service;
 impl Service {
     /// Writes `config` (TOML) into `dir` and starts the agent on it.
     pub fn start(dir: &Path, config: &str) -> Result<Service> {
-        Service::start_named("spillway-agent", "SPILLWAY_E2E_AGENT_BIN", dir, config, &[])
+        Service::agent_with_env(dir, config, &[])
+    }
+
+    /// Starts the agent with `env` added to its environment.
+    pub fn agent_with_env(dir: &Path, config: &str, env: &[(&str, &str)]) -> Result<Service> {
+        let mut s = Service::new("spillway-agent", "SPILLWAY_E2E_AGENT_BIN", dir, config, &[])?;
+        s.env = env
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        s.restart()?;
+        Ok(s)
     }
 
     /// Writes `config` into `dir` and starts the ingester on it with `args`
     /// (a subcommand, or nothing for `run`).
     pub fn ingester(dir: &Path, config: &str, args: &[&str]) -> Result<Service> {
-        Service::start_named(
+        let mut s = Service::new(
             "spillway-ingester",
             "SPILLWAY_E2E_INGESTER_BIN",
             dir,
             config,
             args,
-        )
+        )?;
+        s.restart()?;
+        Ok(s)
     }
 
-    fn start_named(
+    /// Writes the config file; the process is not started yet.
+    fn new(
         name: &'static str,
         bin_env: &'static str,
         dir: &Path,
@@ -62,15 +78,14 @@ impl Service {
     ) -> Result<Service> {
         std::fs::create_dir_all(dir)?;
         std::fs::write(dir.join(format!("{name}.toml")), config)?;
-        let mut s = Service {
+        Ok(Service {
             child: None,
             dir: dir.to_owned(),
             name,
             bin_env,
             args: args.iter().map(|a| (*a).to_owned()).collect(),
-        };
-        s.restart()?;
-        Ok(s)
+            env: Vec::new(),
+        })
     }
 
     /// Starts the process again with the same config (and spool).
@@ -98,6 +113,7 @@ impl Service {
             .arg("--config")
             .arg(self.dir.join(format!("{}.toml", self.name)))
             .args(&self.args)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .env(
                 "RUST_LOG",
                 std::env::var("SPILLWAY_E2E_LOG").unwrap_or_else(|_| "info".into()),

@@ -1,7 +1,9 @@
 //! Secure connections against real servers: Kafka over TLS and mutual TLS
 //! (stunnel, Debian's, terminating TLS in front of a tansu broker of the
 //! test's own that advertises stunnel's port: tansu 0.6.0 has no working
-//! TLS listener) and ClickHouse 18.16 over HTTPS, with and without a
+//! TLS listener), SASL/SCRAM over TLS against a tansu that checks
+//! credentials (built with its libsql feature: SCRAM needs a storage engine
+//! that keeps users), and ClickHouse 18.16 over HTTPS, with and without a
 //! required client certificate (the stack's servers: scripts/stack.sh gives
 //! server 1 an HTTPS port that checks no client certificate and server 2
 //! one that requires a certificate signed by the stack's test CA).
@@ -15,7 +17,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, ensure};
 use rdkafka::producer::{BaseProducer, Producer};
-use spillway_e2e::broker::{LocalBroker, Stunnel, free_port};
+use spillway_e2e::broker::{LocalBroker, ScramUser, Stunnel, free_port};
 use spillway_e2e::ingest::{ingester_config, loadgen_args, wait_rows};
 use spillway_e2e::process::{Service, agent_config};
 use spillway_e2e::{TestEnv, unique_name};
@@ -90,6 +92,38 @@ fn run_ingester(dir: &std::path::Path, config: &str, args: &[&str]) -> Result<(b
     Ok((ok, s.log()))
 }
 
+/// Migrates a database of its own, starts the ingester on `secure_env`'s
+/// broker with `security` (its `[kafka.tls]`/`[kafka.sasl]` blocks), runs
+/// `loadgen` with the same settings and waits for every one of its rows:
+/// the running ingester and its database.
+async fn ingest_through(
+    env: &TestEnv,
+    secure_env: &TestEnv,
+    dir: &std::path::Path,
+    topic: &str,
+    security: &str,
+    logs: impl Fn() -> String,
+) -> Result<(Service, String)> {
+    let (group, db) = (unique_name("g"), unique_name("e2e_secure"));
+    spillway_e2e::ingest::migrate(env, dir, topic, &db)?;
+    let config = |group: &str, db: &str| ingester_config(secure_env, topic, group, db) + security;
+    let ingester = Service::ingester(&dir.join("ingester"), &config(&group, &db), &[])?;
+    let (hosts, ticks) = (4u64, 25u64);
+    let args = loadgen_args(topic, "secure", hosts, ticks);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let (ok, log) = run_ingester(&dir.join("loadgen"), &config("loadgen", "unused"), &args)?;
+    ensure!(ok, "loadgen failed:\n{log}\n{}", logs());
+    wait_rows(
+        env,
+        &db,
+        hosts * ticks * 40,
+        Duration::from_secs(90),
+        || format!("{}\n{}", ingester.log(), logs()),
+    )
+    .await?;
+    Ok((ingester, db))
+}
+
 #[tokio::test]
 #[ignore = "needs the local stack"]
 async fn kafka_over_mutual_tls_carries_every_record_and_refuses_a_client_without_a_certificate()
@@ -118,31 +152,13 @@ async fn kafka_over_mutual_tls_carries_every_record_and_refuses_a_client_without
         "a client without a certificate got metadata through mutual TLS"
     );
 
-    let (group, db) = (unique_name("g"), unique_name("e2e_tls"));
-    spillway_e2e::ingest::migrate(&env, dir.path(), &topic, &db)?;
-    let secure_config = |group: &str, db: &str| {
-        ingester_config(&tls_env, &topic, group, db) + &kafka_tls(&tls, true)
-    };
-    let mut ingester = Service::ingester(
-        &dir.path().join("ingester"),
-        &secure_config(&group, &db),
-        &[],
-    )?;
-    let (hosts, ticks) = (4u64, 25u64);
-    let args = loadgen_args(&topic, "tls", hosts, ticks);
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let (ok, log) = run_ingester(
-        &dir.path().join("loadgen"),
-        &secure_config("loadgen", "unused"),
-        &args,
-    )?;
-    ensure!(ok, "loadgen over mutual TLS failed:\n{log}");
-    wait_rows(
+    let (mut ingester, db) = ingest_through(
         &env,
-        &db,
-        hosts * ticks * 40,
-        Duration::from_secs(90),
-        || format!("{}\nstunnel:\n{}", ingester.log(), stunnel.log()),
+        &tls_env,
+        dir.path(),
+        &topic,
+        &kafka_tls(&tls, true),
+        || format!("stunnel:\n{}", stunnel.log()),
     )
     .await?;
 
@@ -334,51 +350,190 @@ async fn an_agent_with_the_wrong_ca_spools_then_delivers_every_tick_after_sighup
     let wrong = wrong_ca(dir.path())?;
     let mut agent = Service::start(&dir.path().join("agent"), &config(&wrong))?;
     // It cannot verify the broker: its ticks go to the spool.
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    while spillway_e2e::process::agent_metric(port, "spillway_agent_spool_records")
-        .await
-        .unwrap_or(0.0)
-        < 3.0
-    {
-        ensure!(
-            std::time::Instant::now() < deadline,
-            "nothing spooled in 60 s:\n{}",
-            agent.log()
-        );
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
-    ensure!(
-        agent.log().contains("certificate verify failed"),
-        "the agent's log does not say why it cannot deliver:\n{}",
-        agent.log()
-    );
-    ensure!(
-        agent_ticks(&env, &db, &host).await?.0 == 0,
-        "a tick got through with the wrong CA"
-    );
+    let refused = Refused {
+        env: &env,
+        db: &db,
+        host: &host,
+        port,
+    };
+    refused.spools(&agent, "certificate verify failed").await?;
 
     // The right CA and SIGHUP: the spool drains, every tick arrives once.
     agent.write_config(&config(&tls.join("ca.pem")))?;
     spillway_e2e::process::signal(agent.pid().context("agent not running")?, "HUP")?;
-    let deadline = std::time::Instant::now() + Duration::from_secs(90);
-    loop {
-        let made = spillway_e2e::process::agent_metric(port, "spillway_agent_ticks_total").await?;
-        let (distinct, next) = agent_ticks(&env, &db, &host).await?;
-        if distinct >= made as u64 && distinct > 5 {
+    refused.delivers_every_tick(&agent, &ingester).await?;
+    ensure!(
+        agent.terminate(Duration::from_secs(15))?,
+        "agent exited non-zero"
+    );
+    ensure!(
+        ingester.terminate(Duration::from_secs(30))?,
+        "ingester exited non-zero"
+    );
+    Ok(())
+}
+
+/// An agent (its metrics on `port`) the broker turns away, until it is fixed.
+struct Refused<'a> {
+    env: &'a TestEnv,
+    db: &'a str,
+    host: &'a str,
+    port: u16,
+}
+
+impl Refused<'_> {
+    /// Waits until the agent has spooled three ticks, and checks that its
+    /// log says `why` and that none of its ticks was stored.
+    async fn spools(&self, agent: &Service, why: &str) -> Result<()> {
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        while spillway_e2e::process::agent_metric(self.port, "spillway_agent_spool_records")
+            .await
+            .unwrap_or(0.0)
+            < 3.0
+        {
             ensure!(
-                distinct == next,
-                "{distinct} ticks stored, but seq reaches {next}: some were lost"
+                std::time::Instant::now() < deadline,
+                "nothing spooled in 60 s:\n{}",
+                agent.log()
             );
-            break;
+            tokio::time::sleep(Duration::from_millis(500)).await;
         }
         ensure!(
-            std::time::Instant::now() < deadline,
-            "{distinct} of {made} ticks stored 90 s after the fix:\n{}\n{}",
-            agent.log(),
-            ingester.log()
+            agent.log().contains(why),
+            "the agent's log does not say why it cannot deliver ({why}):\n{}",
+            agent.log()
         );
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        ensure!(
+            agent_ticks(self.env, self.db, self.host).await?.0 == 0,
+            "a tick got through the broker that refuses the agent"
+        );
+        Ok(())
     }
+
+    /// Waits until every tick the agent made (at least six) is stored, and
+    /// checks that none is missing.
+    async fn delivers_every_tick(&self, agent: &Service, ingester: &Service) -> Result<()> {
+        let deadline = std::time::Instant::now() + Duration::from_secs(90);
+        loop {
+            let made = spillway_e2e::process::agent_metric(self.port, "spillway_agent_ticks_total")
+                .await?;
+            let (distinct, next) = agent_ticks(self.env, self.db, self.host).await?;
+            if distinct >= made as u64 && distinct > 5 {
+                ensure!(
+                    distinct == next,
+                    "{distinct} ticks stored, but seq reaches {next}: some were lost"
+                );
+                return Ok(());
+            }
+            ensure!(
+                std::time::Instant::now() < deadline,
+                "{distinct} of {made} ticks stored 90 s after the fix:\n{}\n{}",
+                agent.log(),
+                ingester.log()
+            );
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+}
+
+/// `[kafka.sasl]` with a password file.
+fn kafka_sasl(mechanism: &str, username: &str, password_file: &std::path::Path) -> String {
+    format!(
+        "\n[kafka.sasl]\nmechanism = \"{mechanism}\"\nusername = \"{username}\"\npassword_file = \"{}\"\n",
+        password_file.display()
+    )
+}
+
+#[tokio::test]
+#[ignore = "needs the local stack and tansu built with libsql (scripts/stack.sh install)"]
+async fn sasl_scram_over_tls_carries_every_record_and_a_wrong_password_spools_until_fixed()
+-> Result<()> {
+    let env = TestEnv::from_env();
+    let tls = tls_dir()?;
+    let dir = tempfile::tempdir()?;
+    let topic = unique_name("e2e_sasl");
+    let dead_letters = format!("{topic}.dlq");
+    // A broker that checks SCRAM credentials, behind stunnel: SASL_SSL,
+    // what MSK and most managed clusters ask for.
+    let (plain, secure) = (free_port()?, free_port()?);
+    let broker = LocalBroker::start_sasl(
+        dir.path(),
+        plain,
+        secure,
+        &[
+            ScramUser {
+                mechanism: "scram256",
+                name: "agent",
+                password: "agent-secret",
+            },
+            ScramUser {
+                mechanism: "scram512",
+                name: "ingester",
+                password: "ingester-secret",
+            },
+        ],
+        &[(&topic, 2), (&dead_letters, 1)],
+    )?;
+    let stunnel = Stunnel::start(dir.path(), &tls, secure, plain, false)?;
+    let logs = || format!("broker:\n{}\nstunnel:\n{}", broker.log(), stunnel.log());
+
+    // TLS without SASL gets nothing.
+    let anonymous: BaseProducer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", stunnel.brokers())
+        .set("security.protocol", "SSL")
+        .set("ssl.ca.location", tls.join("ca.pem").display().to_string())
+        .create()?;
+    ensure!(
+        anonymous
+            .client()
+            .fetch_metadata(None, Duration::from_secs(5))
+            .is_err(),
+        "a client without SASL got metadata from a broker that requires it"
+    );
+
+    // The ingester (SCRAM-SHA-512) carries loadgen's records.
+    let ingester_password = dir.path().join("ingester.password");
+    std::fs::write(&ingester_password, "ingester-secret\n")?;
+    let sasl_env = TestEnv {
+        kafka_brokers: stunnel.brokers(),
+        ..env.clone()
+    };
+    let (mut ingester, db) = ingest_through(
+        &env,
+        &sasl_env,
+        dir.path(),
+        &topic,
+        &(kafka_tls(&tls, false) + &kafka_sasl("SCRAM-SHA-512", "ingester", &ingester_password)),
+        logs,
+    )
+    .await?;
+
+    // The agent (SCRAM-SHA-256) with the wrong password is refused and
+    // spools; the right one in the same file and SIGHUP deliver it all.
+    let agent_password = dir.path().join("agent.password");
+    std::fs::write(&agent_password, "not-the-secret\n")?;
+    let host = unique_name("sasl-agent");
+    let port = free_port()?;
+    let config = agent_config(
+        &stunnel.brokers(),
+        &topic,
+        &host,
+        &dir.path().join("spool"),
+        &(format!("[http]\nlisten = \"127.0.0.1:{port}\"\n[collect]\ndisable = [\"processes\"]\n")
+            + &kafka_tls(&tls, false)
+            + &kafka_sasl("SCRAM-SHA-256", "agent", &agent_password)),
+    );
+    let mut agent = Service::start(&dir.path().join("agent"), &config)?;
+    let refused = Refused {
+        env: &env,
+        db: &db,
+        host: &host,
+        port,
+    };
+    refused.spools(&agent, "authentication failed").await?;
+    std::fs::write(&agent_password, "agent-secret\n")?;
+    spillway_e2e::process::signal(agent.pid().context("agent not running")?, "HUP")?;
+    refused.delivers_every_tick(&agent, &ingester).await?;
     ensure!(
         agent.terminate(Duration::from_secs(15))?,
         "agent exited non-zero"
@@ -461,6 +616,114 @@ async fn the_ingester_runs_on_its_own_database_only_and_grafana_only_reads() -> 
     ensure!(
         refused.to_string().contains("readonly"),
         "grafana's insert refused for another reason: {refused}"
+    );
+    Ok(())
+}
+
+/// A plain HTTP/1.1 server on a port of its own that answers every request
+/// `200 OK` and passes on each request (head and body), for stunnel to put
+/// TLS in front of: a stand-in for an OpenTelemetry collector's OTLP/HTTP
+/// receiver, which answers an export with 200.
+fn http_receiver() -> Result<(u16, std::sync::mpsc::Receiver<Vec<u8>>)> {
+    use std::io::{BufRead, BufReader, Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    let port = listener.local_addr()?.port();
+    let (tx, rx) = std::sync::mpsc::sync_channel(16);
+    std::thread::spawn(move || {
+        for conn in listener.incoming().flatten() {
+            let Ok(write_half) = conn.try_clone() else {
+                continue;
+            };
+            let (mut reader, mut writer) = (BufReader::new(conn), write_half);
+            // Requests on one kept-alive connection, until it closes.
+            loop {
+                let mut request = Vec::new();
+                let mut length = 0usize;
+                loop {
+                    let mut line = String::new();
+                    match reader.read_line(&mut line) {
+                        Ok(0) | Err(_) => break,
+                        Ok(_) => {}
+                    }
+                    if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                        length = v.trim().parse().unwrap_or(0);
+                    }
+                    request.extend_from_slice(line.as_bytes());
+                    if line == "\r\n" {
+                        break;
+                    }
+                }
+                if request.is_empty() {
+                    break;
+                }
+                let mut body = vec![0; length];
+                if reader.read_exact(&mut body).is_err() {
+                    break;
+                }
+                request.extend_from_slice(&body);
+                // A full channel drops the request: the test reads the first.
+                let _full = tx.try_send(request);
+                if writer
+                    .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n")
+                    .is_err()
+                {
+                    break;
+                }
+            }
+        }
+    });
+    Ok((port, rx))
+}
+
+#[tokio::test]
+#[ignore = "needs the local stack"]
+async fn the_agent_exports_its_own_metrics_to_an_https_collector_signed_by_the_operators_ca()
+-> Result<()> {
+    let env = TestEnv::from_env();
+    let tls = tls_dir()?;
+    let dir = tempfile::tempdir()?;
+    let (plain, requests) = http_receiver()?;
+    let secure = free_port()?;
+    let stunnel = Stunnel::start(dir.path(), &tls, secure, plain, false)?;
+    let topic = unique_name("e2e_otlp");
+    env.create_topic(&topic, 1).await?;
+    let config = agent_config(
+        &env.kafka_brokers,
+        &topic,
+        &unique_name("otlp"),
+        &dir.path().join("spool"),
+        &format!(
+            "[telemetry]\notlp_endpoint = \"https://127.0.0.1:{secure}\"\notlp_interval = \"1s\"\n"
+        ),
+    );
+    // The collector's certificate is signed by the test CA, which the
+    // system store lacks: SSL_CERT_FILE names it, as an operator would.
+    let ca = tls.join("ca.pem").display().to_string();
+    let mut agent = Service::agent_with_env(
+        &dir.path().join("agent"),
+        &config,
+        &[("SSL_CERT_FILE", &ca)],
+    )?;
+    let request =
+        tokio::task::spawn_blocking(move || requests.recv_timeout(Duration::from_secs(30)))
+            .await?
+            .map_err(|_| {
+                anyhow::anyhow!(
+                    "no OTLP export over HTTPS in 30 s:\n{}\nstunnel:\n{}",
+                    agent.log(),
+                    stunnel.log()
+                )
+            });
+    let request = request?;
+    let text = String::from_utf8_lossy(&request);
+    ensure!(
+        text.starts_with("POST /v1/metrics ") && text.contains("spillway.agent.ticks"),
+        "not an OTLP metrics export: {text}"
+    );
+    ensure!(
+        agent.terminate(Duration::from_secs(15))?,
+        "agent exited non-zero:\n{}",
+        agent.log()
     );
     Ok(())
 }

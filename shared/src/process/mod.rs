@@ -30,6 +30,19 @@ pub fn otlp_resource(
         )
         .build()
 }
+
+/// Lets the OTLP exporters reach `https://` collectors: their HTTP client
+/// (reqwest with `rustls-no-provider`) takes the process's default rustls
+/// provider, and panics when building any client, even for `http://`, if
+/// there is none. Installs ring, the provider the ingester's ClickHouse
+/// client uses too; certificates are checked against the system's store
+/// (`SSL_CERT_FILE` names another bundle). Call it before building an
+/// exporter; a second call changes nothing.
+pub fn install_tls_provider() {
+    // An error means a provider is installed already.
+    let _installed = rustls::crypto::ring::default_provider().install_default();
+}
+
 pub use logging::{LogConfig, LogFormat, init_logging};
 pub use signals::{Signal, stop_on_signal, stop_on_signals};
 
