@@ -22,13 +22,11 @@
 //! partition is drained and committed before it goes: see `poll.rs`.
 #![deny(clippy::unwrap_used, clippy::expect_used)]
 
-use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
-use futures_util::future::join_all;
-use rdkafka::ClientConfig;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
@@ -36,55 +34,23 @@ use tracing::{info, warn};
 use crate::config::Config;
 use crate::pipeline::batch::{Batch, Source};
 use crate::pipeline::decode;
-use crate::pipeline::dlq::DeadLetters;
-use crate::pipeline::insert::{Done, Worker, dead_letter};
-use crate::pipeline::journal;
+use crate::pipeline::dlq::{self, DeadLetters, Letter};
+use crate::pipeline::flow::{Budget, InOrder};
+use crate::pipeline::insert::{Done, Worker};
+use crate::pipeline::journal::{self, JournalDone, JournalIdentity, JournalJob, Owned};
 use crate::pipeline::message::Decoded;
 use crate::pipeline::message::{Command, CommitOffset, Event};
 use crate::pipeline::offsets::Watermarks;
 use crate::pipeline::poll;
 use crate::pipeline::quality::Quality;
-use crate::pipeline::ranges::{self, Span};
+use crate::pipeline::ranges::{self, Closed, Open, Partition, close};
 use crate::pipeline::stall::Stalls;
-use crate::retry::{Backoff, lock};
+use crate::retry::{lock, now_ms};
 use crate::sink::Sink;
 use crate::sink::rows::IngesterStatusRow;
-use crate::sink::rows::JournalRow;
 use crate::sink::rows::Rows;
-use crate::sink::rows::Table;
 use crate::sink::shard::shard_for;
 use crate::telemetry::Stats;
-
-/// Builds the consumer configuration.
-pub fn consumer_config(config: &Config) -> ClientConfig {
-    let k = &config.kafka;
-    let mut c = k.client_config();
-    c.set("group.id", &k.group_id)
-        .set("enable.auto.commit", "false")
-        .set("enable.auto.offset.store", "false")
-        .set("auto.offset.reset", "earliest")
-        // A topic created after start-up is picked up within 30 s.
-        .set("topic.metadata.refresh.interval.ms", "30000")
-        // Per-partition lag for the metrics.
-        .set("statistics.interval.ms", "5000")
-        .set(
-            "session.timeout.ms",
-            k.session_timeout.as_millis().to_string(),
-        )
-        .set(
-            "heartbeat.interval.ms",
-            (k.session_timeout.as_millis() / 3).max(100).to_string(),
-        )
-        // librdkafka's own prefetch queue comes on top of the budget: keep it
-        // to a quarter of the budget, between 1 and 64 MiB.
-        .set(
-            "queued.max.messages.kbytes",
-            (config.pipeline.memory_budget_bytes / 4 / 1024)
-                .clamp(1024, 65536)
-                .to_string(),
-        );
-    c
-}
 
 /// How often the event loop closes aged batches, commits and accounts.
 const HOUSEKEEPING_EVERY: Duration = Duration::from_millis(100);
@@ -93,213 +59,12 @@ const LETTERS_QUEUED: usize = 1024;
 /// After the shutdown deadline, how long leaving the group may still take.
 const KAFKA_CLOSE_GRACE: Duration = Duration::from_secs(5);
 
-/// A record that goes to the dead-letter topic instead of a table.
-struct Letter {
-    source: Source,
-    kind: &'static str,
-    message: String,
-}
-
 /// A revocation waiting for its partitions' records to become durable.
 struct PendingRevoke {
     partitions: Vec<(String, i32)>,
     chunks: u64,
     reply: std::sync::mpsc::SyncSender<Vec<CommitOffset>>,
     deadline: Instant,
-}
-
-/// One partition's ranges.
-#[derive(Default)]
-struct Partition {
-    /// Which assignment this state belongs to (journal replies for an
-    /// earlier one are ignored).
-    epoch: u64,
-    /// Records waiting for the journal to be read (`None` once it was).
-    held: Option<Vec<Decoded>>,
-    /// Journaled ranges still to rebuild, in order.
-    rebuild: VecDeque<Span>,
-    open: Option<Open>,
-    /// Closed ranges not yet durable, by their first record's offset.
-    in_flight: BTreeMap<i64, InFlight>,
-    /// Rows and records per (shard, table) of the last range closed: the
-    /// next range's batches start with that much room. Growing a batch of
-    /// hundreds of thousands of rows by doubling cost a third of the
-    /// ingester's CPU in page faults and copies.
-    last_sizes: Vec<(usize, Table, usize, usize)>,
-}
-
-/// The range being filled.
-struct Open {
-    /// Its first record's offset (the key of its sources' range).
-    first: i64,
-    last: i64,
-    /// The journaled range it rebuilds; `None` for a range cut here.
-    rebuild: Option<Span>,
-    created: Instant,
-    /// One per (shard, table) its rows go to.
-    batches: Vec<Batch>,
-    letters: Vec<Letter>,
-    offsets: Vec<i64>,
-    rows: usize,
-    bytes: usize,
-}
-
-impl Open {
-    /// Bytes its records count against the budget.
-    fn cost(&self) -> usize {
-        sources_cost(&self.batches, &self.letters)
-    }
-}
-
-fn sources_cost(batches: &[Batch], letters: &[Letter]) -> usize {
-    let rows: usize = batches
-        .iter()
-        .flat_map(|b| &b.sources)
-        .map(|s| s.cost)
-        .sum();
-    rows + letters.iter().map(|l| l.source.cost).sum::<usize>()
-}
-
-/// A closed range whose records are not all durable yet.
-struct InFlight {
-    offsets: Vec<i64>,
-    remaining: usize,
-}
-
-/// A range closed and on its way: to the journal, then to the workers.
-struct Closed {
-    topic: String,
-    partition: i32,
-    epoch: u64,
-    /// The range as journaled.
-    first: i64,
-    last: i64,
-    records: u32,
-    /// A journaled range built again (not journaled a second time).
-    rebuilt: bool,
-    batches: Vec<Batch>,
-    letters: Vec<Letter>,
-}
-
-impl Closed {
-    /// Bytes its records count against the budget.
-    fn cost(&self) -> usize {
-        sources_cost(&self.batches, &self.letters)
-    }
-}
-
-/// Closes a partition's open range: it is in flight until all of it is
-/// durable.
-fn close(p: &mut Partition, topic: &str, partition: i32) -> Option<Closed> {
-    let open = p.open.take()?;
-    p.last_sizes = open
-        .batches
-        .iter()
-        .map(|b| (b.shard, b.rows.table(), b.rows.len(), b.sources.len()))
-        .collect();
-    let (first, last) = open.rebuild.unwrap_or((open.first, open.last));
-    let records = open.offsets.len();
-    p.in_flight.insert(
-        open.first,
-        InFlight {
-            offsets: open.offsets,
-            remaining: records,
-        },
-    );
-    Some(Closed {
-        topic: topic.to_owned(),
-        partition,
-        epoch: p.epoch,
-        first,
-        last,
-        records: u32::try_from(records).unwrap_or(u32::MAX),
-        rebuilt: open.rebuild.is_some(),
-        batches: open.batches,
-        letters: open.letters,
-    })
-}
-
-/// Work for the journal task.
-enum JournalJob {
-    Write(Vec<Closed>),
-    Read(Vec<(String, i32, u64, i64)>),
-}
-
-/// What the journal task reports.
-enum JournalDone {
-    /// Journaled (or, for partitions no longer owned, given up on).
-    Written(Vec<Closed>),
-    /// The ranges to rebuild of (topic, partition, epoch).
-    Read(Vec<(String, i32, u64, Vec<Span>)>),
-}
-
-/// Partitions this member owns, shared with the journal task so that it
-/// never journals a range of a partition that has gone to another member.
-type Owned = Arc<Mutex<HashMap<(String, i32), u64>>>;
-
-/// The budget's hysteresis: consumption pauses when the bytes in flight
-/// reach the budget and resumes under half of it, never while journaled
-/// ranges are being rebuilt (they close only when their last record arrives,
-/// and a previous owner held them within its budget).
-#[derive(Debug)]
-struct Budget {
-    limit: usize,
-    paused: bool,
-}
-
-impl Budget {
-    fn new(limit: usize) -> Budget {
-        Budget {
-            limit,
-            paused: false,
-        }
-    }
-
-    /// Whether consumption is to be paused now.
-    fn update(&mut self, in_flight: usize, rebuilding: bool) -> bool {
-        if !self.paused && in_flight >= self.limit && !rebuilding {
-            self.paused = true;
-        } else if self.paused && (in_flight < self.limit / 2 || rebuilding) {
-            self.paused = false;
-        }
-        self.paused
-    }
-}
-
-/// Decoded chunks back in poll order: decoders finish them in any order, but
-/// offsets must enter the watermark in poll order, or a commit could pass
-/// records still being decoded.
-#[derive(Debug)]
-struct InOrder<T> {
-    /// The number of the next chunk to hand on (= chunks handed on so far).
-    next: u64,
-    /// Chunks that arrived before their turn (a few per decoder at most).
-    early: BTreeMap<u64, T>,
-}
-
-impl<T> InOrder<T> {
-    fn new() -> InOrder<T> {
-        InOrder {
-            next: 0,
-            early: BTreeMap::new(),
-        }
-    }
-
-    /// Takes chunk `number`; returns the chunks now in turn, in order.
-    fn push(&mut self, number: u64, chunk: T) -> Vec<T> {
-        self.early.insert(number, chunk);
-        let mut ready = Vec::new();
-        while let Some(c) = self.early.remove(&self.next) {
-            self.next += 1;
-            ready.push(c);
-        }
-        ready
-    }
-
-    /// How many chunks have been handed on.
-    fn handed_on(&self) -> u64 {
-        self.next
-    }
 }
 
 /// What one turn of the event loop came to.
@@ -378,7 +143,7 @@ impl Pipeline {
             decode::start(decoders, shards, &precision, events_tx.clone())?;
         let stalls = Arc::new(Stalls::new(config.pipeline.rejects_before_pause));
         let poller = poll::start(
-            consumer_config(&config),
+            poll::consumer_config(&config),
             &config.kafka.topics,
             inputs,
             events_tx,
@@ -412,7 +177,7 @@ impl Pipeline {
             shard_txs.push(tx);
         }
         let (letters_tx, letters_rx) = mpsc::channel::<Letter>(LETTERS_QUEUED);
-        workers.spawn(dead_letter_worker(
+        workers.spawn(dlq::worker(
             letters_rx,
             dlq,
             done_tx,
@@ -423,7 +188,7 @@ impl Pipeline {
         // One job at a time: the pipeline sends the next once this one reports.
         let (journal_tx, journal_jobs) = mpsc::channel::<JournalJob>(1);
         let (journal_done_tx, journal_done) = mpsc::channel::<JournalDone>(1);
-        workers.spawn(journal_worker(
+        workers.spawn(journal::worker(
             sink,
             JournalIdentity {
                 group: config.kafka.group_id.clone(),
@@ -589,12 +354,6 @@ impl Pipeline {
         }
         info!("stopped");
     }
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }
 
 /// Counters sampled at the end of each accounting period.
@@ -1153,172 +912,9 @@ impl State {
     }
 }
 
-/// Sends letters to the dead-letter topic, many at a time, and reports them
-/// durable.
-async fn dead_letter_worker(
-    mut letters: mpsc::Receiver<Letter>,
-    dlq: DeadLetters,
-    done: mpsc::Sender<Done>,
-    stats: Arc<Stats>,
-    shutdown: CancellationToken,
-) {
-    let mut group = Vec::new();
-    while letters.recv_many(&mut group, 256).await > 0 {
-        let sent = join_all(
-            group
-                .iter()
-                .map(|l| dead_letter(&dlq, &l.source, l.kind, &l.message, &stats, &shutdown)),
-        )
-        .await;
-        // Letters not written (shutdown) are not reported: their records
-        // stay uncommitted and are read again.
-        let written = sent.iter().all(|s| *s);
-        let report = Done {
-            sources: group
-                .drain(..)
-                .zip(sent)
-                .filter_map(|(l, sent)| sent.then_some(l.source))
-                .collect(),
-            rows: 0,
-            shard: 0,
-            table: Table::Samples,
-        };
-        if done.send(report).await.is_err() || !written {
-            return;
-        }
-    }
-}
-
-/// Who writes the journal's rows.
-struct JournalIdentity {
-    group: String,
-    ingester: String,
-}
-
-/// Runs journal jobs one at a time, each retried until it succeeds or the
-/// pipeline shuts down. A range is written only while its partition is
-/// still owned by the assignment that cut it.
-async fn journal_worker<S: Sink>(
-    sink: S,
-    id: JournalIdentity,
-    owned: Owned,
-    mut jobs: mpsc::Receiver<JournalJob>,
-    done: mpsc::Sender<JournalDone>,
-    stats: Arc<Stats>,
-    shutdown: CancellationToken,
-) {
-    while let Some(job) = jobs.recv().await {
-        let reply = match job {
-            JournalJob::Write(closed) => {
-                let mut backoff = Backoff::new();
-                loop {
-                    let rows: Vec<JournalRow> = {
-                        let owned = lock(&owned);
-                        closed
-                            .iter()
-                            .filter(|c| {
-                                owned.get(&(c.topic.clone(), c.partition)) == Some(&c.epoch)
-                            })
-                            .map(|c| JournalRow {
-                                time: u32::try_from(now_ms() / 1000).unwrap_or(u32::MAX),
-                                consumer_group: id.group.clone(),
-                                topic: c.topic.clone(),
-                                partition: c.partition,
-                                first_offset: c.first,
-                                last_offset: c.last,
-                                records: c.records,
-                                ingester: id.ingester.clone(),
-                            })
-                            .collect()
-                    };
-                    if rows.is_empty() {
-                        break;
-                    }
-                    match sink.write_journal(&rows).await {
-                        Ok(()) => {
-                            stats.ranges_journaled.inc_by(rows.len() as u64);
-                            break;
-                        }
-                        Err(e) => {
-                            stats.journal_errors.inc();
-                            warn!(error = %e, ranges = rows.len(), retry_in = ?backoff.next_delay(),
-                                  "cannot write the insert journal; retrying");
-                            if !backoff.wait(&shutdown).await {
-                                return;
-                            }
-                        }
-                    }
-                }
-                JournalDone::Written(closed)
-            }
-            JournalJob::Read(partitions) => {
-                let mut read = Vec::with_capacity(partitions.len());
-                for (topic, partition, epoch, from) in partitions {
-                    let mut backoff = Backoff::new();
-                    let entries = loop {
-                        match sink.read_journal(&id.group, &topic, partition, from).await {
-                            Ok(entries) => break entries,
-                            Err(e) => {
-                                stats.journal_errors.inc();
-                                warn!(error = %e, %topic, partition, retry_in = ?backoff.next_delay(),
-                                      "cannot read the insert journal; the partition waits");
-                                if !backoff.wait(&shutdown).await {
-                                    return;
-                                }
-                            }
-                        }
-                    };
-                    read.push((topic, partition, epoch, journal::to_rebuild(entries, from)));
-                }
-                JournalDone::Read(read)
-            }
-        };
-        if done.send(reply).await.is_err() {
-            return;
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use proptest::prelude::*;
-
-    #[test]
-    fn the_budget_pauses_at_the_limit_and_resumes_under_half() {
-        let mut b = Budget::new(100);
-        assert!(!b.update(99, false));
-        assert!(b.update(100, false));
-        assert!(b.update(50, false), "paused down to half the budget");
-        assert!(!b.update(49, false));
-        assert!(!b.update(150, true), "never paused while rebuilding");
-        assert!(b.update(150, false));
-        assert!(!b.update(150, true), "rebuilding resumes at once");
-    }
-
-    #[test]
-    fn chunks_are_handed_on_in_poll_order() {
-        let mut o = InOrder::new();
-        assert!(o.push(1, "b").is_empty());
-        assert!(o.push(2, "c").is_empty());
-        assert_eq!(o.handed_on(), 0);
-        assert_eq!(o.push(0, "a"), ["a", "b", "c"]);
-        assert_eq!(o.handed_on(), 3);
-        assert_eq!(o.push(3, "d"), ["d"]);
-    }
-
-    proptest! {
-        #[test]
-        fn any_arrival_order_comes_out_in_poll_order(order in Just((0..40u64).collect::<Vec<_>>()).prop_shuffle()) {
-            let mut o = InOrder::new();
-            let mut out = Vec::new();
-            for n in order {
-                out.extend(o.push(n, n));
-            }
-            prop_assert_eq!(out, (0..40).collect::<Vec<_>>());
-            prop_assert!(o.early.is_empty());
-        }
-    }
 
     fn revoking(
         state: &mut State,

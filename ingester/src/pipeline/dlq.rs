@@ -4,17 +4,29 @@
 //! `insert_rejected`), `spillway-error` (the message, naming the field),
 //! `spillway-source-topic`, `spillway-source-partition`,
 //! `spillway-source-offset`. Key and value are the original ones, untouched.
+//!
+//! Records that decode to nothing become [`Letter`]s in their range; the
+//! event loop hands them to one [`worker`], which writes many at a time and
+//! reports them durable. Records a table rejects are written by their insert
+//! worker through [`dead_letter`].
 #![deny(clippy::unwrap_used, clippy::expect_used)]
 
+use std::sync::Arc;
 use std::time::Duration;
 
+use futures_util::future::join_all;
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use spillway_shared::kafka_log::LogContext;
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
-use tracing::error;
+use tracing::{error, warn};
 
+use crate::pipeline::batch::Source;
+use crate::pipeline::insert::Done;
 use crate::retry::Backoff;
+use crate::sink::rows::Table;
+use crate::telemetry::Stats;
 
 /// Where a dead letter came from and why it died.
 #[derive(Debug, Clone)]
@@ -102,6 +114,79 @@ impl DeadLetters {
             }
         }
     }
+}
+
+/// A record that goes to the dead-letter topic instead of a table.
+pub(crate) struct Letter {
+    pub(crate) source: Source,
+    pub(crate) kind: &'static str,
+    pub(crate) message: String,
+}
+
+/// Sends letters to the dead-letter topic, many at a time, and reports them
+/// durable.
+pub(crate) async fn worker(
+    mut letters: mpsc::Receiver<Letter>,
+    dlq: DeadLetters,
+    done: mpsc::Sender<Done>,
+    stats: Arc<Stats>,
+    shutdown: CancellationToken,
+) {
+    let mut group = Vec::new();
+    while letters.recv_many(&mut group, 256).await > 0 {
+        let sent = join_all(
+            group
+                .iter()
+                .map(|l| dead_letter(&dlq, &l.source, l.kind, &l.message, &stats, &shutdown)),
+        )
+        .await;
+        // Letters not written (shutdown) are not reported: their records
+        // stay uncommitted and are read again.
+        let written = sent.iter().all(|s| *s);
+        let report = Done {
+            sources: group
+                .drain(..)
+                .zip(sent)
+                .filter_map(|(l, sent)| sent.then_some(l.source))
+                .collect(),
+            rows: 0,
+            shard: 0,
+            table: Table::Samples,
+        };
+        if done.send(report).await.is_err() || !written {
+            return;
+        }
+    }
+}
+
+/// Writes a record to the dead-letter topic, retrying until it is there
+/// (true): its offset is committed only once the letter is safe. False when
+/// `shutdown` came first: the record stays uncommitted and is read again.
+pub(crate) async fn dead_letter(
+    dlq: &DeadLetters,
+    s: &Source,
+    kind: &str,
+    error: &str,
+    stats: &Stats,
+    shutdown: &CancellationToken,
+) -> bool {
+    let raw = &s.raw;
+    warn!(topic = %raw.topic, partition = raw.partition, offset = raw.offset, kind, error,
+          "record dead-lettered");
+    let letter = DeadLetter {
+        topic: &raw.topic,
+        partition: raw.partition,
+        offset: raw.offset,
+        key: raw.key.as_deref(),
+        payload: &raw.payload,
+        kind,
+        error,
+    };
+    let sent = dlq.send_until_safe(&letter, shutdown).await;
+    if sent {
+        stats.dead_letters(kind);
+    }
+    sent
 }
 
 #[cfg(test)]

@@ -16,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
 use crate::pipeline::batch::{Batch, Source};
-use crate::pipeline::dlq::{DeadLetter, DeadLetters};
+use crate::pipeline::dlq::{DeadLetters, dead_letter};
 use crate::pipeline::stall::{Key, Stalls};
 use crate::retry::Backoff;
 use crate::sink::rows::Table;
@@ -291,34 +291,4 @@ impl<S: Sink> Worker<S> {
             }
         }
     }
-}
-
-/// Writes a record to the dead-letter topic, retrying until it is there
-/// (true): its offset is committed only once the letter is safe. False when
-/// `shutdown` came first: the record stays uncommitted and is read again.
-pub(crate) async fn dead_letter(
-    dlq: &DeadLetters,
-    s: &Source,
-    kind: &str,
-    error: &str,
-    stats: &Stats,
-    shutdown: &CancellationToken,
-) -> bool {
-    let raw = &s.raw;
-    warn!(topic = %raw.topic, partition = raw.partition, offset = raw.offset, kind, error,
-          "record dead-lettered");
-    let letter = DeadLetter {
-        topic: &raw.topic,
-        partition: raw.partition,
-        offset: raw.offset,
-        key: raw.key.as_deref(),
-        payload: &raw.payload,
-        kind,
-        error,
-    };
-    let sent = dlq.send_until_safe(&letter, shutdown).await;
-    if sent {
-        stats.dead_letters(kind);
-    }
-    sent
 }

@@ -13,9 +13,24 @@
 //! offset commit's metadata: some brokers (tansu 0.6) store commit metadata
 //! and never return it. ARCHITECTURE.md ("Delivery guarantees") gives the
 //! reasons and what happens when it cannot be reached.
+//!
+//! One [`worker`] task runs the event loop's journal jobs one at a time:
+//! writing closed ranges (only of partitions still owned by the assignment
+//! that cut them) and reading a newly assigned partition's ranges.
 #![deny(clippy::unwrap_used, clippy::expect_used)]
 
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
 use tracing::warn;
+
+use crate::pipeline::ranges::{Closed, Span};
+use crate::retry::{Backoff, lock, now_ms};
+use crate::sink::Sink;
+use crate::sink::rows::JournalRow;
+use crate::telemetry::Stats;
 
 /// The deduplication token of every INSERT built from a range: what the
 /// range is, not what its bytes are, so ClickHouse recognises the INSERT
@@ -62,6 +77,114 @@ pub fn to_rebuild(mut entries: Vec<(i64, i64)>, from: i64) -> Vec<(i64, i64)> {
         out.push((first, last));
     }
     out
+}
+
+/// Work for the journal task.
+pub(crate) enum JournalJob {
+    Write(Vec<Closed>),
+    Read(Vec<(String, i32, u64, i64)>),
+}
+
+/// What the journal task reports.
+pub(crate) enum JournalDone {
+    /// Journaled (or, for partitions no longer owned, given up on).
+    Written(Vec<Closed>),
+    /// The ranges to rebuild of (topic, partition, epoch).
+    Read(Vec<(String, i32, u64, Vec<Span>)>),
+}
+
+/// Partitions this member owns, shared with the journal task so that it
+/// never journals a range of a partition that has gone to another member.
+pub(crate) type Owned = Arc<Mutex<HashMap<(String, i32), u64>>>;
+
+/// Who writes the journal's rows.
+pub(crate) struct JournalIdentity {
+    pub(crate) group: String,
+    pub(crate) ingester: String,
+}
+
+/// Runs journal jobs one at a time, each retried until it succeeds or the
+/// pipeline shuts down. A range is written only while its partition is
+/// still owned by the assignment that cut it.
+pub(crate) async fn worker<S: Sink>(
+    sink: S,
+    id: JournalIdentity,
+    owned: Owned,
+    mut jobs: mpsc::Receiver<JournalJob>,
+    done: mpsc::Sender<JournalDone>,
+    stats: Arc<Stats>,
+    shutdown: CancellationToken,
+) {
+    while let Some(job) = jobs.recv().await {
+        let reply = match job {
+            JournalJob::Write(closed) => {
+                let mut backoff = Backoff::new();
+                loop {
+                    let rows: Vec<JournalRow> = {
+                        let owned = lock(&owned);
+                        closed
+                            .iter()
+                            .filter(|c| {
+                                owned.get(&(c.topic.clone(), c.partition)) == Some(&c.epoch)
+                            })
+                            .map(|c| JournalRow {
+                                time: u32::try_from(now_ms() / 1000).unwrap_or(u32::MAX),
+                                consumer_group: id.group.clone(),
+                                topic: c.topic.clone(),
+                                partition: c.partition,
+                                first_offset: c.first,
+                                last_offset: c.last,
+                                records: c.records,
+                                ingester: id.ingester.clone(),
+                            })
+                            .collect()
+                    };
+                    if rows.is_empty() {
+                        break;
+                    }
+                    match sink.write_journal(&rows).await {
+                        Ok(()) => {
+                            stats.ranges_journaled.inc_by(rows.len() as u64);
+                            break;
+                        }
+                        Err(e) => {
+                            stats.journal_errors.inc();
+                            warn!(error = %e, ranges = rows.len(), retry_in = ?backoff.next_delay(),
+                                  "cannot write the insert journal; retrying");
+                            if !backoff.wait(&shutdown).await {
+                                return;
+                            }
+                        }
+                    }
+                }
+                JournalDone::Written(closed)
+            }
+            JournalJob::Read(partitions) => {
+                let mut read = Vec::with_capacity(partitions.len());
+                for (topic, partition, epoch, from) in partitions {
+                    let mut backoff = Backoff::new();
+                    let entries = loop {
+                        match sink.read_journal(&id.group, &topic, partition, from).await {
+                            Ok(entries) => break entries,
+                            Err(e) => {
+                                stats.journal_errors.inc();
+                                warn!(error = %e, %topic, partition, retry_in = ?backoff.next_delay(),
+                                      "cannot read the insert journal; the partition waits");
+                                if !backoff.wait(&shutdown).await {
+                                    return;
+                                }
+                            }
+                        }
+                    };
+                    read.push((topic, partition, epoch, to_rebuild(entries, from)));
+                }
+                JournalDone::Read(read)
+            }
+        };
+        if done.send(reply).await.is_err() {
+            return;
+        }
+    }
 }
 
 #[cfg(test)]

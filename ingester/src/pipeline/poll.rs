@@ -27,6 +27,7 @@ use std::sync::mpsc::{Receiver, SyncSender, TryRecvError};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use rdkafka::ClientConfig;
 use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
 use rdkafka::error::{KafkaError, KafkaResult};
@@ -36,10 +37,42 @@ use spillway_shared::kafka_log::KafkaLog;
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
+use crate::config::Config;
 use crate::pipeline::message::{Chunk, Command, CommitOffset, Event, Raw};
 use crate::pipeline::stall::{Key, Stalls};
 use crate::retry::lock;
 use crate::telemetry::Stats;
+
+/// Builds the consumer configuration.
+pub(crate) fn consumer_config(config: &Config) -> ClientConfig {
+    let k = &config.kafka;
+    let mut c = k.client_config();
+    c.set("group.id", &k.group_id)
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("auto.offset.reset", "earliest")
+        // A topic created after start-up is picked up within 30 s.
+        .set("topic.metadata.refresh.interval.ms", "30000")
+        // Per-partition lag for the metrics.
+        .set("statistics.interval.ms", "5000")
+        .set(
+            "session.timeout.ms",
+            k.session_timeout.as_millis().to_string(),
+        )
+        .set(
+            "heartbeat.interval.ms",
+            (k.session_timeout.as_millis() / 3).max(100).to_string(),
+        )
+        // librdkafka's own prefetch queue comes on top of the budget: keep it
+        // to a quarter of the budget, between 1 and 64 MiB.
+        .set(
+            "queued.max.messages.kbytes",
+            (config.pipeline.memory_budget_bytes / 4 / 1024)
+                .clamp(1024, 65536)
+                .to_string(),
+        );
+    c
+}
 
 /// What became of a polled record.
 #[derive(Debug, PartialEq)]

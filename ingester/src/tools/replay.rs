@@ -169,7 +169,7 @@ pub async fn run<S: Sink>(
     shutdown: &CancellationToken,
 ) -> Result<Report> {
     let topic = config.kafka.dlq_topic();
-    let consumer: BaseConsumer = crate::pipeline::consume::consumer_config(config)
+    let consumer: BaseConsumer = crate::pipeline::poll::consumer_config(config)
         .set("group.id", REPLAY_GROUP)
         .create()
         .context("cannot create the Kafka consumer")?;
