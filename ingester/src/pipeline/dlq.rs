@@ -5,10 +5,10 @@
 //! `spillway-source-topic`, `spillway-source-partition`,
 //! `spillway-source-offset`. Key and value are the original ones, untouched.
 //!
-//! Records that decode to nothing become [`Letter`]s in their range; the
-//! event loop hands them to one [`worker`], which writes many at a time and
+//! Records that decode to nothing become `Letter`s in their range; the
+//! event loop hands them to one `worker`, which writes many at a time and
 //! reports them durable. Records a table rejects are written by their insert
-//! worker through [`dead_letter`].
+//! worker through `dead_letter`.
 #![deny(clippy::unwrap_used, clippy::expect_used)]
 
 use std::sync::Arc;

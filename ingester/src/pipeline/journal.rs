@@ -14,7 +14,7 @@
 //! and never return it. ARCHITECTURE.md ("Delivery guarantees") gives the
 //! reasons and what happens when it cannot be reached.
 //!
-//! One [`worker`] task runs the event loop's journal jobs one at a time:
+//! One `worker` task runs the event loop's journal jobs one at a time:
 //! writing closed ranges (only of partitions still owned by the assignment
 //! that cut them) and reading a newly assigned partition's ranges.
 #![deny(clippy::unwrap_used, clippy::expect_used)]
