@@ -7,7 +7,12 @@ to the longest module path that exists. A strongly connected component of
 two or more modules is a cycle. The crate root (lib.rs) is left out: it
 wires the modules together and every module may use what it defines.
 
-Usage: scripts/module-cycles.py CRATE_SRC_DIR...
+With `--layers DIR=SPEC`, the top-level modules of the crate in DIR also
+form layers: SPEC lists them lowest first, `;` between layers and `,`
+within one (`retry,tls;config;sink`). A module that imports from a layer
+above its own, or a top-level module SPEC does not name, fails the check.
+
+Usage: scripts/module-cycles.py [--layers DIR=SPEC]... CRATE_SRC_DIR...
 """
 import os
 import re
@@ -81,9 +86,31 @@ def cycles(g):
     return out
 
 
+def layer_violations(root, g, spec):
+    """Imports that go up the layers of SPEC, and modules SPEC leaves out."""
+    layer = {}
+    for i, names in enumerate(spec.split(";")):
+        for name in names.split(","):
+            layer[name.strip()] = i
+    top = lambda m: m.split("::")[0]
+    out = [f"{root}: module `{m}` is in no layer of --layers"
+           for m in sorted({top(m) for m in g}) if m not in layer]
+    for m in sorted(g):
+        for d in sorted(g[m]):
+            a, b = top(m), top(d)
+            if a in layer and b in layer and layer[b] > layer[a]:
+                out.append(f"{root}: `{m}` imports `{d}`, a higher layer")
+    return out
+
+
 def main():
+    args, layers = sys.argv[1:], {}
+    while args and args[0] == "--layers":
+        root, _, spec = args[1].partition("=")
+        layers[root.rstrip("/")] = spec
+        args = args[2:]
     failed = False
-    for root in sys.argv[1:]:
+    for root in args:
         g = graph(modules(root))
         found = cycles(g)
         for c in found:
@@ -91,6 +118,14 @@ def main():
         if not found:
             print(f"{root}: no import cycle among {len(g)} modules")
         failed |= bool(found)
+        spec = layers.get(root.rstrip("/"))
+        if spec is not None:
+            bad = layer_violations(root, g, spec)
+            for line in bad:
+                print(line)
+            if not bad:
+                print(f"{root}: every import goes down the layers {spec}")
+            failed |= bool(bad)
     sys.exit(1 if failed else 0)
 
 

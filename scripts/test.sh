@@ -84,8 +84,10 @@ else
 fi
 rm -f "$adv_log"
 
-step "import cycles between modules (scripts/module-cycles.py)"
-python3 scripts/module-cycles.py shared/src agent/src ingester/src tests/src
+step "import cycles and layers between modules (scripts/module-cycles.py)"
+python3 scripts/module-cycles.py \
+  --layers "ingester/src=retry,tls,precision;config;sink;telemetry;pipeline,otlp;tools" \
+  shared/src agent/src ingester/src tests/src
 
 step "cargo clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings

@@ -339,13 +339,13 @@ impl QualityConfig {
 pub struct StorageConfig {
     /// Stored precision of gauges; the first rule that matches a metric
     /// applies; counters are stored exactly. `[]` stores every value as sent.
-    pub precision: Vec<crate::sink::precision::PrecisionRule>,
+    pub precision: Vec<crate::precision::PrecisionRule>,
 }
 
 impl Default for StorageConfig {
     fn default() -> Self {
         StorageConfig {
-            precision: crate::sink::precision::default_rules(),
+            precision: crate::precision::default_rules(),
         }
     }
 }

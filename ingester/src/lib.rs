@@ -10,17 +10,22 @@
 //!   stages are in `pipeline::message`.
 //! - [`sink`]: ClickHouse: the [`sink::Sink`] trait and its client, the rows
 //!   of each table ([`sink::rows`]), their RowBinary form, column checks
-//!   (`schema`), stored precision ([`sink::precision`]), host to shard
-//!   ([`sink::shard`]).
+//!   (`schema`), host to shard ([`sink::shard`]).
 //! - [`tools`]: one-shot commands: [`tools::migrate`],
 //!   [`tools::retention`] (`prune`), [`tools::topics`], [`tools::loadgen`],
 //!   [`tools::replay`] (`replay-dlq`).
-//! - [`config`], [`telemetry`] (metrics, `/health`, `/ready`), [`otlp`],
-//!   `retry` (the one backoff of every retry loop).
+//! - [`config`], [`precision`] (the stored precision of gauges, a rule of
+//!   the configuration), [`telemetry`] (metrics, `/health`, `/ready`),
+//!   [`otlp`], `retry` (the one backoff of every retry loop), [`tls`].
+//!
+//! Layers, lowest first; a module imports only from layers below its own
+//! (`scripts/module-cycles.py --layers` checks it): `retry`, `tls`,
+//! `precision`; `config`; `sink`; `telemetry`; `pipeline`, `otlp`; `tools`.
 
 pub mod config;
 pub mod otlp;
 pub mod pipeline;
+pub mod precision;
 mod retry;
 pub mod sink;
 pub mod telemetry;

@@ -20,6 +20,19 @@ use crate::sink::rows::Table;
 
 type Labels = Vec<(&'static str, String)>;
 
+/// What one durable record told the accounting, for the metrics.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Observed {
+    /// Ticks skipped.
+    pub gaps: u64,
+    /// Gaps filled.
+    pub late: u64,
+    /// Ticks made durable again.
+    pub duplicates: u64,
+    /// Ticks the agent reported dropped (newly).
+    pub agent_dropped: u64,
+}
+
 /// Every metric the ingester exposes.
 pub struct Stats {
     registry: Registry,
@@ -367,7 +380,7 @@ impl Stats {
     }
 
     /// Counts what the data accounting saw of one durable record.
-    pub fn observed(&self, seen: &crate::pipeline::quality::Observed, freshness_ms: u64) {
+    pub fn observed(&self, seen: &Observed, freshness_ms: u64) {
         self.seq_gaps.inc_by(seen.gaps);
         self.seq_late.inc_by(seen.late);
         self.seq_duplicates.inc_by(seen.duplicates);

@@ -15,7 +15,7 @@ use anyhow::{Context, Result, bail};
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
-use spillway_ingester::sink::precision::{Precision, default_rules};
+use spillway_ingester::precision::{Precision, default_rules};
 use spillway_ingester::sink::rows::{SampleRow, sample_rows};
 use spillway_shared::{Limits, Record, decode};
 

@@ -29,7 +29,7 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use spillway_ingester::config::{ClickHouseConfig, ShardConfig};
-use spillway_ingester::sink::precision::{Precision, default_rules};
+use spillway_ingester::precision::{Precision, default_rules};
 use spillway_ingester::sink::rows::Rows;
 use spillway_ingester::sink::rows::{sample_rows, status_row};
 use spillway_ingester::sink::{ClickHouseSink, Sink};

@@ -5,24 +5,9 @@
 
 use std::time::Instant;
 
-use crate::pipeline::message::{Meta, Raw};
+use crate::pipeline::message::Source;
 use crate::sink::rows::Rows;
 use crate::sink::rows::Table;
-
-/// One source record inside a batch.
-#[derive(Debug, Clone)]
-pub(crate) struct Source {
-    pub(crate) raw: Raw,
-    /// Bytes counted against the memory budget (payload and rows).
-    pub(crate) cost: usize,
-    pub(crate) meta: Option<Meta>,
-    /// The range the record belongs to (see `ranges.rs`): the assignment
-    /// of its partition that cut it, and its first offset.
-    pub(crate) range: (u64, i64),
-    /// Rows of this record in the batch: `rows[start..end]`.
-    pub(crate) start: usize,
-    pub(crate) end: usize,
-}
 
 /// Rows waiting to be inserted into one (shard, table), with their sources.
 #[derive(Debug)]
@@ -103,6 +88,7 @@ impl Batch {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::pipeline::message::{RangeId, Raw};
     use crate::sink::rows::StatusRow;
 
     fn status(host: &str) -> StatusRow {
@@ -134,7 +120,7 @@ mod tests {
             },
             cost: 10,
             meta: None,
-            range: (0, 0),
+            range: RangeId { epoch: 0, first: 0 },
             start: 0,
             end: 0,
         }

@@ -32,15 +32,14 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::config::Config;
-use crate::pipeline::batch::{Batch, Source};
+use crate::pipeline::batch::Batch;
 use crate::pipeline::decode;
 use crate::pipeline::dlq::{self, DeadLetters, Letter};
 use crate::pipeline::flow::{Budget, InOrder};
-use crate::pipeline::insert::{Done, Worker};
+use crate::pipeline::insert::Worker;
 use crate::pipeline::journal::{self, JournalDone, JournalIdentity, JournalJob, Owned};
-use crate::pipeline::message::Decoded;
-use crate::pipeline::message::{Command, CommitOffset, Event};
-use crate::pipeline::offsets::Watermarks;
+use crate::pipeline::message::{Command, Decoded, Done, Event, RangeId, Source};
+use crate::pipeline::offsets::{Commit, Watermarks};
 use crate::pipeline::poll;
 use crate::pipeline::quality::Quality;
 use crate::pipeline::ranges::{self, Closed, Open, Partition, close};
@@ -63,7 +62,7 @@ const KAFKA_CLOSE_GRACE: Duration = Duration::from_secs(5);
 struct PendingRevoke {
     partitions: Vec<(String, i32)>,
     chunks: u64,
-    reply: std::sync::mpsc::SyncSender<Vec<CommitOffset>>,
+    reply: std::sync::mpsc::SyncSender<Vec<Commit>>,
     deadline: Instant,
 }
 
@@ -138,7 +137,7 @@ impl Pipeline {
         let decoders = config.pipeline.decode_threads;
         // Decoded chunks are several times their records' size: queue few.
         let (events_tx, events) = mpsc::channel::<Event>(decoders + 1);
-        let precision = crate::sink::precision::Precision::new(&config.storage.precision);
+        let precision = crate::precision::Precision::new(&config.storage.precision);
         let decode::Decoders { inputs, threads } =
             decode::start(decoders, shards, &precision, events_tx.clone())?;
         let stalls = Arc::new(Stalls::new(config.pipeline.rejects_before_pause));
@@ -578,7 +577,10 @@ impl State {
                         raw,
                         cost,
                         meta: None,
-                        range: (epoch, open.first),
+                        range: RangeId {
+                            epoch,
+                            first: open.first,
+                        },
                         start: 0,
                         end: 0,
                     },
@@ -614,7 +616,10 @@ impl State {
                     raw,
                     cost,
                     meta: Some(body.meta),
-                    range: (epoch, open.first),
+                    range: RangeId {
+                        epoch,
+                        first: open.first,
+                    },
                     start: 0,
                     end: 0,
                 };
@@ -761,11 +766,22 @@ impl State {
     }
 
     fn finish(&mut self, done: Done, stats: &Stats) {
-        if done.rows > 0 {
-            stats.rows_inserted(done.shard, done.table, done.rows as u64);
-        }
+        let sources = match done {
+            Done::Inserted {
+                shard,
+                table,
+                rows,
+                sources,
+            } => {
+                if rows > 0 {
+                    stats.rows_inserted(shard, table, rows as u64);
+                }
+                sources
+            }
+            Done::DeadLettered { sources } => sources,
+        };
         let now = now_ms();
-        for s in done.sources {
+        for s in sources {
             self.in_flight_bytes -= s.cost;
             if let Some(meta) = &s.meta {
                 let seen = self.quality.observe(meta, now);
@@ -782,16 +798,15 @@ impl State {
             };
             // A range of an earlier assignment of the partition (revoked
             // undrained, then assigned here again) is not this one's.
-            let (epoch, first) = s.range;
-            if p.epoch != epoch {
+            if p.epoch != s.range.epoch {
                 continue;
             }
-            let Some(range) = p.in_flight.get_mut(&first) else {
+            let Some(range) = p.in_flight.get_mut(&s.range.first) else {
                 continue;
             };
             range.remaining = range.remaining.saturating_sub(1);
             if range.remaining == 0
-                && let Some(range) = p.in_flight.remove(&first)
+                && let Some(range) = p.in_flight.remove(&s.range.first)
             {
                 for o in range.offsets {
                     self.watermarks.finished(&s.raw.topic, s.raw.partition, o);
@@ -836,7 +851,7 @@ impl State {
                 "revoked partitions not drained in time; their undelivered records will be read again"
             );
         }
-        let offsets: Vec<CommitOffset> = r
+        let offsets: Vec<Commit> = r
             .partitions
             .iter()
             .filter_map(|(t, p)| self.watermarks.revoke(t, *p))
@@ -920,7 +935,7 @@ mod tests {
         state: &mut State,
         chunks: u64,
         deadline: Instant,
-    ) -> std::sync::mpsc::Receiver<Vec<CommitOffset>> {
+    ) -> std::sync::mpsc::Receiver<Vec<Commit>> {
         let (reply, answer) = std::sync::mpsc::sync_channel(1);
         state.revoke = Some(PendingRevoke {
             partitions: vec![("t".into(), 0)],

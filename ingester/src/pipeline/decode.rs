@@ -12,7 +12,7 @@ use spillway_shared::{Limits, Record, decode};
 use tokio::sync::mpsc;
 
 use crate::pipeline::message::{Body, Chunk, Decoded, Event, Meta, Raw, RecordKind, Rejected};
-use crate::sink::precision::Precision;
+use crate::precision::Precision;
 use crate::sink::rows::Rows;
 use crate::sink::rows::{sample_row_mem, sample_row_size, sample_rows, status_row};
 use crate::sink::shard::shard_for;

@@ -22,10 +22,8 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, warn};
 
-use crate::pipeline::batch::Source;
-use crate::pipeline::insert::Done;
+use crate::pipeline::message::{Done, Source};
 use crate::retry::Backoff;
-use crate::sink::rows::Table;
 use crate::telemetry::Stats;
 
 /// Where a dead letter came from and why it died.
@@ -143,15 +141,12 @@ pub(crate) async fn worker(
         // Letters not written (shutdown) are not reported: their records
         // stay uncommitted and are read again.
         let written = sent.iter().all(|s| *s);
-        let report = Done {
+        let report = Done::DeadLettered {
             sources: group
                 .drain(..)
                 .zip(sent)
                 .filter_map(|(l, sent)| sent.then_some(l.source))
                 .collect(),
-            rows: 0,
-            shard: 0,
-            table: Table::Samples,
         };
         if done.send(report).await.is_err() || !written {
             return;

@@ -15,22 +15,13 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
-use crate::pipeline::batch::{Batch, Source};
+use crate::pipeline::batch::Batch;
 use crate::pipeline::dlq::{DeadLetters, dead_letter};
+use crate::pipeline::message::{Done, Source};
 use crate::pipeline::stall::{Key, Stalls};
 use crate::retry::Backoff;
-use crate::sink::rows::Table;
 use crate::sink::{Sink, SinkError};
 use crate::telemetry::Stats;
-
-/// What an insert worker reports: these sources are durable (inserted or
-/// dead-lettered). Sources missing from a batch were given up on at shutdown.
-pub(crate) struct Done {
-    pub(crate) sources: Vec<Source>,
-    pub(crate) rows: usize,
-    pub(crate) shard: usize,
-    pub(crate) table: Table,
-}
 
 /// Everything a worker needs besides its queue.
 #[derive(Clone)]
@@ -88,11 +79,11 @@ impl<S: Sink> Worker<S> {
             }
             self.stats
                 .batch_inserted(shard, table, rows, payload, started.elapsed());
-            let done = Done {
-                sources,
-                rows,
+            let done = Done::Inserted {
                 shard,
                 table,
+                rows,
+                sources,
             };
             if self.done.send(done).await.is_err() {
                 return;

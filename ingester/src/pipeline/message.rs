@@ -1,13 +1,15 @@
 //! The messages the pipeline's stages pass each other: records as polled,
 //! chunks of them, what decoding made of each, and the events and commands
-//! between the consumer thread and the event loop. A leaf: it depends on
-//! no stage.
+//! between the consumer thread and the event loop, what workers report
+//! back. It depends on no stage: only on the rows' types and the offsets'
+//! [`Commit`].
 
 use std::sync::mpsc::SyncSender;
 
 use spillway_shared::SeqRange;
 
-use crate::sink::rows::Rows;
+use crate::pipeline::offsets::Commit;
+use crate::sink::rows::{Rows, Table};
 
 /// A record as consumed.
 #[derive(Debug, Clone)]
@@ -63,14 +65,51 @@ pub(crate) struct Body {
     pub(crate) meta: Meta,
 }
 
+/// One source record inside a batch.
+#[derive(Debug, Clone)]
+pub(crate) struct Source {
+    pub(crate) raw: Raw,
+    /// Bytes counted against the memory budget (payload and rows).
+    pub(crate) cost: usize,
+    pub(crate) meta: Option<Meta>,
+    /// The range the record belongs to.
+    pub(crate) range: RangeId,
+    /// Rows of this record in the batch: `rows[start..end]`.
+    pub(crate) start: usize,
+    pub(crate) end: usize,
+}
+
+/// Which range of its partition a record belongs to (see `ranges.rs`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct RangeId {
+    /// The assignment of the partition that cut the range: a range of an
+    /// earlier assignment (revoked undrained, then assigned here again) is
+    /// not the current one's.
+    pub(crate) epoch: u64,
+    /// The range's first offset.
+    pub(crate) first: i64,
+}
+
+/// What a worker reports back to the event loop: these records are
+/// durable. Records missing from a report were given up on at shutdown and
+/// stay uncommitted.
+pub(crate) enum Done {
+    /// One batch's rows, inserted into `table` on `shard`.
+    Inserted {
+        shard: usize,
+        table: Table,
+        rows: usize,
+        sources: Vec<Source>,
+    },
+    /// Records written to the dead-letter topic.
+    DeadLettered { sources: Vec<Source> },
+}
+
 /// Why a record cannot be ingested.
 pub(crate) struct Rejected {
     pub(crate) kind: &'static str,
     pub(crate) message: String,
 }
-
-/// An offset to commit, with the durable records above it.
-pub(crate) type CommitOffset = crate::pipeline::offsets::Commit;
 
 /// What the pipeline hears from the Kafka side, in order.
 pub(crate) enum Event {
@@ -89,14 +128,14 @@ pub(crate) enum Event {
     Revoke {
         partitions: Vec<(String, i32)>,
         chunks: u64,
-        reply: SyncSender<Vec<CommitOffset>>,
+        reply: SyncSender<Vec<Commit>>,
     },
 }
 
 /// What the pipeline asks of the Kafka side.
 pub(crate) enum Command {
     /// Commit these watermarks (asynchronously).
-    Commit(Vec<CommitOffset>),
+    Commit(Vec<Commit>),
     /// Commit these synchronously, leave the group and stop.
-    Close(Vec<CommitOffset>),
+    Close(Vec<Commit>),
 }

@@ -38,7 +38,8 @@ use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
 use crate::config::Config;
-use crate::pipeline::message::{Chunk, Command, CommitOffset, Event, Raw};
+use crate::pipeline::message::{Chunk, Command, Event, Raw};
+use crate::pipeline::offsets::Commit;
 use crate::pipeline::stall::{Key, Stalls};
 use crate::retry::lock;
 use crate::telemetry::Stats;
@@ -591,7 +592,7 @@ fn set_paused(consumer: &BaseConsumer<Ctx>, all: bool) {
     }
 }
 
-fn close(consumer: &BaseConsumer<Ctx>, offsets: &[CommitOffset], stats: &Stats) {
+fn close(consumer: &BaseConsumer<Ctx>, offsets: &[Commit], stats: &Stats) {
     commit(consumer, offsets, CommitMode::Sync, stats);
     consumer.context().closing.store(true, Ordering::Relaxed);
     consumer.unsubscribe();
@@ -606,7 +607,7 @@ fn close(consumer: &BaseConsumer<Ctx>, offsets: &[CommitOffset], stats: &Stats) 
     info!("left the consumer group");
 }
 
-fn commit(consumer: &BaseConsumer<Ctx>, offsets: &[CommitOffset], mode: CommitMode, stats: &Stats) {
+fn commit(consumer: &BaseConsumer<Ctx>, offsets: &[Commit], mode: CommitMode, stats: &Stats) {
     if offsets.is_empty() {
         return;
     }

@@ -22,6 +22,7 @@ use spillway_shared::SeqRange;
 
 use crate::pipeline::message::{Meta, RecordKind};
 use crate::sink::rows::QualityRow;
+use crate::telemetry::Observed;
 
 /// Ticks remembered per agent instance.
 pub const WINDOW: u64 = 1024;
@@ -132,19 +133,6 @@ struct Period {
     duplicates: u64,
     agent_dropped: u64,
     freshness_ms: Vec<u32>,
-}
-
-/// What one durable record told the accounting, for the metrics.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub struct Observed {
-    /// Ticks skipped.
-    pub gaps: u64,
-    /// Gaps filled.
-    pub late: u64,
-    /// Ticks made durable again.
-    pub duplicates: u64,
-    /// Ticks the agent reported dropped (newly).
-    pub agent_dropped: u64,
 }
 
 /// The accounting of every agent instance whose records this ingester made

@@ -3,7 +3,6 @@
 #![deny(clippy::unwrap_used, clippy::expect_used)]
 
 pub mod https;
-pub mod precision;
 pub(crate) mod rowbinary;
 pub mod rows;
 pub(crate) mod schema;

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use serde::Serialize;
 use spillway_shared::{Label, MetricKind, MetricsRecord, StatusRecord};
 
-use crate::sink::precision::{Precision, Rounding};
+use crate::precision::{Precision, Rounding};
 
 /// The tables the ingester writes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]

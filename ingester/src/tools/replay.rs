@@ -212,7 +212,7 @@ pub async fn run<S: Sink>(
         replayed: HashMap::new(),
         journal: Vec::new(),
         limits: spillway_shared::Limits::default(),
-        precision: crate::sink::precision::Precision::new(&config.storage.precision),
+        precision: crate::precision::Precision::new(&config.storage.precision),
     };
     let mut done = HashSet::new();
     let mut last_progress = Instant::now();
@@ -283,7 +283,7 @@ struct Replay<'a, S> {
     journal: Vec<JournalRow>,
     /// Decoding as the pipeline does.
     limits: spillway_shared::Limits,
-    precision: crate::sink::precision::Precision,
+    precision: crate::precision::Precision,
 }
 
 impl<S: Sink> Replay<'_, S> {
