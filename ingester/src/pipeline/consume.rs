@@ -38,32 +38,52 @@ use crate::pipeline::dlq::{self, DeadLetters, Letter};
 use crate::pipeline::flow::{Budget, InOrder};
 use crate::pipeline::insert::Worker;
 use crate::pipeline::journal::{self, JournalDone, JournalIdentity, JournalJob, Owned};
-use crate::pipeline::message::{Command, Decoded, Done, Event, RangeId, Source};
+use crate::pipeline::message::{Command, Decoded, Done, Event};
 use crate::pipeline::offsets::{Commit, Watermarks};
 use crate::pipeline::poll;
-use crate::pipeline::quality::Quality;
+use crate::pipeline::quality::{self, Counters, Quality};
 use crate::pipeline::ranges::{self, Closed, Open, Partition, close};
 use crate::pipeline::stall::Stalls;
 use crate::retry::{lock, now_ms};
 use crate::sink::Sink;
-use crate::sink::rows::IngesterStatusRow;
 use crate::sink::rows::Rows;
-use crate::sink::shard::shard_for;
 use crate::telemetry::Stats;
 
 /// How often the event loop closes aged batches, commits and accounts.
 const HOUSEKEEPING_EVERY: Duration = Duration::from_millis(100);
-/// Letters queued for the dead-letter worker.
-const LETTERS_QUEUED: usize = 1024;
 /// After the shutdown deadline, how long leaving the group may still take.
 const KAFKA_CLOSE_GRACE: Duration = Duration::from_secs(5);
 
+/// Whether the loop is draining a revocation, as Kafka's cooperative
+/// protocol needs: the revoked partitions' records already polled are made
+/// durable before their offsets are committed and the partitions let go.
+enum Revoke {
+    /// No revocation pending.
+    Consuming,
+    /// Revoked partitions being drained: answered once their records are
+    /// durable, at the deadline, or at once on shutdown.
+    Draining(Draining),
+}
+
 /// A revocation waiting for its partitions' records to become durable.
-struct PendingRevoke {
+struct Draining {
+    /// The partitions revoked.
     partitions: Vec<(String, i32)>,
+    /// Chunks polled before the revocation: each must be handed on first.
     chunks: u64,
+    /// Where the watermarks to commit go (the poll thread waits on it).
     reply: std::sync::mpsc::SyncSender<Vec<Commit>>,
+    /// When to answer even if not drained.
     deadline: Instant,
+}
+
+/// When [`State::answer_revoke`] may answer.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Answer {
+    /// Once drained, or at the revocation's deadline.
+    WhenDrained,
+    /// Now, drained or not (shutdown).
+    Now,
 }
 
 /// What one turn of the event loop came to.
@@ -82,20 +102,38 @@ enum Step {
 struct Pipeline {
     config: Config,
     stats: Arc<Stats>,
+    /// Fired on SIGTERM/SIGINT: the loop stops taking events and drains.
     shutdown: CancellationToken,
+    /// What the loop owns: ranges, batches, watermarks, the accounting.
     state: State,
+    /// From the poll thread and the decoders: assignments, revocations and
+    /// decoded chunks, in order.
     events: mpsc::Receiver<Event>,
+    /// Joined on the way out, once every sender is gone.
     decoder_threads: Vec<std::thread::JoinHandle<()>>,
+    /// The consumer thread: its pause flag and its command queue (commits,
+    /// close).
     poller: poll::Poller,
+    /// One queue per shard, to that shard's pool of insert workers.
     shard_txs: Vec<mpsc::Sender<Batch>>,
+    /// To the dead-letter worker.
     letters_tx: mpsc::Sender<Letter>,
+    /// To the journal worker: one job at a time.
     journal_tx: mpsc::Sender<JournalJob>,
+    /// From insert and dead-letter workers: records made durable.
     done_rx: mpsc::Receiver<Done>,
+    /// From the journal worker: a job finished.
     journal_done: mpsc::Receiver<JournalDone>,
+    /// Every worker task, waited for on shutdown.
     workers: tokio_util::task::TaskTracker,
+    /// When to pause and resume consumption.
     budget: Budget,
+    /// Housekeeping: aged batches, commits, the accounting period.
     tick: tokio::time::Interval,
+    /// When offsets were last handed over for commit (at most one commit per
+    /// `kafka.commit_interval`).
     last_commit: Instant,
+    /// When the last accounting period ended.
     last_summary: Instant,
 }
 
@@ -157,48 +195,29 @@ impl Pipeline {
         let concurrency = config.pipeline.insert_concurrency;
         let (done_tx, done_rx) = mpsc::channel::<Done>(shards * concurrency * 4 + 16);
         let workers = tokio_util::task::TaskTracker::new();
-        let mut shard_txs = Vec::with_capacity(shards);
-        for _ in 0..shards {
-            let (tx, rx) = mpsc::channel::<Batch>(concurrency);
-            let rx = Arc::new(tokio::sync::Mutex::new(rx));
-            for _ in 0..concurrency {
-                let worker = Worker {
-                    sink: sink.clone(),
-                    dlq: dlq.clone(),
-                    done: done_tx.clone(),
-                    stats: stats.clone(),
-                    shutdown: shutdown.clone(),
-                    stalls: stalls.clone(),
-                    tracer: tracer.clone(),
-                };
-                workers.spawn(worker.run(rx.clone()));
-            }
-            shard_txs.push(tx);
+        let shard_txs = Worker {
+            sink: sink.clone(),
+            dlq: dlq.clone(),
+            done: done_tx.clone(),
+            stats: stats.clone(),
+            shutdown: shutdown.clone(),
+            stalls: stalls.clone(),
+            tracer,
         }
-        let (letters_tx, letters_rx) = mpsc::channel::<Letter>(LETTERS_QUEUED);
-        workers.spawn(dlq::worker(
-            letters_rx,
-            dlq,
-            done_tx,
-            stats.clone(),
-            shutdown.clone(),
-        ));
+        .spawn_pools(&workers, shards, concurrency);
+        let letters_tx = dlq::spawn(&workers, dlq, done_tx, stats.clone(), shutdown.clone());
         let owned: Owned = Arc::default();
-        // One job at a time: the pipeline sends the next once this one reports.
-        let (journal_tx, journal_jobs) = mpsc::channel::<JournalJob>(1);
-        let (journal_done_tx, journal_done) = mpsc::channel::<JournalDone>(1);
-        workers.spawn(journal::worker(
+        let (journal_tx, journal_done) = journal::spawn(
+            &workers,
             sink,
             JournalIdentity {
                 group: config.kafka.group_id.clone(),
                 ingester: config.quality.ingester_id(),
             },
             owned.clone(),
-            journal_jobs,
-            journal_done_tx,
             stats.clone(),
             shutdown.clone(),
-        ));
+        );
         workers.close();
 
         let state = State::new(&config, owned, now_ms());
@@ -230,7 +249,7 @@ impl Pipeline {
         let config = &self.config;
         let stats = &self.stats;
         state.dispatch(&self.shard_txs, &self.letters_tx, &self.journal_tx);
-        state.answer_revoke(false);
+        state.answer_revoke(Answer::WhenDrained);
         let paused = self
             .budget
             .update(state.in_flight_bytes, state.rebuilding());
@@ -249,7 +268,7 @@ impl Pipeline {
                 Some(Event::Assigned { partitions }) => state.assigned(partitions),
                 Some(Event::Revoke { partitions, chunks, reply }) => {
                     state.flush_all();
-                    state.revoke = Some(PendingRevoke {
+                    state.revoke = Revoke::Draining(Draining {
                         partitions,
                         chunks,
                         reply,
@@ -309,8 +328,8 @@ impl Pipeline {
                 Some(reply) = journal_done.recv() => state.journaled(reply, &config, &stats),
                 // Records still arriving are not taken: they stay uncommitted.
                 Some(Event::Revoke { partitions, chunks, reply }) = events.recv() => {
-                    state.revoke = Some(PendingRevoke { partitions, chunks, reply, deadline: Instant::now() });
-                    state.answer_revoke(true);
+                    state.revoke = Revoke::Draining(Draining { partitions, chunks, reply, deadline: Instant::now() });
+                    state.answer_revoke(Answer::Now);
                 }
                 _ = tokio::time::sleep_until(deadline) => {
                     warn!(records = state.watermarks.in_flight(),
@@ -355,33 +374,18 @@ impl Pipeline {
     }
 }
 
-/// Counters sampled at the end of each accounting period.
-#[derive(Debug, Default, Clone, Copy)]
-struct Counters {
-    records: u64,
-    rows_inserted: u64,
-    dead_letters: u64,
-    insert_retries: u64,
-}
-
-impl Counters {
-    fn read(stats: &Stats) -> Counters {
-        Counters {
-            records: stats.records_in.get(),
-            rows_inserted: stats.rows_inserted_total.get(),
-            dead_letters: stats.dead_letters_total.get(),
-            insert_retries: stats.insert_retries.get(),
-        }
-    }
-}
-
+/// What the event loop owns and changes, one event at a time.
 struct State {
+    /// The counters at the end of the last accounting period.
     last_counters: Counters,
+    /// The consumer group (part of every deduplication token).
     group: String,
     /// Ranges of each assigned partition, by topic then partition.
     partitions: HashMap<String, HashMap<i32, Partition>>,
-    /// Assignments so far.
+    /// Assignments so far: each partition's current one tags its ranges.
     epoch: u64,
+    /// The partitions owned and their assignment, shared with the journal
+    /// worker so that it never journals a range of a partition gone.
     owned: Owned,
     /// Closed ranges waiting to be journaled.
     to_journal: Vec<Closed>,
@@ -389,14 +393,21 @@ struct State {
     to_read: Vec<(String, i32, u64, i64)>,
     /// A journal job is out.
     journal_busy: bool,
+    /// Journaled ranges' batches waiting for their shard's queue, by shard.
     ready: Vec<VecDeque<Batch>>,
+    /// Letters waiting for the dead-letter worker's queue.
     letters: VecDeque<Letter>,
+    /// Per partition: offsets consumed, offsets durable, what to commit.
     watermarks: Watermarks,
+    /// Bytes of records taken and not yet durable (the budget's measure).
     in_flight_bytes: usize,
     /// Decoded chunks, back in poll order.
     in_order: InOrder<Vec<Decoded>>,
-    revoke: Option<PendingRevoke>,
+    /// Consuming, or draining a revocation.
+    revoke: Revoke,
+    /// The data accounting (ingest_quality).
     quality: Quality,
+    /// How many shards (summary rows go to their host's).
     shards: usize,
 }
 
@@ -417,7 +428,7 @@ impl State {
             watermarks: Watermarks::default(),
             in_flight_bytes: 0,
             in_order: InOrder::new(),
-            revoke: None,
+            revoke: Revoke::Consuming,
             quality: Quality::new(config.quality.ingester_id(), now_ms),
             shards,
         }
@@ -552,81 +563,11 @@ impl State {
         if cut.close_before {
             closed.extend(close(p, &topic, partition));
         }
-        let open = p.open.get_or_insert_with(|| Open {
-            first: offset,
-            last: offset,
-            rebuild: cut.rebuild,
-            created: Instant::now(),
-            batches: Vec::new(),
-            letters: Vec::new(),
-            offsets: Vec::new(),
-            rows: 0,
-            bytes: 0,
-        });
+        let open = p.open.get_or_insert_with(|| Open::new(offset, cut.rebuild));
         if open.offsets.is_empty() && open.rebuild.is_some() {
             stats.ranges_rebuilt.inc();
         }
-        open.offsets.push(offset);
-        open.last = offset;
-        let cost = match outcome {
-            Err(rejected) => {
-                stats.decode_errors.inc();
-                let cost = raw.payload.len();
-                open.letters.push(Letter {
-                    source: Source {
-                        raw,
-                        cost,
-                        meta: None,
-                        range: RangeId {
-                            epoch,
-                            first: open.first,
-                        },
-                        start: 0,
-                        end: 0,
-                    },
-                    kind: rejected.kind,
-                    message: rejected.message,
-                });
-                cost
-            }
-            Ok(body) => {
-                let cost = raw.payload.len() + body.mem_bytes;
-                stats.rows_in.inc_by(body.rows.len() as u64);
-                let table = body.rows.table();
-                let i = match open
-                    .batches
-                    .iter()
-                    .position(|b| b.shard == body.shard && b.rows.table() == table)
-                {
-                    Some(i) => i,
-                    None => {
-                        let (rows, sources) = p
-                            .last_sizes
-                            .iter()
-                            .find(|(s, t, _, _)| *s == body.shard && *t == table)
-                            .map_or((0, 0), |&(_, _, rows, sources)| (rows, sources));
-                        open.batches
-                            .push(Batch::with_capacity(body.shard, table, rows, sources));
-                        open.batches.len() - 1
-                    }
-                };
-                open.rows += body.rows.len();
-                open.bytes += body.row_bytes;
-                let source = Source {
-                    raw,
-                    cost,
-                    meta: Some(body.meta),
-                    range: RangeId {
-                        epoch,
-                        first: open.first,
-                    },
-                    start: 0,
-                    end: 0,
-                };
-                open.batches[i].push(body.rows, body.row_bytes, source);
-                cost
-            }
-        };
+        let cost = open.add(raw, outcome, epoch, &p.last_sizes, stats);
         let full = open.rebuild.is_none()
             && (open.rows >= config.batch.max_rows || open.bytes >= config.batch.max_bytes);
         if cut.close_after || full {
@@ -818,8 +759,8 @@ impl State {
     /// Replies to a pending revocation once its partitions have nothing in
     /// flight (or at its deadline, or `now`) with their watermarks, which
     /// never pass an undelivered record.
-    fn answer_revoke(&mut self, now: bool) {
-        let Some(r) = &self.revoke else {
+    fn answer_revoke(&mut self, when: Answer) {
+        let Revoke::Draining(r) = &self.revoke else {
             return;
         };
         // An open rebuilt range waits for records that will not come now:
@@ -837,12 +778,12 @@ impl State {
             && r.partitions
                 .iter()
                 .all(|(t, p)| self.watermarks.in_flight_of(t, *p) == rebuilding(t, *p));
-        if !(drained || now || Instant::now() >= r.deadline) {
+        if !(drained || when == Answer::Now || Instant::now() >= r.deadline) {
             // Records of those partitions may sit in a young batch.
             self.flush_all();
             return;
         }
-        let Some(r) = self.revoke.take() else {
+        let Revoke::Draining(r) = std::mem::replace(&mut self.revoke, Revoke::Consuming) else {
             return;
         };
         if !drained {
@@ -895,34 +836,17 @@ impl State {
     /// shard of its host, and this ingester's own row on the first shard.
     fn summarize(&mut self, stats: &Stats, paused: bool) {
         let now = now_ms();
-        let counters = Counters::read(stats);
-        let delta = |f: fn(&Counters) -> u64| f(&counters).saturating_sub(f(&self.last_counters));
-        let status = IngesterStatusRow {
-            time: u32::try_from(now / 1000).unwrap_or(u32::MAX),
-            ingester: self.quality.ingester().to_owned(),
-            records: delta(|c| c.records),
-            rows_inserted: delta(|c| c.rows_inserted),
-            dead_letters: delta(|c| c.dead_letters),
-            insert_retries: delta(|c| c.insert_retries),
-            consumer_lag: stats.total_lag.load(Ordering::Relaxed),
-            assigned_partitions: stats.assigned_partitions.get(),
-            in_flight_bytes: self.in_flight_bytes as i64,
-            paused: u8::from(paused),
-        };
-        self.last_counters = counters;
+        let status = quality::status_row(
+            self.quality.ingester(),
+            now,
+            stats,
+            &mut self.last_counters,
+            self.in_flight_bytes,
+            paused,
+        );
         self.ready[0].push_back(Batch::of(0, Rows::IngesterStatus(vec![status])));
-        let rows = self.quality.summarize(now);
-        if rows.is_empty() {
-            return;
-        }
-        let mut per_shard: Vec<Vec<_>> = (0..self.shards).map(|_| Vec::new()).collect();
-        for row in rows {
-            per_shard[shard_for(&row.host_id, self.shards)].push(row);
-        }
-        for (shard, rows) in per_shard.into_iter().enumerate() {
-            if !rows.is_empty() {
-                self.ready[shard].push_back(Batch::of(shard, Rows::Quality(rows)));
-            }
+        for batch in quality::per_shard(self.quality.summarize(now), self.shards) {
+            self.ready[batch.shard].push_back(batch);
         }
     }
 }
@@ -937,7 +861,7 @@ mod tests {
         deadline: Instant,
     ) -> std::sync::mpsc::Receiver<Vec<Commit>> {
         let (reply, answer) = std::sync::mpsc::sync_channel(1);
-        state.revoke = Some(PendingRevoke {
+        state.revoke = Revoke::Draining(Draining {
             partitions: vec![("t".into(), 0)],
             chunks,
             reply,
@@ -955,22 +879,22 @@ mod tests {
 
         // Chunk 1 of 2 polled before the revoke has not been decoded yet.
         state.in_order.push(0, Vec::new());
-        state.answer_revoke(false);
+        state.answer_revoke(Answer::WhenDrained);
         assert!(answer.try_recv().is_err(), "answered with a chunk missing");
         state.in_order.push(1, Vec::new());
         // Its record 10 is still in flight.
-        state.answer_revoke(false);
+        state.answer_revoke(Answer::WhenDrained);
         assert!(
             answer.try_recv().is_err(),
             "answered with a record in flight"
         );
 
         state.watermarks.finished("t", 0, 10);
-        state.answer_revoke(false);
+        state.answer_revoke(Answer::WhenDrained);
         let offsets = answer.try_recv().expect("answered once drained");
         assert_eq!(offsets.len(), 1);
         assert_eq!(offsets[0].offset, 11, "committed past the durable record");
-        assert!(state.revoke.is_none());
+        assert!(matches!(state.revoke, Revoke::Consuming));
         assert!(state.partitions.is_empty(), "the partition is forgotten");
         assert!(
             lock(&state.owned).is_empty(),
@@ -990,7 +914,11 @@ mod tests {
                 Instant::now()
             };
             let answer = revoking(&mut state, 1, deadline);
-            state.answer_revoke(shutting_down);
+            state.answer_revoke(if shutting_down {
+                Answer::Now
+            } else {
+                Answer::WhenDrained
+            });
             let offsets = answer.try_recv().expect("answered");
             assert_eq!(
                 offsets[0].offset, 10,

@@ -121,9 +121,25 @@ pub(crate) struct Letter {
     pub(crate) message: String,
 }
 
+/// Letters queued for the dead-letter worker.
+const LETTERS_QUEUED: usize = 1024;
+
+/// Spawns the dead-letter worker on `tasks`; returns its queue.
+pub(crate) fn spawn(
+    tasks: &tokio_util::task::TaskTracker,
+    dlq: DeadLetters,
+    done: mpsc::Sender<Done>,
+    stats: Arc<Stats>,
+    shutdown: CancellationToken,
+) -> mpsc::Sender<Letter> {
+    let (tx, letters) = mpsc::channel::<Letter>(LETTERS_QUEUED);
+    tasks.spawn(worker(letters, dlq, done, stats, shutdown));
+    tx
+}
+
 /// Sends letters to the dead-letter topic, many at a time, and reports them
 /// durable.
-pub(crate) async fn worker(
+async fn worker(
     mut letters: mpsc::Receiver<Letter>,
     dlq: DeadLetters,
     done: mpsc::Sender<Done>,

@@ -13,6 +13,7 @@ use opentelemetry::KeyValue;
 use opentelemetry::trace::{Span as _, SpanKind, Status, Tracer as _};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use tracing::{error, info, warn};
 
 use crate::pipeline::batch::Batch;
@@ -35,6 +36,29 @@ pub(crate) struct Worker<S> {
     pub(crate) stalls: Arc<Stalls>,
     /// Makes one span per batch when OTLP export is on.
     pub(crate) tracer: Option<opentelemetry_sdk::trace::SdkTracer>,
+}
+
+impl<S: Sink + Clone> Worker<S> {
+    /// Spawns `concurrency` copies of this worker per shard on `tasks`, each
+    /// shard's pool taking batches from one queue; returns the queues, by
+    /// shard.
+    pub(crate) fn spawn_pools(
+        self,
+        tasks: &TaskTracker,
+        shards: usize,
+        concurrency: usize,
+    ) -> Vec<mpsc::Sender<Batch>> {
+        (0..shards)
+            .map(|_| {
+                let (tx, rx) = mpsc::channel::<Batch>(concurrency);
+                let rx = Arc::new(tokio::sync::Mutex::new(rx));
+                for _ in 0..concurrency {
+                    tasks.spawn(self.clone().run(rx.clone()));
+                }
+                tx
+            })
+            .collect()
+    }
 }
 
 impl<S: Sink> Worker<S> {

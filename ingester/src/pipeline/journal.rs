@@ -103,10 +103,26 @@ pub(crate) struct JournalIdentity {
     pub(crate) ingester: String,
 }
 
+/// Spawns the journal worker on `tasks`: the queue for its jobs (one at a
+/// time: send the next once this one reports) and the queue of its reports.
+pub(crate) fn spawn<S: Sink + 'static>(
+    tasks: &tokio_util::task::TaskTracker,
+    sink: S,
+    id: JournalIdentity,
+    owned: Owned,
+    stats: Arc<Stats>,
+    shutdown: CancellationToken,
+) -> (mpsc::Sender<JournalJob>, mpsc::Receiver<JournalDone>) {
+    let (jobs_tx, jobs) = mpsc::channel::<JournalJob>(1);
+    let (done_tx, done) = mpsc::channel::<JournalDone>(1);
+    tasks.spawn(worker(sink, id, owned, jobs, done_tx, stats, shutdown));
+    (jobs_tx, done)
+}
+
 /// Runs journal jobs one at a time, each retried until it succeeds or the
 /// pipeline shuts down. A range is written only while its partition is
 /// still owned by the assignment that cut it.
-pub(crate) async fn worker<S: Sink>(
+async fn worker<S: Sink>(
     sink: S,
     id: JournalIdentity,
     owned: Owned,

@@ -79,6 +79,20 @@ pub(crate) struct Source {
     pub(crate) end: usize,
 }
 
+impl Source {
+    /// A record of `range` whose rows are not placed in a batch yet.
+    pub(crate) fn new(raw: Raw, cost: usize, meta: Option<Meta>, range: RangeId) -> Source {
+        Source {
+            raw,
+            cost,
+            meta,
+            range,
+            start: 0,
+            end: 0,
+        }
+    }
+}
+
 /// Which range of its partition a record belongs to (see `ranges.rs`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct RangeId {

@@ -17,12 +17,16 @@
 #![deny(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::HashMap;
+use std::sync::atomic::Ordering;
 
 use spillway_shared::SeqRange;
 
+use crate::pipeline::batch::Batch;
 use crate::pipeline::message::{Meta, RecordKind};
-use crate::sink::rows::QualityRow;
+use crate::sink::rows::{IngesterStatusRow, QualityRow, Rows};
+use crate::sink::shard::shard_for;
 use crate::telemetry::Observed;
+use crate::telemetry::Stats;
 
 /// Ticks remembered per agent instance.
 pub const WINDOW: u64 = 1024;
@@ -262,6 +266,68 @@ fn percentile(sorted: &[u32], p: usize) -> u32 {
 
 fn secs(ms: u64) -> u32 {
     u32::try_from(ms / 1000).unwrap_or(u32::MAX)
+}
+
+/// Counters sampled at the end of each accounting period.
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct Counters {
+    records: u64,
+    rows_inserted: u64,
+    dead_letters: u64,
+    insert_retries: u64,
+}
+
+impl Counters {
+    pub(crate) fn read(stats: &Stats) -> Counters {
+        Counters {
+            records: stats.records_in.get(),
+            rows_inserted: stats.rows_inserted_total.get(),
+            dead_letters: stats.dead_letters_total.get(),
+            insert_retries: stats.insert_retries.get(),
+        }
+    }
+}
+
+/// This ingester's row of the accounting period that ends at `now_ms`:
+/// what its counters did since `last` (which it moves on), and its state.
+pub(crate) fn status_row(
+    ingester: &str,
+    now_ms: u64,
+    stats: &Stats,
+    last: &mut Counters,
+    in_flight_bytes: usize,
+    paused: bool,
+) -> IngesterStatusRow {
+    let counters = Counters::read(stats);
+    let delta = |f: fn(&Counters) -> u64| f(&counters).saturating_sub(f(last));
+    let row = IngesterStatusRow {
+        time: u32::try_from(now_ms / 1000).unwrap_or(u32::MAX),
+        ingester: ingester.to_owned(),
+        records: delta(|c| c.records),
+        rows_inserted: delta(|c| c.rows_inserted),
+        dead_letters: delta(|c| c.dead_letters),
+        insert_retries: delta(|c| c.insert_retries),
+        consumer_lag: stats.total_lag.load(Ordering::Relaxed),
+        assigned_partitions: stats.assigned_partitions.get(),
+        in_flight_bytes: in_flight_bytes as i64,
+        paused: u8::from(paused),
+    };
+    *last = counters;
+    row
+}
+
+/// Summary rows in one batch per shard, each row on its host's shard.
+pub(crate) fn per_shard(rows: Vec<QualityRow>, shards: usize) -> Vec<Batch> {
+    let mut per_shard: Vec<Vec<_>> = (0..shards).map(|_| Vec::new()).collect();
+    for row in rows {
+        per_shard[shard_for(&row.host_id, shards)].push(row);
+    }
+    per_shard
+        .into_iter()
+        .enumerate()
+        .filter(|(_, rows)| !rows.is_empty())
+        .map(|(shard, rows)| Batch::of(shard, Rows::Quality(rows)))
+        .collect()
 }
 
 #[cfg(test)]

@@ -14,8 +14,9 @@ use std::time::Instant;
 
 use crate::pipeline::batch::Batch;
 use crate::pipeline::dlq::Letter;
-use crate::pipeline::message::Decoded;
+use crate::pipeline::message::{Body, Decoded, RangeId, Raw, Rejected, Source};
 use crate::sink::rows::Table;
+use crate::telemetry::Stats;
 
 /// An inclusive range of offsets, (first, last).
 pub(crate) type Span = (i64, i64);
@@ -92,7 +93,17 @@ pub(crate) struct Partition {
     /// next range's batches start with that much room. Growing a batch of
     /// hundreds of thousands of rows by doubling cost a third of the
     /// ingester's CPU in page faults and copies.
-    pub(crate) last_sizes: Vec<(usize, Table, usize, usize)>,
+    pub(crate) last_sizes: Vec<BatchSize>,
+}
+
+/// How big one batch of a closed range grew: the next range's batch for
+/// the same shard and table starts with that much room.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct BatchSize {
+    pub(crate) shard: usize,
+    pub(crate) table: Table,
+    pub(crate) rows: usize,
+    pub(crate) sources: usize,
 }
 
 /// The range being filled.
@@ -112,6 +123,80 @@ pub(crate) struct Open {
 }
 
 impl Open {
+    /// A range that starts at `first`, rebuilding `rebuild` if it is a
+    /// journaled one.
+    pub(crate) fn new(first: i64, rebuild: Option<Span>) -> Open {
+        Open {
+            first,
+            last: first,
+            rebuild,
+            created: Instant::now(),
+            batches: Vec::new(),
+            letters: Vec::new(),
+            offsets: Vec::new(),
+            rows: 0,
+            bytes: 0,
+        }
+    }
+
+    /// Adds the record `raw` of assignment `epoch`: its rows to the batch
+    /// of their shard and table (sized from `last_sizes` when new), or, if
+    /// it decoded to nothing, a letter. Returns the bytes it costs.
+    pub(crate) fn add(
+        &mut self,
+        raw: Raw,
+        outcome: Result<Body, Rejected>,
+        epoch: u64,
+        last_sizes: &[BatchSize],
+        stats: &Stats,
+    ) -> usize {
+        self.offsets.push(raw.offset);
+        self.last = raw.offset;
+        let range = RangeId {
+            epoch,
+            first: self.first,
+        };
+        let body = match outcome {
+            Ok(body) => body,
+            Err(rejected) => {
+                stats.decode_errors.inc();
+                let cost = raw.payload.len();
+                self.letters.push(Letter {
+                    source: Source::new(raw, cost, None, range),
+                    kind: rejected.kind,
+                    message: rejected.message,
+                });
+                return cost;
+            }
+        };
+        let cost = raw.payload.len() + body.mem_bytes;
+        stats.rows_in.inc_by(body.rows.len() as u64);
+        let i = self.batch_for(body.shard, body.rows.table(), last_sizes);
+        self.rows += body.rows.len();
+        self.bytes += body.row_bytes;
+        let source = Source::new(raw, cost, Some(body.meta), range);
+        self.batches[i].push(body.rows, body.row_bytes, source);
+        cost
+    }
+
+    /// The index of the batch for `shard` and `table`, made if missing.
+    fn batch_for(&mut self, shard: usize, table: Table, last_sizes: &[BatchSize]) -> usize {
+        if let Some(i) = self
+            .batches
+            .iter()
+            .position(|b| b.shard == shard && b.rows.table() == table)
+        {
+            return i;
+        }
+        let (rows, sources) = last_sizes
+            .iter()
+            .find(|s| s.shard == shard && s.table == table)
+            .map_or((0, 0), |s| (s.rows, s.sources));
+        self.batches
+            .push(Batch::with_capacity(shard, table, rows, sources));
+        self.batches.len() - 1
+    }
+
     /// Bytes its records count against the budget.
     pub(crate) fn cost(&self) -> usize {
         sources_cost(&self.batches, &self.letters)
@@ -162,7 +247,12 @@ pub(crate) fn close(p: &mut Partition, topic: &str, partition: i32) -> Option<Cl
     p.last_sizes = open
         .batches
         .iter()
-        .map(|b| (b.shard, b.rows.table(), b.rows.len(), b.sources.len()))
+        .map(|b| BatchSize {
+            shard: b.shard,
+            table: b.rows.table(),
+            rows: b.rows.len(),
+            sources: b.sources.len(),
+        })
         .collect();
     let (first, last) = open.rebuild.unwrap_or((open.first, open.last));
     let records = open.offsets.len();
