@@ -86,7 +86,7 @@ rm -f "$adv_log"
 
 step "import cycles and layers between modules (scripts/module-cycles.py)"
 python3 scripts/module-cycles.py \
-  --layers "ingester/src=retry,tls,precision;config;sink;telemetry;pipeline,otlp;tools" \
+  --layers "ingester/src=tls,precision;config;sink;telemetry;pipeline,otlp;tools" \
   shared/src agent/src ingester/src tests/src
 
 step "cargo clippy"

@@ -26,9 +26,10 @@ pub mod telemetry;
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
+use spillway_shared::lock;
 use spillway_shared::{MetricsRecord, Origin, Record, StatusRecord, encode, encode_split};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -85,12 +86,7 @@ fn first_line(path: &std::path::Path) -> Option<String> {
     (!line.is_empty()).then(|| line.to_owned())
 }
 
-/// Milliseconds since the Unix epoch.
-pub fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
+pub use spillway_shared::now_ms;
 
 /// A phase offset in `[0, max)`, drawn once per process.
 fn random_offset(max: Duration) -> Duration {
@@ -370,10 +366,6 @@ async fn send_status(
         })
         .await
         .map_err(|_| anyhow::anyhow!("publisher stopped unexpectedly"))
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 fn reload_signal() -> anyhow::Result<mpsc::Receiver<()>> {

@@ -29,6 +29,8 @@ use rdkafka::ClientConfig;
 use rdkafka::message::{Header, OwnedHeaders};
 use spillway_shared::SeqRange;
 use spillway_shared::kafka;
+use spillway_shared::lock;
+use spillway_shared::retry::Backoff;
 use tokio::sync::mpsc;
 use tracing::{info, warn};
 
@@ -40,8 +42,6 @@ use crate::telemetry::AgentStats;
 /// Deliveries in flight at once. Agents send one record per tick; the window
 /// matters only when replaying a spool.
 const WINDOW: usize = 32;
-const BACKOFF_MIN: Duration = Duration::from_millis(200);
-const BACKOFF_MAX: Duration = Duration::from_secs(5);
 /// A producer still failing this long after it was built is replaced.
 const PRODUCER_MAX_FAILING: Duration = Duration::from_secs(20);
 
@@ -151,7 +151,7 @@ pub struct Publisher<P: Deliver = Producer, S: SpoolStore = Spool> {
     /// Bumped at each failure: spool acks from an older epoch are ignored.
     epoch: u64,
     retry_at: Option<tokio::time::Instant>,
-    backoff: Duration,
+    backoff: Backoff,
     /// Whether the last delivery failed (to log transitions only).
     failing: bool,
     /// Builds a fresh producer when the current one is wedged.
@@ -244,7 +244,7 @@ impl<P: Deliver, S: SpoolStore> Publisher<P, S> {
             drops,
             epoch: 0,
             retry_at: None,
-            backoff: BACKOFF_MIN,
+            backoff: Backoff::new(),
             failing: false,
             connect,
             producer_since: Instant::now(),
@@ -389,7 +389,7 @@ impl<P: Deliver, S: SpoolStore> Publisher<P, S> {
         match (&done.source, &done.error) {
             (source, None) => {
                 self.stats.record_published(done.started.elapsed());
-                self.backoff = BACKOFF_MIN;
+                self.backoff.reset();
                 if self.failing {
                     info!("delivery works again");
                     self.failing = false;
@@ -445,8 +445,7 @@ impl<P: Deliver, S: SpoolStore> Publisher<P, S> {
                 self.epoch += 1;
                 self.spool.rewind();
                 self.replace_producer_if_wedged();
-                self.retry_at = Some(tokio::time::Instant::now() + self.backoff);
-                self.backoff = (self.backoff * 2).min(BACKOFF_MAX);
+                self.retry_at = Some(tokio::time::Instant::now() + self.backoff.advance());
             }
         }
     }
@@ -524,10 +523,6 @@ async fn next_settled(inflight: &mut VecDeque<InFlight>) -> InFlight {
         Some(done) => done,
         None => std::future::pending().await,
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 async fn sleep_until(at: Option<tokio::time::Instant>) {

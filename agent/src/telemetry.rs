@@ -4,6 +4,8 @@
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
+
+use spillway_shared::lock;
 use std::time::Duration;
 
 use axum::Router;
@@ -71,12 +73,6 @@ pub struct StatsSnapshot {
     pub broker_ok: bool,
     /// The last delivery error.
     pub last_error: Option<String>,
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    // The guarded values are plain counters; a panic elsewhere cannot leave
-    // them inconsistent, so a poisoned lock is still usable.
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl AgentStats {

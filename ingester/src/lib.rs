@@ -16,17 +16,16 @@
 //!   [`tools::replay`] (`replay-dlq`).
 //! - [`config`], [`precision`] (the stored precision of gauges, a rule of
 //!   the configuration), [`telemetry`] (metrics, `/health`, `/ready`),
-//!   [`otlp`], `retry` (the one backoff of every retry loop), [`tls`].
+//!   [`otlp`], [`tls`].
 //!
 //! Layers, lowest first; a module imports only from layers below its own
-//! (`scripts/module-cycles.py --layers` checks it): `retry`, `tls`,
+//! (`scripts/module-cycles.py --layers` checks it): `tls`,
 //! `precision`; `config`; `sink`; `telemetry`; `pipeline`, `otlp`; `tools`.
 
 pub mod config;
 pub mod otlp;
 pub mod pipeline;
 pub mod precision;
-mod retry;
 pub mod sink;
 pub mod telemetry;
 pub mod tls;

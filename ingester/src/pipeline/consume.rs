@@ -44,10 +44,10 @@ use crate::pipeline::poll;
 use crate::pipeline::quality::{self, Counters, Quality};
 use crate::pipeline::ranges::{self, Closed, Open, Partition, close};
 use crate::pipeline::stall::Stalls;
-use crate::retry::{lock, now_ms};
 use crate::sink::Sink;
 use crate::sink::rows::Rows;
 use crate::telemetry::Stats;
+use spillway_shared::{lock, now_ms};
 
 /// How often the event loop closes aged batches, commits and accounts.
 const HOUSEKEEPING_EVERY: Duration = Duration::from_millis(100);

@@ -23,8 +23,8 @@ use tokio_util::sync::CancellationToken;
 use tracing::{error, warn};
 
 use crate::pipeline::message::{Done, Source};
-use crate::retry::Backoff;
 use crate::telemetry::Stats;
+use spillway_shared::retry::{Backoff, retry_until};
 
 /// Where a dead letter came from and why it died.
 #[derive(Debug, Clone)]
@@ -94,23 +94,27 @@ impl DeadLetters {
     /// broker has it (true) or `shutdown` fires (false: the letter was not
     /// written, so its source offset must stay uncommitted).
     pub async fn send_until_safe(&self, d: &DeadLetter<'_>, shutdown: &CancellationToken) -> bool {
-        let mut backoff = Backoff::new();
-        loop {
-            let sent = tokio::select! {
-                sent = self.send(d) => sent,
-                () = shutdown.cancelled() => return false,
-            };
-            match sent {
-                Ok(()) => return true,
-                Err(e) => {
-                    error!(error = %e, retry_in = ?backoff.next_delay(),
-                           "cannot write to the dead-letter topic; retrying");
-                    if !backoff.wait(shutdown).await {
-                        return false;
-                    }
+        retry_until(
+            shutdown,
+            &mut Backoff::new(),
+            || async {
+                tokio::select! {
+                    sent = self.send(d) => sent.map_err(Some),
+                    () = shutdown.cancelled() => Err(None),
                 }
-            }
-        }
+            },
+            |e, next| match e {
+                Some(e) => {
+                    error!(error = %e, retry_in = ?next,
+                           "cannot write to the dead-letter topic; retrying");
+                    true
+                }
+                // Shutdown: the letter was not written.
+                None => false,
+            },
+        )
+        .await
+        .is_ok()
     }
 }
 

@@ -7,6 +7,7 @@
 #![deny(clippy::unwrap_used, clippy::expect_used)]
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Instant;
 
 use opentelemetry::KeyValue;
@@ -20,9 +21,9 @@ use crate::pipeline::batch::Batch;
 use crate::pipeline::dlq::{DeadLetters, dead_letter};
 use crate::pipeline::message::{Done, Source};
 use crate::pipeline::stall::{Key, Stalls};
-use crate::retry::Backoff;
 use crate::sink::{Sink, SinkError};
 use crate::telemetry::Stats;
+use spillway_shared::retry::{Backoff, retry_until};
 
 /// Everything a worker needs besides its queue.
 #[derive(Clone)]
@@ -92,10 +93,13 @@ impl<S: Sink> Worker<S> {
                     ])
                     .start(t)
             });
-            let mut retries = 0;
-            let sources = self.insert_isolating(batch, &mut retries).await;
+            let retries = AtomicU32::new(0);
+            let sources = self.insert_isolating(batch, &retries).await;
             if let Some(mut span) = span {
-                span.set_attribute(KeyValue::new("spillway.retries", i64::from(retries)));
+                span.set_attribute(KeyValue::new(
+                    "spillway.retries",
+                    i64::from(retries.load(Ordering::Relaxed)),
+                ));
                 if sources.len() < records {
                     span.set_status(Status::error("gave up at shutdown"));
                 }
@@ -121,7 +125,7 @@ impl<S: Sink> Worker<S> {
     /// first: then the worker stalls instead (see [`Self::stall`]). Returns
     /// every source now durable.
     #[tracing::instrument(skip_all, fields(shard = batch.shard, table = batch.rows.table().name(), rows = batch.rows.len()))]
-    async fn insert_isolating(&self, batch: Batch, retries: &mut u32) -> Vec<Source> {
+    async fn insert_isolating(&self, batch: Batch, retries: &AtomicU32) -> Vec<Source> {
         let key: Option<Key> = batch
             .sources
             .first()
@@ -226,7 +230,7 @@ impl<S: Sink> Worker<S> {
         why: &str,
         stack: &mut Vec<Batch>,
         finished: &mut Vec<Source>,
-        retries: &mut u32,
+        retries: &AtomicU32,
     ) -> bool {
         let records: usize = stack.iter().map(|b| b.sources.len()).sum();
         let (topic, partition) = key.map_or(("", -1), |(t, p)| (t.as_str(), *p));
@@ -245,31 +249,38 @@ impl<S: Sink> Worker<S> {
             "schema problem: the partition is paused and its rows are retried until the \
                 table takes them; nothing is dead-lettered"
         );
+        // Wait first: the table refused these rows a moment ago.
         let mut backoff = Backoff::new();
-        let go_on = loop {
-            if !backoff.wait(&self.shutdown).await {
-                break false;
-            }
-            let Some(probe) = stack.last() else {
-                break true;
-            };
-            match self.insert_with_retry(probe, retries).await {
-                Ok(()) => {
-                    if let Some(b) = stack.pop() {
-                        finished.extend(b.sources);
-                    }
-                    info!(
-                        topic,
-                        partition, "the table takes the partition's rows again; resuming it"
-                    );
-                    break true;
-                }
-                Err(SinkError::Data { .. } | SinkError::Schema(_)) => {
-                    self.stats.insert_retries.inc();
-                }
-                Err(SinkError::Retryable(_)) => break false,
+        let go_on = match stack.last() {
+            None => true,
+            Some(probe) => {
+                backoff.wait(&self.shutdown).await
+                    && retry_until(
+                        &self.shutdown,
+                        &mut backoff,
+                        || self.insert_with_retry(probe, retries),
+                        |e, _| {
+                            // Still refused for its data or schema: probe
+                            // again. Unreachable (retried until shutdown):
+                            // give up.
+                            let again = !e.is_retryable();
+                            if again {
+                                self.stats.insert_retries.inc();
+                            }
+                            again
+                        },
+                    )
+                    .await
+                    .is_ok()
             }
         };
+        if go_on && let Some(b) = stack.pop() {
+            finished.extend(b.sources);
+            info!(
+                topic,
+                partition, "the table takes the partition's rows again; resuming it"
+            );
+        }
         if let Some(key) = key {
             self.stalls.resume(key);
         }
@@ -279,31 +290,33 @@ impl<S: Sink> Worker<S> {
         go_on
     }
 
-    async fn insert_with_retry(&self, b: &Batch, retries: &mut u32) -> Result<(), SinkError> {
-        let mut backoff = Backoff::new();
-        loop {
-            match self.sink.insert(b.shard, &b.rows, b.token.as_deref()).await {
-                Ok(()) => {
-                    self.stats.shard_up(b.shard, true);
-                    return Ok(());
-                }
-                Err(e) if e.is_retryable() => {
+    async fn insert_with_retry(&self, b: &Batch, retries: &AtomicU32) -> Result<(), SinkError> {
+        let table = b.rows.table().name();
+        let inserted = retry_until(
+            &self.shutdown,
+            &mut Backoff::new(),
+            || self.sink.insert(b.shard, &b.rows, b.token.as_deref()),
+            |e, next| match e {
+                e if e.is_retryable() => {
                     self.stats.insert_retries.inc();
-                    *retries += 1;
+                    retries.fetch_add(1, Ordering::Relaxed);
                     self.stats.shard_up(b.shard, false);
-                    warn!(shard = b.shard, table = b.rows.table().name(), rows = b.rows.len(), error = %e,
-                          retry_in = ?backoff.next_delay(), "insert failed; retrying");
-                    if !backoff.wait(&self.shutdown).await {
-                        return Err(e);
-                    }
+                    warn!(shard = b.shard, table, rows = b.rows.len(), error = %e,
+                          retry_in = ?next, "insert failed; retrying");
+                    true
                 }
-                Err(e @ SinkError::Schema(_)) => return Err(e),
-                Err(e) => {
-                    warn!(shard = b.shard, table = b.rows.table().name(), rows = b.rows.len(), error = %e,
+                SinkError::Schema(_) => false,
+                e => {
+                    warn!(shard = b.shard, table, rows = b.rows.len(), error = %e,
                           "batch rejected for its data; isolating the bad records");
-                    return Err(e);
+                    false
                 }
-            }
+            },
+        )
+        .await;
+        if inserted.is_ok() {
+            self.stats.shard_up(b.shard, true);
         }
+        inserted
     }
 }

@@ -27,10 +27,11 @@ use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
 use crate::pipeline::ranges::{Closed, Span};
-use crate::retry::{Backoff, lock, now_ms};
-use crate::sink::Sink;
 use crate::sink::rows::JournalRow;
+use crate::sink::{Sink, SinkError};
 use crate::telemetry::Stats;
+use spillway_shared::retry::{Backoff, retry_until};
+use spillway_shared::{lock, now_ms};
 
 /// The deduplication token of every INSERT built from a range: what the
 /// range is, not what its bytes are, so ClickHouse recognises the INSERT
@@ -103,6 +104,27 @@ pub(crate) struct JournalIdentity {
     pub(crate) ingester: String,
 }
 
+/// The journal's rows for the closed ranges whose partition is still owned
+/// by the assignment that cut them.
+fn rows_to_write(closed: &[Closed], owned: &Owned, id: &JournalIdentity) -> Vec<JournalRow> {
+    let owned = lock(owned);
+    let time = u32::try_from(now_ms() / 1000).unwrap_or(u32::MAX);
+    closed
+        .iter()
+        .filter(|c| owned.get(&(c.topic.clone(), c.partition)) == Some(&c.epoch))
+        .map(|c| JournalRow {
+            time,
+            consumer_group: id.group.clone(),
+            topic: c.topic.clone(),
+            partition: c.partition,
+            first_offset: c.first,
+            last_offset: c.last,
+            records: c.records,
+            ingester: id.ingester.clone(),
+        })
+        .collect()
+}
+
 /// Spawns the journal worker on `tasks`: the queue for its jobs (one at a
 /// time: send the next once this one reports) and the queue of its reports.
 pub(crate) fn spawn<S: Sink + 'static>(
@@ -134,63 +156,50 @@ async fn worker<S: Sink>(
     while let Some(job) = jobs.recv().await {
         let reply = match job {
             JournalJob::Write(closed) => {
-                let mut backoff = Backoff::new();
-                loop {
-                    let rows: Vec<JournalRow> = {
-                        let owned = lock(&owned);
-                        closed
-                            .iter()
-                            .filter(|c| {
-                                owned.get(&(c.topic.clone(), c.partition)) == Some(&c.epoch)
-                            })
-                            .map(|c| JournalRow {
-                                time: u32::try_from(now_ms() / 1000).unwrap_or(u32::MAX),
-                                consumer_group: id.group.clone(),
-                                topic: c.topic.clone(),
-                                partition: c.partition,
-                                first_offset: c.first,
-                                last_offset: c.last,
-                                records: c.records,
-                                ingester: id.ingester.clone(),
-                            })
-                            .collect()
-                    };
-                    if rows.is_empty() {
-                        break;
-                    }
-                    match sink.write_journal(&rows).await {
-                        Ok(()) => {
-                            stats.ranges_journaled.inc_by(rows.len() as u64);
-                            break;
-                        }
-                        Err(e) => {
-                            stats.journal_errors.inc();
-                            warn!(error = %e, ranges = rows.len(), retry_in = ?backoff.next_delay(),
-                                  "cannot write the insert journal; retrying");
-                            if !backoff.wait(&shutdown).await {
-                                return;
+                let written = retry_until(
+                    &shutdown,
+                    &mut Backoff::new(),
+                    || {
+                        // Partitions revoked meanwhile drop out between attempts.
+                        let rows = rows_to_write(&closed, &owned, &id);
+                        let sink = &sink;
+                        async move {
+                            if !rows.is_empty() {
+                                sink.write_journal(&rows).await?;
                             }
+                            Ok(rows.len())
                         }
-                    }
-                }
+                    },
+                    |e: &SinkError, next| {
+                        stats.journal_errors.inc();
+                        warn!(error = %e, retry_in = ?next, "cannot write the insert journal; retrying");
+                        true
+                    },
+                )
+                .await;
+                let Ok(written) = written else {
+                    return;
+                };
+                stats.ranges_journaled.inc_by(written as u64);
                 JournalDone::Written(closed)
             }
             JournalJob::Read(partitions) => {
                 let mut read = Vec::with_capacity(partitions.len());
                 for (topic, partition, epoch, from) in partitions {
-                    let mut backoff = Backoff::new();
-                    let entries = loop {
-                        match sink.read_journal(&id.group, &topic, partition, from).await {
-                            Ok(entries) => break entries,
-                            Err(e) => {
-                                stats.journal_errors.inc();
-                                warn!(error = %e, %topic, partition, retry_in = ?backoff.next_delay(),
-                                      "cannot read the insert journal; the partition waits");
-                                if !backoff.wait(&shutdown).await {
-                                    return;
-                                }
-                            }
-                        }
+                    let entries = retry_until(
+                        &shutdown,
+                        &mut Backoff::new(),
+                        || sink.read_journal(&id.group, &topic, partition, from),
+                        |e, next| {
+                            stats.journal_errors.inc();
+                            warn!(error = %e, %topic, partition, retry_in = ?next,
+                                  "cannot read the insert journal; the partition waits");
+                            true
+                        },
+                    )
+                    .await;
+                    let Ok(entries) = entries else {
+                        return;
                     };
                     read.push((topic, partition, epoch, to_rebuild(entries, from)));
                 }

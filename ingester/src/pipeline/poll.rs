@@ -41,8 +41,8 @@ use crate::config::Config;
 use crate::pipeline::message::{Chunk, Command, Event, Raw};
 use crate::pipeline::offsets::Commit;
 use crate::pipeline::stall::{Key, Stalls};
-use crate::retry::lock;
 use crate::telemetry::Stats;
+use spillway_shared::lock;
 
 /// Builds the consumer configuration.
 pub(crate) fn consumer_config(config: &Config) -> ClientConfig {

@@ -17,7 +17,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use crate::retry::lock;
+use spillway_shared::lock;
 
 /// A partition: topic and number.
 pub(crate) type Key = (String, i32);

@@ -185,7 +185,7 @@ impl Buffers {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Vec<u8>>> {
-        crate::retry::lock(&self.0)
+        spillway_shared::lock(&self.0)
     }
 }
 
@@ -295,7 +295,7 @@ impl ClickHouseSink {
         let Some(row) = rows.first() else {
             return Ok(Vec::new());
         };
-        let fresh = crate::retry::lock(&self.schema_checked)
+        let fresh = spillway_shared::lock(&self.schema_checked)
             .get(&(shard, table))
             .is_some_and(|at| at.elapsed() < SCHEMA_RECHECK);
         if fresh {
@@ -326,13 +326,13 @@ impl ClickHouseSink {
             }
         }
         if problems.is_empty() {
-            crate::retry::lock(&self.schema_checked).insert((shard, table), Instant::now());
+            spillway_shared::lock(&self.schema_checked).insert((shard, table), Instant::now());
         }
         Ok(problems)
     }
 
     fn schema_unverified(&self, shard: usize, table: &'static str) {
-        crate::retry::lock(&self.schema_checked).remove(&(shard, table));
+        spillway_shared::lock(&self.schema_checked).remove(&(shard, table));
     }
 
     fn url(&self, shard: usize) -> String {

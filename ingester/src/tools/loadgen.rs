@@ -8,6 +8,7 @@ use anyhow::Context;
 use rdkafka::ClientConfig;
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use spillway_shared::now_ms;
 use spillway_shared::{Label, MetricKind, MetricsRecord, Origin, Record, Sample, encode, kafka};
 
 /// What to simulate.
@@ -381,12 +382,6 @@ fn host_samples(h: usize, seq: u64, time_ms: u64, interval_ms: u32) -> Vec<Sampl
         out.push(gauge("process.memory.usage", "By", rss, &l));
     }
     out
-}
-
-fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }
 
 /// Produces `hosts × ticks` records and waits until all are acknowledged.

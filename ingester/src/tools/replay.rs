@@ -35,9 +35,10 @@ use tracing::{info, warn};
 use crate::config::Config;
 use crate::pipeline::decode::decode_record;
 use crate::pipeline::message::Raw;
-use crate::retry::Backoff;
 use crate::sink::rows::JournalRow;
 use crate::sink::{Sink, SinkError};
+use spillway_shared::now_ms;
+use spillway_shared::retry::{Backoff, retry_until};
 
 /// The journal's consumer group for replayed records.
 pub const REPLAY_GROUP: &str = "spillway-replay-dlq";
@@ -324,36 +325,40 @@ impl<S: Sink> Replay<'_, S> {
             return Ok(true);
         }
         let token = format!("replay-dlq:{topic}:{partition}:{offset}");
-        let mut backoff = Backoff::new();
-        loop {
-            match self.sink.insert(body.shard, &body.rows, Some(&token)).await {
-                Ok(()) => break,
-                Err(SinkError::Data { code, message }) => {
-                    warn!(%topic, partition, offset, code, %message, "still rejected; left in the dead-letter topic");
-                    *self
-                        .report
-                        .still_failing
-                        .entry(format!("insert_rejected (code {code})"))
-                        .or_default() += 1;
-                    return Ok(true);
+        let inserted = retry_until(
+            self.shutdown,
+            &mut Backoff::new(),
+            || self.sink.insert(body.shard, &body.rows, Some(&token)),
+            |e, next| {
+                let again = e.is_retryable();
+                if again {
+                    warn!(error = %e, retry_in = ?next, "insert failed; retrying");
                 }
-                Err(SinkError::Schema(why)) => {
-                    bail!("the table does not take the rows yet ({why}); fix it and run again")
-                }
-                Err(e @ SinkError::Retryable(_)) => {
-                    warn!(error = %e, retry_in = ?backoff.next_delay(), "insert failed; retrying");
-                    if !backoff.wait(self.shutdown).await {
-                        return Ok(false);
-                    }
-                }
+                again
+            },
+        )
+        .await;
+        match inserted {
+            Ok(()) => {}
+            Err(SinkError::Data { code, message }) => {
+                warn!(%topic, partition, offset, code, %message, "still rejected; left in the dead-letter topic");
+                *self
+                    .report
+                    .still_failing
+                    .entry(format!("insert_rejected (code {code})"))
+                    .or_default() += 1;
+                return Ok(true);
             }
+            Err(SinkError::Schema(why)) => {
+                bail!("the table does not take the rows yet ({why}); fix it and run again")
+            }
+            // Shutdown while retrying.
+            Err(SinkError::Retryable(_)) => return Ok(false),
         }
         self.report.inserted += 1;
         self.report.rows += body.rows.len() as u64;
         self.journal.push(JournalRow {
-            time: SystemTime::now()
-                .duration_since(SystemTime::UNIX_EPOCH)
-                .map_or(0, |d| d.as_secs() as u32),
+            time: u32::try_from(now_ms() / 1000).unwrap_or(u32::MAX),
             consumer_group: REPLAY_GROUP.to_owned(),
             topic,
             partition,
@@ -393,21 +398,23 @@ impl<S: Sink> Replay<'_, S> {
         if self.journal.is_empty() {
             return Ok(());
         }
-        let mut backoff = Backoff::new();
-        loop {
-            match self.sink.write_journal(&self.journal).await {
-                Ok(()) => {
-                    self.journal.clear();
-                    return Ok(());
-                }
-                Err(e) => {
-                    warn!(error = %e, "cannot write the replay journal; retrying");
-                    if !backoff.wait(self.shutdown).await {
-                        // The INSERTs are deduplicated: a rerun drops them.
-                        bail!("stopped before the replay journal was written: {e}");
-                    }
-                }
+        let written = retry_until(
+            self.shutdown,
+            &mut Backoff::new(),
+            || self.sink.write_journal(&self.journal),
+            |e, next| {
+                warn!(error = %e, retry_in = ?next, "cannot write the replay journal; retrying");
+                true
+            },
+        )
+        .await;
+        match written {
+            Ok(()) => {
+                self.journal.clear();
+                Ok(())
             }
+            // The INSERTs are deduplicated: a rerun drops them.
+            Err(e) => bail!("stopped before the replay journal was written: {e}"),
         }
     }
 }
