@@ -157,155 +157,35 @@ async fn stop_publisher(running: Running) -> anyhow::Result<Spool> {
 /// Runs the agent until `shutdown` is cancelled. On SIGHUP (Unix) it reloads
 /// `config_path`; buffered records are kept across the reload.
 pub async fn run(
-    mut config: Config,
+    config: Config,
     config_path: Option<PathBuf>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    let origin = origin(&config);
-    info!(host_id = %origin.host_id, instance_id = %origin.instance_id,
-          interval = ?config.agent.interval, brokers = %config.kafka.brokers,
-          topic = %config.kafka.topic, "spillway-agent starting");
-    let stats = Arc::new(AgentStats::default());
-    let drops: SharedDropLog = Arc::new(Mutex::new(DropLog::default()));
-    let (spool, report) = open_spool(&config)?;
-    stats.add_spool_truncated(report.truncated_bytes);
-    if report.truncated_bytes > 0 {
-        warn!(
-            bytes = report.truncated_bytes,
-            "spool had a torn tail (crash mid-write); truncated it"
-        );
-    }
-    if report.records > 0 {
-        info!(
-            records = report.records,
-            "spool holds records from an earlier run; replaying"
-        );
-    }
-    let mut running = start_publisher(&config, &origin.host_id, spool, &stats, &drops)?;
-    let mut collection = Collection::new(&config, stats.clone());
-    info!(collectors = ?collection.names(), "collectors ready");
-
+    let mut agent = Agent::start(config)?;
     let http_shutdown = shutdown.child_token();
+    let stats = agent.stats.clone();
     spillway_shared::process::spawn_http(
-        config.http.listen,
-        || telemetry::router(stats.clone()),
+        agent.config.http.listen,
+        || telemetry::router(stats),
         http_shutdown.clone(),
     );
-
-    let otlp = otlp::start(&config.telemetry, &origin, stats.clone())?;
-
-    let started = Instant::now();
-    let mut seq: u64 = 0;
-    let mut ticks = schedule(&config);
-    let mut next_status = Instant::now();
+    let otlp = otlp::start(&agent.config.telemetry, &agent.origin, agent.stats.clone())?;
     let mut reload = reload_signal()?;
     loop {
-        let next = ticks.next(now_ms());
+        let next = agent.ticks.next(now_ms());
         tokio::select! {
             _ = shutdown.cancelled() => break,
             Some(()) = reload.recv() => {
-                let Some(path) = config_path.as_deref() else {
-                    warn!("SIGHUP ignored: the agent was started without a config file");
-                    continue;
-                };
-                match Config::load(Some(path), &ProcessEnv) {
-                    Err(errors) => error!(%errors, "reload failed; keeping the running configuration"),
-                    Ok(new) => {
-                        if new.buffer != config.buffer {
-                            warn!("buffer settings change only at restart; the spool is kept as it is");
-                        }
-                        let spool = stop_publisher(running).await?;
-                        running = start_publisher(&new, &origin.host_id, spool, &stats, &drops)?;
-                        collection = Collection::new(&new, stats.clone());
-                        if (new.agent.interval, new.agent.jitter)
-                            != (config.agent.interval, config.agent.jitter)
-                        {
-                            ticks = schedule(&new);
-                        }
-                        config = Config { buffer: config.buffer.clone(), ..new };
-                        info!("configuration reloaded");
-                    }
-                }
+                agent = agent.reload(config_path.as_deref()).await?;
                 continue;
             }
             _ = tokio::time::sleep(next.wait) => {}
         }
-        let missed = ticks.mark(next.slot);
-        if missed > 0 {
-            stats.add_missed(missed);
-            warn!(
-                missed,
-                interval = ?config.agent.interval,
-                "the previous tick ran past the next slot; slots missed"
-            );
-        }
-
-        let time_ms = now_ms();
-        let tick = collection.tick().await;
-        stats.add_tick();
-        let record = MetricsRecord {
-            origin: origin.clone(),
-            seq,
-            time_ms,
-            interval_ms: config.agent.interval.as_millis() as u32,
-            part: 0,
-            parts: 1,
-            samples: tick.samples,
-        };
-        match encode_split(&record, config.kafka.max_message_bytes) {
-            Ok(parts) => {
-                if parts.len() > 1 {
-                    stats.add_split();
-                    info!(
-                        seq,
-                        parts = parts.len(),
-                        "tick split to fit the message size limit"
-                    );
-                }
-                for bytes in parts {
-                    let entry = Entry {
-                        kind: EntryKind::Metrics,
-                        seq,
-                        bytes,
-                    };
-                    if running.tx.send(entry).await.is_err() {
-                        anyhow::bail!("publisher stopped unexpectedly");
-                    }
-                }
-            }
-            Err(e) => {
-                // Cannot happen with the contract's limits; reported like a drop.
-                error!(seq, error = %e, "tick cannot be encoded; dropped");
-                lock(&drops).add([seq]);
-            }
-        }
-        seq += 1;
-
-        if Instant::now() >= next_status {
-            send_status(
-                &running,
-                &origin,
-                started,
-                seq.checked_sub(1),
-                &stats,
-                &drops,
-            )
-            .await?;
-            next_status = Instant::now() + config.agent.status_interval;
-        }
+        agent.tick(next.slot).await?;
     }
 
     info!("shutting down: flushing");
-    send_status(
-        &running,
-        &origin,
-        started,
-        seq.checked_sub(1),
-        &stats,
-        &drops,
-    )
-    .await?;
-    let spool = stop_publisher(running).await?;
+    let spool = agent.stop().await?;
     http_shutdown.cancel();
     if let Some(provider) = otlp {
         // The final export is a blocking HTTP call.
@@ -316,6 +196,184 @@ pub async fn run(
     }
     info!(spooled_records = spool.records(), "spillway-agent stopped");
     Ok(())
+}
+
+/// The running agent: what a tick, a status and a reload change.
+struct Agent {
+    config: Config,
+    origin: Origin,
+    stats: Arc<AgentStats>,
+    /// Ticks dropped, for the status records.
+    drops: SharedDropLog,
+    /// The publisher task and its queue.
+    running: Running,
+    collection: Collection,
+    ticks: Schedule,
+    /// The next tick's number.
+    seq: u64,
+    started: Instant,
+    next_status: Instant,
+}
+
+impl Agent {
+    /// Opens the spool (replaying what an earlier run left), starts the
+    /// publisher and the collectors.
+    fn start(config: Config) -> anyhow::Result<Agent> {
+        let origin = origin(&config);
+        info!(host_id = %origin.host_id, instance_id = %origin.instance_id,
+              interval = ?config.agent.interval, brokers = %config.kafka.brokers,
+              topic = %config.kafka.topic, "spillway-agent starting");
+        let stats = Arc::new(AgentStats::default());
+        let drops: SharedDropLog = Arc::new(Mutex::new(DropLog::default()));
+        let (spool, report) = open_spool(&config)?;
+        stats.add_spool_truncated(report.truncated_bytes);
+        if report.truncated_bytes > 0 {
+            warn!(
+                bytes = report.truncated_bytes,
+                "spool had a torn tail (crash mid-write); truncated it"
+            );
+        }
+        if report.records > 0 {
+            info!(
+                records = report.records,
+                "spool holds records from an earlier run; replaying"
+            );
+        }
+        let running = start_publisher(&config, &origin.host_id, spool, &stats, &drops)?;
+        let collection = Collection::new(&config, stats.clone());
+        info!(collectors = ?collection.names(), "collectors ready");
+        Ok(Agent {
+            ticks: schedule(&config),
+            config,
+            origin,
+            stats,
+            drops,
+            running,
+            collection,
+            seq: 0,
+            started: Instant::now(),
+            next_status: Instant::now(),
+        })
+    }
+
+    /// SIGHUP: loads the file again and, if it is valid, restarts the
+    /// publisher (new Kafka settings and certificates) on the same spool.
+    async fn reload(mut self, path: Option<&std::path::Path>) -> anyhow::Result<Agent> {
+        let Some(path) = path else {
+            warn!("SIGHUP ignored: the agent was started without a config file");
+            return Ok(self);
+        };
+        let new = match Config::load(Some(path), &ProcessEnv) {
+            Ok(new) => new,
+            Err(errors) => {
+                error!(%errors, "reload failed; keeping the running configuration");
+                return Ok(self);
+            }
+        };
+        if new.buffer != self.config.buffer {
+            warn!("buffer settings change only at restart; the spool is kept as it is");
+        }
+        let spool = stop_publisher(self.running).await?;
+        self.running =
+            start_publisher(&new, &self.origin.host_id, spool, &self.stats, &self.drops)?;
+        self.collection = Collection::new(&new, self.stats.clone());
+        let timing = |c: &Config| (c.agent.interval, c.agent.jitter);
+        if timing(&new) != timing(&self.config) {
+            self.ticks = schedule(&new);
+        }
+        self.config = Config {
+            buffer: self.config.buffer.clone(),
+            ..new
+        };
+        info!("configuration reloaded");
+        Ok(self)
+    }
+
+    /// One tick: collects, publishes the record (split if it is too big),
+    /// and a status record when one is due.
+    async fn tick(&mut self, slot: u64) -> anyhow::Result<()> {
+        let missed = self.ticks.mark(slot);
+        if missed > 0 {
+            self.stats.add_missed(missed);
+            warn!(
+                missed,
+                interval = ?self.config.agent.interval,
+                "the previous tick ran past the next slot; slots missed"
+            );
+        }
+        let time_ms = now_ms();
+        let tick = self.collection.tick().await;
+        self.stats.add_tick();
+        let record = MetricsRecord {
+            origin: self.origin.clone(),
+            seq: self.seq,
+            time_ms,
+            interval_ms: self.config.agent.interval.as_millis() as u32,
+            part: 0,
+            parts: 1,
+            samples: tick.samples,
+        };
+        self.publish(&record).await?;
+        self.seq += 1;
+        if Instant::now() >= self.next_status {
+            self.send_status().await?;
+            self.next_status = Instant::now() + self.config.agent.status_interval;
+        }
+        Ok(())
+    }
+
+    /// Hands a tick's record, in as many parts as the message size limit
+    /// asks, to the publisher.
+    async fn publish(&self, record: &MetricsRecord) -> anyhow::Result<()> {
+        let seq = record.seq;
+        let parts = match encode_split(record, self.config.kafka.max_message_bytes) {
+            Ok(parts) => parts,
+            Err(e) => {
+                // Cannot happen with the contract's limits; reported like a drop.
+                error!(seq, error = %e, "tick cannot be encoded; dropped");
+                lock(&self.drops).add([seq]);
+                return Ok(());
+            }
+        };
+        if parts.len() > 1 {
+            self.stats.add_split();
+            info!(
+                seq,
+                parts = parts.len(),
+                "tick split to fit the message size limit"
+            );
+        }
+        for bytes in parts {
+            let entry = Entry {
+                kind: EntryKind::Metrics,
+                seq,
+                bytes,
+            };
+            if self.running.tx.send(entry).await.is_err() {
+                anyhow::bail!("publisher stopped unexpectedly");
+            }
+        }
+        Ok(())
+    }
+
+    async fn send_status(&self) -> anyhow::Result<()> {
+        send_status(
+            &self.running,
+            &self.origin,
+            self.started,
+            self.seq.checked_sub(1),
+            &self.stats,
+            &self.drops,
+        )
+        .await
+    }
+
+    /// A last status record, then the publisher's flush: the spool it
+    /// leaves.
+    async fn stop(self) -> anyhow::Result<Spool> {
+        self.send_status().await?;
+        stop_publisher(self.running).await
+    }
 }
 
 fn open_spool(config: &Config) -> anyhow::Result<(Spool, spool::OpenReport)> {

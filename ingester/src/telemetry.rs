@@ -73,6 +73,10 @@ pub struct Stats {
     pub ranges_journaled: Counter,
     /// Failed writes or reads of the insert journal (retried).
     pub journal_errors: Counter,
+    /// Rebalances librdkafka reported as failed (the group coordinator
+    /// answered with an error; the member keeps or loses partitions as the
+    /// next rebalance decides).
+    pub rebalance_errors: Counter,
     /// Times a partition stalled on a schema problem (its records rejected
     /// one after another).
     pub schema_stalls: Counter,
@@ -138,6 +142,7 @@ impl Stats {
             ranges_rebuilt: Counter::default(),
             ranges_journaled: Counter::default(),
             journal_errors: Counter::default(),
+            rebalance_errors: Counter::default(),
             schema_stalls: Counter::default(),
             partitions_stalled: Gauge::default(),
             rows_inserted_total: Counter::default(),
@@ -244,6 +249,11 @@ impl Stats {
             "journal_errors",
             "Failed writes or reads of the insert journal (retried)",
             s.journal_errors.clone(),
+        );
+        registry.register(
+            "rebalance_errors",
+            "Rebalances that failed (an error from the group coordinator)",
+            s.rebalance_errors.clone(),
         );
         registry.register(
             "schema_stalls",

@@ -263,8 +263,15 @@ impl ClientContext for Ctx {
 
 impl ConsumerContext for Ctx {
     fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
-        let Rebalance::Revoke(tpl) = rebalance else {
-            return;
+        let tpl = match rebalance {
+            Rebalance::Revoke(tpl) => tpl,
+            Rebalance::Assign(_) => return,
+            Rebalance::Error(e) => {
+                // Said once, here; post_rebalance sees the same error.
+                self.stats.rebalance_errors.inc();
+                warn!(error = %e, "the rebalance failed; the group will rebalance again");
+                return;
+            }
         };
         let partitions: Vec<(String, i32)> = tpl
             .elements()
