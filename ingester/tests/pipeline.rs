@@ -46,7 +46,7 @@ impl Sink for FakeSink {
             let mut flaky = self.flaky.lock().unwrap();
             if *flaky > 0 {
                 *flaky -= 1;
-                return Err(SinkError::Retryable("connection refused".into()));
+                return Err(SinkError::retryable("connection refused"));
             }
         }
         let Rows::Samples(rows) = rows else {

@@ -142,8 +142,10 @@ impl<S: Sink> Worker<S> {
                     }
                     finished.extend(b.sources);
                 }
-                Err(SinkError::Data { code, message }) if b.sources.len() <= 1 => {
-                    let reason = format!("ClickHouse code {code}: {message}");
+                Err(e @ (SinkError::Data { .. } | SinkError::Encode(_)))
+                    if b.sources.len() <= 1 =>
+                {
+                    let reason = e.reason();
                     let Some(key) = &key else {
                         // Summary rows come from no record: nothing to keep.
                         warn!(error = %reason, "summary rows rejected; dropped");
@@ -165,7 +167,7 @@ impl<S: Sink> Worker<S> {
                         }
                     }
                 }
-                Err(SinkError::Schema(why)) if !self.stalls.pauses() => {
+                Err(SinkError::Schema { message: why, .. }) if !self.stalls.pauses() => {
                     // Configured never to pause: every record is a letter.
                     for s in b.sources {
                         if !self.dead_letter(&s, &why).await {
@@ -174,7 +176,7 @@ impl<S: Sink> Worker<S> {
                         finished.push(s);
                     }
                 }
-                Err(SinkError::Schema(why)) => {
+                Err(SinkError::Schema { message: why, .. }) => {
                     stack.push(b);
                     if !self
                         .stall(key.as_ref(), &why, &mut stack, &mut finished, retries)
@@ -183,12 +185,12 @@ impl<S: Sink> Worker<S> {
                         return finished;
                     }
                 }
-                Err(SinkError::Data { .. }) => {
+                Err(SinkError::Data { .. } | SinkError::Encode(_)) => {
                     let (left, right) = b.split();
                     stack.push(right);
                     stack.push(left);
                 }
-                Err(SinkError::Retryable(_)) => {
+                Err(SinkError::Retryable { .. }) => {
                     // Only when shutting down: the records stay uncommitted
                     // and are read again by whoever owns the partition next.
                     return finished;
@@ -305,7 +307,7 @@ impl<S: Sink> Worker<S> {
                           retry_in = ?next, "insert failed; retrying");
                     true
                 }
-                SinkError::Schema(_) => false,
+                SinkError::Schema { .. } => false,
                 e => {
                     warn!(shard = b.shard, table, rows = b.rows.len(), error = %e,
                           "batch rejected for its data; isolating the bad records");

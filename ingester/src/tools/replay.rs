@@ -349,11 +349,20 @@ impl<S: Sink> Replay<'_, S> {
                     .or_default() += 1;
                 return Ok(true);
             }
-            Err(SinkError::Schema(why)) => {
+            Err(SinkError::Encode(e)) => {
+                warn!(%topic, partition, offset, error = %e, "still cannot be encoded; left in the dead-letter topic");
+                *self
+                    .report
+                    .still_failing
+                    .entry("insert_rejected (encode)".to_owned())
+                    .or_default() += 1;
+                return Ok(true);
+            }
+            Err(SinkError::Schema { message: why, .. }) => {
                 bail!("the table does not take the rows yet ({why}); fix it and run again")
             }
             // Shutdown while retrying.
-            Err(SinkError::Retryable(_)) => return Ok(false),
+            Err(SinkError::Retryable { .. }) => return Ok(false),
         }
         self.report.inserted += 1;
         self.report.rows += body.rows.len() as u64;
