@@ -37,8 +37,10 @@ use crate::pipeline::decode;
 use crate::pipeline::dlq::{self, DeadLetters, Letter};
 use crate::pipeline::flow::{Budget, InOrder};
 use crate::pipeline::insert::Worker;
-use crate::pipeline::journal::{self, JournalDone, JournalIdentity, JournalJob, Owned};
-use crate::pipeline::message::{Command, Decoded, Done, Event};
+use crate::pipeline::journal::{
+    self, JournalDone, JournalIdentity, JournalJob, Owned, ToRead, ToRebuild,
+};
+use crate::pipeline::message::{Command, Decoded, Done, Event, PartitionId};
 use crate::pipeline::offsets::{Commit, Watermarks};
 use crate::pipeline::poll;
 use crate::pipeline::quality::{self, Counters, Quality};
@@ -68,7 +70,7 @@ enum Revoke {
 /// A revocation waiting for its partitions' records to become durable.
 struct Draining {
     /// The partitions revoked.
-    partitions: Vec<(String, i32)>,
+    partitions: Vec<PartitionId>,
     /// Chunks polled before the revocation: each must be handed on first.
     chunks: u64,
     /// Where the watermarks to commit go (the poll thread waits on it).
@@ -380,7 +382,9 @@ struct State {
     last_counters: Counters,
     /// The consumer group (part of every deduplication token).
     group: String,
-    /// Ranges of each assigned partition, by topic then partition.
+    /// Ranges of each assigned partition, by topic then partition (not by
+    /// [`PartitionId`]: every record looks its partition up by the `&str`
+    /// it carries, without building a key).
     partitions: HashMap<String, HashMap<i32, Partition>>,
     /// Assignments so far: each partition's current one tags its ranges.
     epoch: u64,
@@ -389,8 +393,8 @@ struct State {
     owned: Owned,
     /// Closed ranges waiting to be journaled.
     to_journal: Vec<Closed>,
-    /// Partitions whose journal is to be read: (topic, partition, epoch, from).
-    to_read: Vec<(String, i32, u64, i64)>,
+    /// Partitions whose journal is to be read.
+    to_read: Vec<ToRead>,
     /// A journal job is out.
     journal_busy: bool,
     /// Journaled ranges' batches waiting for their shard's queue, by shard.
@@ -446,16 +450,19 @@ impl State {
 
     /// Partitions were assigned: their journal is read before their records
     /// are taken.
-    fn assigned(&mut self, partitions: Vec<(String, i32, Option<i64>)>) {
+    fn assigned(&mut self, partitions: Vec<(PartitionId, Option<i64>)>) {
         let mut owned = lock(&self.owned);
-        for (topic, partition, start) in partitions {
+        for (id, start) in partitions {
             self.epoch += 1;
-            owned.insert((topic.clone(), partition), self.epoch);
-            self.to_read
-                .push((topic.clone(), partition, self.epoch, start.unwrap_or(0)));
+            owned.insert(id.clone(), self.epoch);
+            self.to_read.push(ToRead {
+                id: id.clone(),
+                epoch: self.epoch,
+                from: start.unwrap_or(0),
+            });
             let epoch = self.epoch;
-            self.partitions.entry(topic).or_default().insert(
-                partition,
+            self.partitions.entry(id.topic).or_default().insert(
+                id.partition,
                 Partition {
                     epoch,
                     held: Some(Vec::new()),
@@ -473,8 +480,8 @@ impl State {
                 for c in closed {
                     let owned = self
                         .partitions
-                        .get(&c.topic)
-                        .and_then(|p| p.get(&c.partition))
+                        .get(&c.id.topic)
+                        .and_then(|p| p.get(&c.id.partition))
                         .is_some_and(|p| p.epoch == c.epoch);
                     if owned {
                         self.release(c);
@@ -486,17 +493,22 @@ impl State {
                 }
             }
             JournalDone::Read(read) => {
-                for (topic, partition, epoch, rebuild) in read {
+                for ToRebuild {
+                    id,
+                    epoch,
+                    ranges: rebuild,
+                } in read
+                {
                     let Some(p) = self
                         .partitions
-                        .get_mut(&topic)
-                        .and_then(|p| p.get_mut(&partition))
+                        .get_mut(&id.topic)
+                        .and_then(|p| p.get_mut(&id.partition))
                         .filter(|p| p.epoch == epoch)
                     else {
                         continue;
                     };
                     if !rebuild.is_empty() {
-                        info!(%topic, partition, ranges = rebuild.len(),
+                        info!(partition = %id, ranges = rebuild.len(),
                               first = rebuild.first().map(|r| r.0), last = rebuild.last().map(|r| r.1),
                               "rebuilding the ranges a previous owner journaled");
                     }
@@ -543,7 +555,7 @@ impl State {
             // Records of a partition never announced: read its journal
             // first all the same, from this record on.
             warn!(%topic, partition, offset, "records of a partition not announced as assigned");
-            self.assigned(vec![(topic.clone(), partition, Some(offset))]);
+            self.assigned(vec![(PartitionId::new(&topic, partition), Some(offset))]);
         }
         let p = self.partition(&topic, partition);
         if let Some(held) = &mut p.held {
@@ -591,7 +603,7 @@ impl State {
 
     /// Hands a journaled range's INSERTs and letters to the workers.
     fn release(&mut self, c: Closed) {
-        let token = journal::token(&self.group, &c.topic, c.partition, c.first, c.last);
+        let token = journal::token(&self.group, &c.id.topic, c.id.partition, c.first, c.last);
         for mut b in c.batches {
             b.token = Some(token.clone());
             self.ready[b.shard].push_back(b);
@@ -775,9 +787,10 @@ impl State {
         };
         let drained = self.in_order.handed_on() >= r.chunks
             && !self.journal_busy
-            && r.partitions
-                .iter()
-                .all(|(t, p)| self.watermarks.in_flight_of(t, *p) == rebuilding(t, *p));
+            && r.partitions.iter().all(|id| {
+                self.watermarks.in_flight_of(&id.topic, id.partition)
+                    == rebuilding(&id.topic, id.partition)
+            });
         if !(drained || when == Answer::Now || Instant::now() >= r.deadline) {
             // Records of those partitions may sit in a young batch.
             self.flush_all();
@@ -795,39 +808,38 @@ impl State {
         let offsets: Vec<Commit> = r
             .partitions
             .iter()
-            .filter_map(|(t, p)| self.watermarks.revoke(t, *p))
+            .filter_map(|id| self.watermarks.revoke(&id.topic, id.partition))
             .collect();
         // Forget the partitions: ranges not yet journaled are dropped (never
         // inserted, so the next owner may cut those records as it likes),
         // and the journal task stops writing theirs.
-        let revoked: HashSet<(String, i32)> = r.partitions.into_iter().collect();
+        let revoked: HashSet<PartitionId> = r.partitions.into_iter().collect();
         {
             let mut owned = lock(&self.owned);
             for key in &revoked {
                 owned.remove(key);
             }
         }
-        for (t, p) in &revoked {
-            if let Some(parts) = self.partitions.get_mut(t) {
-                if let Some(gone) = parts.remove(p) {
+        for PartitionId { topic, partition } in &revoked {
+            if let Some(parts) = self.partitions.get_mut(topic) {
+                if let Some(gone) = parts.remove(partition) {
                     let held = gone.held.unwrap_or_default();
                     self.in_flight_bytes -= held.iter().map(|d| d.raw.payload.len()).sum::<usize>();
                     self.in_flight_bytes -= gone.open.map_or(0, |o| o.cost());
                 }
                 if parts.is_empty() {
-                    self.partitions.remove(t);
+                    self.partitions.remove(topic);
                 }
             }
         }
         let (keep, dropped): (Vec<Closed>, Vec<Closed>) = std::mem::take(&mut self.to_journal)
             .into_iter()
-            .partition(|c| !revoked.contains(&(c.topic.clone(), c.partition)));
+            .partition(|c| !revoked.contains(&c.id));
         self.to_journal = keep;
         for c in dropped {
             self.in_flight_bytes -= c.cost();
         }
-        self.to_read
-            .retain(|(t, p, _, _)| !revoked.contains(&(t.clone(), *p)));
+        self.to_read.retain(|r| !revoked.contains(&r.id));
         // The poll thread may have given up waiting; nothing else to do.
         let _sent = r.reply.try_send(offsets);
     }
@@ -862,7 +874,7 @@ mod tests {
     ) -> std::sync::mpsc::Receiver<Vec<Commit>> {
         let (reply, answer) = std::sync::mpsc::sync_channel(1);
         state.revoke = Revoke::Draining(Draining {
-            partitions: vec![("t".into(), 0)],
+            partitions: vec![PartitionId::new("t", 0)],
             chunks,
             reply,
             deadline,
@@ -873,7 +885,7 @@ mod tests {
     #[test]
     fn a_revoke_is_answered_once_its_chunks_are_in_and_its_records_durable() {
         let mut state = State::new(&Config::default(), Owned::default(), 0);
-        state.assigned(vec![("t".into(), 0, Some(0))]);
+        state.assigned(vec![(PartitionId::new("t", 0), Some(0))]);
         state.watermarks.consumed("t", 0, 10);
         let answer = revoking(&mut state, 2, Instant::now() + Duration::from_secs(60));
 
@@ -906,7 +918,7 @@ mod tests {
     fn a_revoke_not_drained_is_answered_at_its_deadline_or_on_shutdown() {
         for shutting_down in [false, true] {
             let mut state = State::new(&Config::default(), Owned::default(), 0);
-            state.assigned(vec![("t".into(), 0, Some(0))]);
+            state.assigned(vec![(PartitionId::new("t", 0), Some(0))]);
             state.watermarks.consumed("t", 0, 10);
             let deadline = if shutting_down {
                 Instant::now() + Duration::from_secs(60)

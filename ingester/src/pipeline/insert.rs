@@ -19,8 +19,9 @@ use tracing::{error, info, warn};
 
 use crate::pipeline::batch::Batch;
 use crate::pipeline::dlq::{DeadLetters, dead_letter};
+use crate::pipeline::message::PartitionId;
 use crate::pipeline::message::{Done, Source};
-use crate::pipeline::stall::{Key, Stalls};
+use crate::pipeline::stall::Stalls;
 use crate::sink::{Sink, SinkError};
 use crate::telemetry::Stats;
 use spillway_shared::retry::{Backoff, retry_until};
@@ -126,10 +127,10 @@ impl<S: Sink> Worker<S> {
     /// every source now durable.
     #[tracing::instrument(skip_all, fields(shard = batch.shard, table = batch.rows.table().name(), rows = batch.rows.len()))]
     async fn insert_isolating(&self, batch: Batch, retries: &AtomicU32) -> Vec<Source> {
-        let key: Option<Key> = batch
+        let key: Option<PartitionId> = batch
             .sources
             .first()
-            .map(|s| (s.raw.topic.clone(), s.raw.partition));
+            .map(|s| PartitionId::new(&s.raw.topic, s.raw.partition));
         let mut stack = vec![batch];
         let mut finished = Vec::new();
         // Records rejected alone, held until the batch is done or stalls.
@@ -228,14 +229,14 @@ impl<S: Sink> Worker<S> {
     /// dead-lettered meanwhile.
     async fn stall(
         &self,
-        key: Option<&Key>,
+        key: Option<&PartitionId>,
         why: &str,
         stack: &mut Vec<Batch>,
         finished: &mut Vec<Source>,
         retries: &AtomicU32,
     ) -> bool {
         let records: usize = stack.iter().map(|b| b.sources.len()).sum();
-        let (topic, partition) = key.map_or(("", -1), |(t, p)| (t.as_str(), *p));
+        let (topic, partition) = key.map_or(("", -1), |k| (k.topic.as_str(), k.partition));
         if let Some(key) = key {
             self.stalls.stall(key);
         }

@@ -26,6 +26,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
+use crate::pipeline::message::PartitionId;
 use crate::pipeline::ranges::{Closed, Span};
 use crate::sink::rows::JournalRow;
 use crate::sink::{Sink, SinkError};
@@ -83,7 +84,7 @@ pub fn to_rebuild(mut entries: Vec<(i64, i64)>, from: i64) -> Vec<(i64, i64)> {
 /// Work for the journal task.
 pub(crate) enum JournalJob {
     Write(Vec<Closed>),
-    Read(Vec<(String, i32, u64, i64)>),
+    Read(Vec<ToRead>),
 }
 
 /// What the journal task reports.
@@ -91,12 +92,28 @@ pub(crate) enum JournalDone {
     /// Journaled (or, for partitions no longer owned, given up on).
     Written(Vec<Closed>),
     /// The ranges to rebuild of (topic, partition, epoch).
-    Read(Vec<(String, i32, u64, Vec<Span>)>),
+    Read(Vec<ToRebuild>),
 }
 
 /// Partitions this member owns, shared with the journal task so that it
 /// never journals a range of a partition that has gone to another member.
-pub(crate) type Owned = Arc<Mutex<HashMap<(String, i32), u64>>>;
+pub(crate) type Owned = Arc<Mutex<HashMap<PartitionId, u64>>>;
+
+/// A newly assigned partition whose journal is to be read.
+pub(crate) struct ToRead {
+    pub(crate) id: PartitionId,
+    /// The assignment that asks.
+    pub(crate) epoch: u64,
+    /// Where its consumption starts.
+    pub(crate) from: i64,
+}
+
+/// The journaled ranges a newly assigned partition must rebuild.
+pub(crate) struct ToRebuild {
+    pub(crate) id: PartitionId,
+    pub(crate) epoch: u64,
+    pub(crate) ranges: Vec<Span>,
+}
 
 /// Who writes the journal's rows.
 pub(crate) struct JournalIdentity {
@@ -111,12 +128,12 @@ fn rows_to_write(closed: &[Closed], owned: &Owned, id: &JournalIdentity) -> Vec<
     let time = u32::try_from(now_ms() / 1000).unwrap_or(u32::MAX);
     closed
         .iter()
-        .filter(|c| owned.get(&(c.topic.clone(), c.partition)) == Some(&c.epoch))
+        .filter(|c| owned.get(&c.id) == Some(&c.epoch))
         .map(|c| JournalRow {
             time,
             consumer_group: id.group.clone(),
-            topic: c.topic.clone(),
-            partition: c.partition,
+            topic: c.id.topic.clone(),
+            partition: c.id.partition,
             first_offset: c.first,
             last_offset: c.last,
             records: c.records,
@@ -146,7 +163,7 @@ pub(crate) fn spawn<S: Sink + 'static>(
 /// still owned by the assignment that cut it.
 async fn worker<S: Sink>(
     sink: S,
-    id: JournalIdentity,
+    who: JournalIdentity,
     owned: Owned,
     mut jobs: mpsc::Receiver<JournalJob>,
     done: mpsc::Sender<JournalDone>,
@@ -161,7 +178,7 @@ async fn worker<S: Sink>(
                     &mut Backoff::new(),
                     || {
                         // Partitions revoked meanwhile drop out between attempts.
-                        let rows = rows_to_write(&closed, &owned, &id);
+                        let rows = rows_to_write(&closed, &owned, &who);
                         let sink = &sink;
                         async move {
                             if !rows.is_empty() {
@@ -185,14 +202,14 @@ async fn worker<S: Sink>(
             }
             JournalJob::Read(partitions) => {
                 let mut read = Vec::with_capacity(partitions.len());
-                for (topic, partition, epoch, from) in partitions {
+                for ToRead { id, epoch, from } in partitions {
                     let entries = retry_until(
                         &shutdown,
                         &mut Backoff::new(),
-                        || sink.read_journal(&id.group, &topic, partition, from),
+                        || sink.read_journal(&who.group, &id.topic, id.partition, from),
                         |e, next| {
                             stats.journal_errors.inc();
-                            warn!(error = %e, %topic, partition, retry_in = ?next,
+                            warn!(error = %e, partition = %id, retry_in = ?next,
                                   "cannot read the insert journal; the partition waits");
                             true
                         },
@@ -201,7 +218,11 @@ async fn worker<S: Sink>(
                     let Ok(entries) = entries else {
                         return;
                     };
-                    read.push((topic, partition, epoch, to_rebuild(entries, from)));
+                    read.push(ToRebuild {
+                        id,
+                        epoch,
+                        ranges: to_rebuild(entries, from),
+                    });
                 }
                 JournalDone::Read(read)
             }

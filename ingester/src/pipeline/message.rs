@@ -21,6 +21,28 @@ pub(crate) struct Raw {
     pub(crate) payload: Vec<u8>,
 }
 
+/// One partition of one topic: how the stages name a partition.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub(crate) struct PartitionId {
+    pub(crate) topic: String,
+    pub(crate) partition: i32,
+}
+
+impl PartitionId {
+    pub(crate) fn new(topic: &str, partition: i32) -> PartitionId {
+        PartitionId {
+            topic: topic.to_owned(),
+            partition,
+        }
+    }
+}
+
+impl std::fmt::Display for PartitionId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.topic, self.partition)
+    }
+}
+
 /// Records handed to one decoder at once.
 #[derive(Debug, Default)]
 pub(crate) struct Chunk {
@@ -131,7 +153,7 @@ pub(crate) enum Event {
     /// committed one, or the earliest; `None` if it could not be read).
     /// Sent before any of their records.
     Assigned {
-        partitions: Vec<(String, i32, Option<i64>)>,
+        partitions: Vec<(PartitionId, Option<i64>)>,
     },
     /// A chunk of decoded records: [`Chunk::number`] of the chunk
     /// (decoders may finish chunks out of order).
@@ -140,7 +162,7 @@ pub(crate) enum Event {
     /// the first `chunks` chunks is durable (or at the deadline), reply with
     /// their watermarks.
     Revoke {
-        partitions: Vec<(String, i32)>,
+        partitions: Vec<PartitionId>,
         chunks: u64,
         reply: SyncSender<Vec<Commit>>,
     },

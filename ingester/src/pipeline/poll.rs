@@ -38,9 +38,10 @@ use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
 use crate::config::Config;
+use crate::pipeline::message::PartitionId;
 use crate::pipeline::message::{Chunk, Command, Event, Raw};
 use crate::pipeline::offsets::Commit;
-use crate::pipeline::stall::{Key, Stalls};
+use crate::pipeline::stall::Stalls;
 use crate::telemetry::Stats;
 use spillway_shared::lock;
 
@@ -229,7 +230,7 @@ pub(crate) struct Ctx {
     /// Whether the memory budget has every assigned partition paused now.
     paused: AtomicBool,
     /// The partitions paused now, for either reason.
-    paused_set: Mutex<BTreeSet<Key>>,
+    paused_set: Mutex<BTreeSet<PartitionId>>,
     stalls: Arc<Stalls>,
     /// Set when closing: revocations then need no handshake.
     closing: AtomicBool,
@@ -273,20 +274,20 @@ impl ConsumerContext for Ctx {
                 return;
             }
         };
-        let partitions: Vec<(String, i32)> = tpl
+        let partitions: Vec<PartitionId> = tpl
             .elements()
             .iter()
-            .map(|e| (e.topic().to_owned(), e.partition()))
+            .map(|e| PartitionId::new(e.topic(), e.partition()))
             .collect();
         info!(partitions = partitions.len(), "partitions revoked");
         {
             let mut feed = lock(&self.feed);
-            for (topic, partition) in &partitions {
-                if let Some(p) = feed.positions.get_mut(topic.as_str()) {
-                    p.remove(partition);
+            for id in &partitions {
+                if let Some(p) = feed.positions.get_mut(id.topic.as_str()) {
+                    p.remove(&id.partition);
                 }
-                if let Some(r) = feed.rewinds.get_mut(topic.as_str()) {
-                    r.remove(partition);
+                if let Some(r) = feed.rewinds.get_mut(id.topic.as_str()) {
+                    r.remove(&id.partition);
                 }
             }
         }
@@ -357,7 +358,7 @@ impl ConsumerContext for Ctx {
                                     .or_default()
                                     .insert(e.partition(), o);
                             }
-                            assigned.push((e.topic().to_owned(), e.partition(), start));
+                            assigned.push((PartitionId::new(e.topic(), e.partition()), start));
                         }
                     }
                     self.assigned(assigned);
@@ -367,7 +368,7 @@ impl ConsumerContext for Ctx {
                     let assigned = tpl
                         .elements()
                         .iter()
-                        .map(|e| (e.topic().to_owned(), e.partition(), None))
+                        .map(|e| (PartitionId::new(e.topic(), e.partition()), None))
                         .collect();
                     self.assigned(assigned);
                 }
@@ -376,7 +377,7 @@ impl ConsumerContext for Ctx {
             let mut pause = TopicPartitionList::new();
             let mut paused = lock(&self.paused_set);
             for e in tpl.elements() {
-                let key = (e.topic().to_owned(), e.partition());
+                let key = PartitionId::new(e.topic(), e.partition());
                 if all || self.stalls.is_stalled(&key) {
                     pause.add_partition(e.topic(), e.partition());
                     paused.insert(key);
@@ -406,7 +407,7 @@ impl Ctx {
     /// Tells the pipeline which partitions it now owns and where each
     /// starts, before any of their records is polled: it reads their
     /// journaled ranges before taking their records.
-    fn assigned(&self, partitions: Vec<(String, i32, Option<i64>)>) {
+    fn assigned(&self, partitions: Vec<(PartitionId, Option<i64>)>) {
         if self
             .events
             .blocking_send(Event::Assigned { partitions })
@@ -552,7 +553,7 @@ fn set_paused(consumer: &BaseConsumer<Ctx>, all: bool) {
     let mut paused = lock(&ctx.paused_set);
     let mut want = BTreeSet::new();
     for e in assignment.elements() {
-        let key = (e.topic().to_owned(), e.partition());
+        let key = PartitionId::new(e.topic(), e.partition());
         let stalled = ctx.stalls.is_stalled(&key);
         if all || stalled {
             if !paused.contains(&key) {

@@ -14,7 +14,7 @@ use std::time::Instant;
 
 use crate::pipeline::batch::Batch;
 use crate::pipeline::dlq::Letter;
-use crate::pipeline::message::{Body, Decoded, RangeId, Raw, Rejected, Source};
+use crate::pipeline::message::{Body, Decoded, PartitionId, RangeId, Raw, Rejected, Source};
 use crate::sink::rows::Table;
 use crate::telemetry::Stats;
 
@@ -220,8 +220,7 @@ pub(crate) struct InFlight {
 
 /// A range closed and on its way: to the journal, then to the workers.
 pub(crate) struct Closed {
-    pub(crate) topic: String,
-    pub(crate) partition: i32,
+    pub(crate) id: PartitionId,
     pub(crate) epoch: u64,
     /// The range as journaled.
     pub(crate) first: i64,
@@ -264,8 +263,7 @@ pub(crate) fn close(p: &mut Partition, topic: &str, partition: i32) -> Option<Cl
         },
     );
     Some(Closed {
-        topic: topic.to_owned(),
-        partition,
+        id: PartitionId::new(topic, partition),
         epoch: p.epoch,
         first,
         last,

@@ -13,14 +13,12 @@
 //! stalled partitions; the poll thread pauses what is in the set.
 #![deny(clippy::unwrap_used, clippy::expect_used)]
 
+use crate::pipeline::message::PartitionId;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use spillway_shared::lock;
-
-/// A partition: topic and number.
-pub(crate) type Key = (String, i32);
 
 /// Per-partition runs of rejected records, and the stalled partitions.
 #[derive(Debug)]
@@ -35,9 +33,9 @@ pub(crate) struct Stalls {
 #[derive(Debug, Default)]
 struct State {
     /// Records rejected in a row, per partition.
-    runs: HashMap<Key, usize>,
+    runs: HashMap<PartitionId, usize>,
     /// Stalled partitions, with how many workers hold each stalled.
-    stalled: BTreeMap<Key, usize>,
+    stalled: BTreeMap<PartitionId, usize>,
 }
 
 impl Stalls {
@@ -56,13 +54,13 @@ impl Stalls {
     }
 
     /// A record of `key` was accepted: its run of rejections ends.
-    pub(crate) fn accepted(&self, key: &Key) {
+    pub(crate) fn accepted(&self, key: &PartitionId) {
         lock(&self.state).runs.remove(key);
     }
 
     /// A record of `key` was rejected for its data. True when the run has
     /// reached the limit: a schema problem, not poison.
-    pub(crate) fn rejected(&self, key: &Key) -> bool {
+    pub(crate) fn rejected(&self, key: &PartitionId) -> bool {
         let mut state = lock(&self.state);
         let run = state.runs.entry(key.clone()).or_default();
         *run += 1;
@@ -71,13 +69,13 @@ impl Stalls {
 
     /// A worker stalls on `key`: the partition is paused until every worker
     /// stalled on it has [`resume`](Self::resume)d.
-    pub(crate) fn stall(&self, key: &Key) {
+    pub(crate) fn stall(&self, key: &PartitionId) {
         *lock(&self.state).stalled.entry(key.clone()).or_default() += 1;
         self.generation.fetch_add(1, Ordering::Release);
     }
 
     /// A worker stalled on `key` goes on (rows accepted, or shutting down).
-    pub(crate) fn resume(&self, key: &Key) {
+    pub(crate) fn resume(&self, key: &PartitionId) {
         let mut state = lock(&self.state);
         if let Some(n) = state.stalled.get_mut(key) {
             *n -= 1;
@@ -91,7 +89,7 @@ impl Stalls {
     }
 
     /// Whether `key` is stalled now.
-    pub(crate) fn is_stalled(&self, key: &Key) -> bool {
+    pub(crate) fn is_stalled(&self, key: &PartitionId) -> bool {
         lock(&self.state).stalled.contains_key(key)
     }
 
@@ -110,8 +108,8 @@ impl Stalls {
 mod tests {
     use super::*;
 
-    fn key(p: i32) -> Key {
-        ("metrics".to_owned(), p)
+    fn key(p: i32) -> PartitionId {
+        PartitionId::new("metrics", p)
     }
 
     #[test]
