@@ -3,7 +3,13 @@
 # HOSTS simulated hosts, drained into ClickHouse. In the same run and on the
 # same records it measures:
 #   - raw consume: an rdkafka consumer that reads every record, decodes nothing;
-#   - raw insert: one large RowBinary INSERT of the same rows (no Kafka);
+#   - raw insert, same work: one large RowBinary INSERT of the same rows (no
+#     Kafka) into the table the ingester writes to (`samples_in` where it
+#     exists), with its rollup views and the ingester's deduplication
+#     settings: the limit the ingester is measured against;
+#   - the same INSERT with the rows sorted by the table's sort key first;
+#   - raw insert, no views: into `samples` with the rollup views dropped
+#     (ClickHouse's bare insert, kept as a second line);
 #   - the ingester: first record to last row in ClickHouse (wall time), its
 #     CPU seconds (utime+stime from /proc) and peak RSS (VmHWM).
 #
@@ -125,23 +131,34 @@ PYTHON=
 [ "${BENCH_PYTHON:-1}" = 1 ] && PYTHON=$(bench/python-baseline/setup.sh)
 : >"$work/runs"
 for i in $(seq "$RUNS"); do
-  db=bench_drain_${run}_$i raw=bench_raw_${run}_$i
+  db=bench_drain_${run}_$i raw=bench_raw_${run}_$i entry=bench_entry_${run}_$i sorted=bench_sorted_${run}_$i
   config "$db" "bench_${run}_$i" >"$work/ingester.toml"
   "$INGESTER" -c "$work/ingester.toml" migrate >/dev/null
   config "$raw" "bench_raw_${run}_$i" >"$work/raw.toml"
   "$INGESTER" -c "$work/raw.toml" migrate >/dev/null
-  # The raw insert goes to a table without the rollup views, as a plain INSERT.
+  # The bare insert goes to a table without the rollup views, as a plain INSERT.
   ch "DROP TABLE $raw.samples_1m_mv"
   ch "DROP TABLE $raw.samples_1h_mv"
+  # The same-work inserts go where the ingester's go, views and all.
+  config "$entry" "bench_entry_${run}_$i" >"$work/entry.toml"
+  "$INGESTER" -c "$work/entry.toml" migrate >/dev/null
+  config "$sorted" "bench_sorted_${run}_$i" >"$work/sorted.toml"
+  "$INGESTER" -c "$work/sorted.toml" migrate >/dev/null
 
   echo "==> run $i: raw consume"
   consume=$("$LIMITS" consume "$SPILLWAY_KAFKA_BROKERS" "$topic" $RECORDS)
   echo "    $consume"
-  echo "==> run $i: raw insert"
+  echo "==> run $i: raw insert, same work"
+  same=$("$LIMITS" insert "$SPILLWAY_KAFKA_BROKERS" "$topic" $RECORDS "$CH" "$entry" entry)
+  echo "    $same"
+  echo "==> run $i: raw insert, same work, rows sorted"
+  sorted_line=$("$LIMITS" insert "$SPILLWAY_KAFKA_BROKERS" "$topic" $RECORDS "$CH" "$sorted" sorted)
+  echo "    $sorted_line"
+  echo "==> run $i: raw insert, no views"
   insert=$("$LIMITS" insert "$SPILLWAY_KAFKA_BROKERS" "$topic" $RECORDS "$CH" "$raw")
   echo "    $insert"
 
-  line="$consume | $insert"
+  line="$consume | $same | $sorted_line | $insert"
   if [ -z "${BENCH_BASELINE_INGESTER:-}" ]; then
     drain_ingester
   elif [ $((i % 2)) = 1 ]; then
@@ -166,7 +183,7 @@ for i in $(seq "$RUNS"); do
     ch "DROP DATABASE $py"
   fi
   echo "$line" >>"$work/runs"
-  ch "DROP DATABASE $db"; ch "DROP DATABASE $raw"
+  ch "DROP DATABASE $db"; ch "DROP DATABASE $raw"; ch "DROP DATABASE $entry"; ch "DROP DATABASE $sorted"
 done
 
 python3 - "$ROWS" "$RECORDS" "$work/runs" <<'PY' | tee "$work/summary.md"
@@ -177,12 +194,16 @@ runs = []
 for line in open(sys.argv[3]):
     parts = {part.split()[0]: kv(part) for part in line.split(" | ")}
     c, i, g = parts["consume"], parts["insert"], parts["ingester"]
+    e, so = parts["entry"], parts["sorted"]
     p, b = parts.get("python"), parts.get("baseline")
     wall = float(g["t1"]) - float(g["t0"])
     cpu = (int(g["utime"]) + int(g["stime"])) / int(g["ticks"])
     r = dict(
         consume=rows / float(c["seconds"]),
         insert=int(i["rows"]) / float(i["seconds"]),
+        entry=int(e["rows"]) / float(e["seconds"]),
+        sorted=int(so["rows"]) / float(so["seconds"]),
+        sorted_vs_entry=float(so["seconds"]) / float(e["seconds"]),
         ingester=rows / wall,
         wall=wall,
         cpu=cpu / (rows / 1e6),
@@ -191,11 +212,12 @@ for line in open(sys.argv[3]):
         parts=int(g["parts"]) / (wall / 60),
         bytes=int(c["bytes"]),
     )
-    r["ratio"] = r["ingester"] / min(r["consume"], r["insert"])
+    r["ratio"] = r["ingester"] / min(r["consume"], r["entry"])
+    r["ratio_bare"] = r["ingester"] / min(r["consume"], r["insert"])
     if b:
         bwall = float(b["t1"]) - float(b["t0"])
         r["base"] = rows / bwall
-        r["base_ratio"] = r["base"] / min(r["consume"], r["insert"])
+        r["base_ratio"] = r["base"] / min(r["consume"], r["entry"])
         r["base_cpu"] = (int(b["utime"]) + int(b["stime"])) / int(b["ticks"]) / (rows / 1e6)
         r["cpu_vs_base"] = r["cpu"] / r["base_cpu"]
         r["base_parts"] = int(b["parts"]) / (bwall / 60)
@@ -215,10 +237,14 @@ def line(name, key, fmt, target=""):
     each = ", ".join(fmt.format(r[key]) for r in runs)
     print(f"| {name} | {fmt.format(med(key))} | {each} | {target} |")
 line("raw consume, rows/s", "consume", "{:,.0f}")
-line("raw insert (one INSERT), rows/s", "insert", "{:,.0f}")
+line("raw insert, same work (one INSERT into the ingester's table, views and dedup settings), rows/s", "entry", "{:,.0f}")
+line("the same, rows sorted by the sort key first, rows/s", "sorted", "{:,.0f}")
+line("sorted INSERT time / unsorted", "sorted_vs_entry", "{:.2f}")
+line("raw insert, no views (`samples` without its rollup views), rows/s", "insert", "{:,.0f}")
 line("ingester drain, rows/s", "ingester", "{:,.0f}")
 line("ingester drain, s", "wall", "{:.2f}")
-line("**ingester / min(limits)**", "ratio", "{:.2f}", ">= 0.8")
+line("**ingester / min(raw consume, raw insert same work)**", "ratio", "{:.2f}", ">= 0.85")
+line("ingester / min(raw consume, raw insert no views)", "ratio_bare", "{:.2f}")
 line("**ingester CPU-s per million rows**", "cpu", "{:.2f}", "<= 2")
 line("ingester peak RSS (VmHWM), MiB", "rss", "{:.0f}")
 line("rows stored", "stored", "{:,.0f}")

@@ -3,9 +3,16 @@
 //!
 //! - `raw_limits consume BROKERS TOPIC RECORDS`: an rdkafka consumer that
 //!   reads every record and decodes nothing.
-//! - `raw_limits insert BROKERS TOPIC RECORDS CLICKHOUSE_URL DATABASE`:
-//!   reads and decodes the same records into `samples` rows (untimed), then
-//!   times one large RowBinary INSERT of all of them over HTTP (LZ4).
+//! - `raw_limits insert BROKERS TOPIC RECORDS CLICKHOUSE_URL DATABASE
+//!   [entry|sorted]`: reads and decodes the same records into `samples` rows
+//!   (untimed), then times one large RowBinary INSERT of all of them over
+//!   HTTP (LZ4). Into `samples` by default (the benchmark drops its rollup
+//!   views first: ClickHouse's bare insert). `entry`: into the table the
+//!   ingester writes to (`samples_in` where migration 0008 made one, else
+//!   `samples`) with the views in place and the ingester's deduplication
+//!   settings (a token on servers that take one): the same server work as
+//!   the ingester's INSERTs. `sorted`: the same, rows sorted by the table's
+//!   sort key first.
 //!
 //! Each prints one `key=value` line for `bench/ingest-drain.sh`.
 
@@ -80,7 +87,13 @@ async fn main() -> Result<()> {
             let secs = started.elapsed().as_secs_f64();
             println!("consume records={records} bytes={bytes} seconds={secs:.3}");
         }
-        ["insert", brokers, topic, records, url, database] => {
+        ["insert", brokers, topic, records, url, database, how @ ..] => {
+            let (entry, sorted) = match how {
+                [] => (false, false),
+                ["entry"] => (true, false),
+                ["sorted"] => (true, true),
+                _ => bail!("the insert's last argument is `entry` or `sorted`"),
+            };
             let records: u64 = records.parse()?;
             let mut rows: Vec<SampleRow> = Vec::new();
             let limits = Limits::default();
@@ -90,22 +103,53 @@ async fn main() -> Result<()> {
                     sample_rows(m, &precision, &mut rows);
                 }
             })?;
+            if sorted {
+                // The table's ORDER BY (metric, host_id, labels, time).
+                rows.sort_unstable_by(|a, b| {
+                    (&a.metric, &a.host_id, &a.labels, a.time)
+                        .cmp(&(&b.metric, &b.host_id, &b.labels, b.time))
+                });
+            }
             let client = clickhouse::Client::default()
                 .with_url(*url)
                 .with_database(*database)
                 .with_validation(false);
+            let mut table = "samples";
+            let mut client = client;
+            if entry {
+                let has_entry: u64 = client
+                    .query("SELECT count() FROM system.tables WHERE database = ? AND name = 'samples_in'")
+                    .bind(*database)
+                    .fetch_one()
+                    .await?;
+                if has_entry > 0 {
+                    table = "samples_in";
+                }
+                let version: String = client.query("SELECT version()").fetch_one().await?;
+                let v = spillway_ingester::sink::parse_version(&version).unwrap_or((0, 0));
+                if v >= (22, 2) {
+                    client = client
+                        .with_setting("insert_deduplication_token", "raw-limits:0-0")
+                        .with_setting("deduplicate_blocks_in_dependent_materialized_views", "1");
+                }
+            }
             let started = Instant::now();
-            let mut insert = client.insert::<SampleRow>("samples").await?;
+            let mut insert = client.insert::<SampleRow>(table).await?;
             for row in &rows {
                 insert.write(row).await?;
             }
             insert.end().await?;
             let secs = started.elapsed().as_secs_f64();
-            println!("insert rows={} seconds={secs:.3}", rows.len());
+            let name = match how {
+                [] => "insert",
+                ["entry"] => "entry",
+                _ => "sorted",
+            };
+            println!("{name} rows={} seconds={secs:.3} table={table}", rows.len());
         }
         _ => bail!(
             "usage: raw_limits consume BROKERS TOPIC RECORDS | \
-             raw_limits insert BROKERS TOPIC RECORDS CLICKHOUSE_URL DATABASE"
+             raw_limits insert BROKERS TOPIC RECORDS CLICKHOUSE_URL DATABASE [entry|sorted]"
         ),
     }
     Ok(())
