@@ -42,6 +42,8 @@ COPY config/ingester.example.toml /etc/spillway/ingester.toml
 USER spillway
 ENV SPILLWAY_INGESTER_CONFIG=/etc/spillway/ingester.toml
 EXPOSE 9466
+# No transparent huge pages for the heap (packaging/spillway-ingester.service).
+ENV MIMALLOC_ALLOW_THP=0
 ENTRYPOINT ["spillway-ingester"]
 CMD ["run"]
 

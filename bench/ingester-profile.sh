@@ -62,15 +62,15 @@ drain strace strace -c -f -o "$work/strace.txt"
   echo
   echo "## CPU samples by user and kernel side (perf, cpu-clock)"
   echo
-  perf report -i "$work/perf.data" --stdio --no-children --sort dso 2>/dev/null | grep -v '^#' | grep -v '^$' | head -15 | sed 's/^/    /'
+  perf report -i "$work/perf.data" --stdio --no-children -g none --sort dso 2>/dev/null | grep -v '^#' | grep -v '^$' | head -15 | sed 's/^/    /'
   echo
   echo "## Top kernel symbols"
   echo
-  perf report -i "$work/perf.data" --stdio --no-children --sort sym 2>/dev/null | grep '\[k\]' | head -15 | sed 's/^/    /'
+  perf report -i "$work/perf.data" --stdio --no-children -g none --sort sym 2>/dev/null | grep '\[k\]' | head -15 | sed 's/^/    /'
   echo
   echo "## Top threads"
   echo
-  perf report -i "$work/perf.data" --stdio --no-children --sort comm 2>/dev/null | grep -v '^#' | grep -v '^$' | head -12 | sed 's/^/    /'
+  perf report -i "$work/perf.data" --stdio --no-children -g none --sort comm 2>/dev/null | grep -v '^#' | grep -v '^$' | head -12 | sed 's/^/    /'
   echo
   echo "## System calls (strace -c -f)"
   echo
