@@ -28,7 +28,7 @@ fuzz_target!(|data: &[u8]| {
             let mut rows = Vec::new();
             spillway_ingester::sink::rows::sample_rows(
                 m,
-                &spillway_ingester::sink::precision::Precision::default(),
+                &spillway_ingester::precision::Precision::default(),
                 &mut rows,
             );
             assert_eq!(rows.len(), samples);
