@@ -147,6 +147,15 @@ make_tls() {
 }
 ch_url() { echo "http://127.0.0.1:$(ch_http_port "$1")"; }
 
+# The `spillway` cluster's shards: one per server, of one replica each.
+cluster_shards() {
+  local n out=""
+  for n in $(seq 1 "$CH_SERVERS"); do
+    out="$out<shard><internal_replication>true</internal_replication><replica><host>127.0.0.1</host><port>$(ch_tcp_port "$n")</port></replica></shard>"
+  done
+  echo "$out"
+}
+
 kafka_healthy() {
   # A Kafka broker answers a TCP connect; tansu accepts only once it serves.
   (exec 3<>"/dev/tcp/127.0.0.1/$KAFKA_PORT") 2>/dev/null
@@ -201,8 +210,8 @@ start_clickhouse() {
   sed -e "s#@DIR@#$dir#g" \
       -e "s#@HTTP_PORT@#$(ch_http_port "$n")#g" \
       -e "s#@TCP_PORT@#$(ch_tcp_port "$n")#g" \
-      -e "s#@SHARD0_TCP_PORT@#$(ch_tcp_port 1)#g" \
-      -e "s#@SHARD1_TCP_PORT@#$(ch_tcp_port 2)#g" \
+      -e "s#@CLUSTER_SHARDS@#$(cluster_shards)#g" \
+      -e "s#@REPLICA@#r1#g" \
       -e "s#@INTERSERVER_PORT@#$(ch_interserver_port "$n")#g" \
       -e "s#@ZK_PORT@#$ZK_PORT#g" \
       -e "s#@SHARD@#$n#g" \

@@ -200,12 +200,17 @@ impl Default for ClickHouseConfig {
     }
 }
 
-/// One ClickHouse shard.
+/// One ClickHouse shard: one server (`url`), or the replicas of a
+/// replicated shard (`replicas`).
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ShardConfig {
-    /// HTTP URL, e.g. `http://127.0.0.1:8123`.
+    /// HTTP(S) URL of a server, e.g. `http://127.0.0.1:8123`.
     pub url: String,
+    /// The URLs of the shard's replicas, in order of preference (instead of
+    /// `url`). INSERTs go to one replica that answers and move to the next
+    /// on a connection error, a timeout or a retryable server error.
+    pub replicas: Vec<String>,
     /// Database (created by `migrate`).
     pub database: String,
     /// User.
@@ -221,13 +226,41 @@ pub struct ShardConfig {
 impl Default for ShardConfig {
     fn default() -> Self {
         ShardConfig {
-            url: "http://127.0.0.1:8123".into(),
+            url: DEFAULT_URL.into(),
+            replicas: Vec::new(),
             database: "spillway".into(),
             user: "default".into(),
             password: Secret::default(),
             password_file: None,
             tls: None,
         }
+    }
+}
+
+/// A shard's URL when none is given.
+const DEFAULT_URL: &str = "http://127.0.0.1:8123";
+
+impl ShardConfig {
+    /// The URLs of the shard's servers: `replicas`, or `url` alone.
+    pub fn urls(&self) -> Vec<&str> {
+        if self.replicas.is_empty() {
+            vec![self.url.as_str()]
+        } else {
+            self.replicas.iter().map(String::as_str).collect()
+        }
+    }
+
+    /// One configuration per server of the shard (`url` set, no
+    /// `replicas`): what connects to one server (`migrate`, `prune`).
+    pub fn servers(&self) -> Vec<ShardConfig> {
+        self.urls()
+            .into_iter()
+            .map(|url| ShardConfig {
+                url: url.to_owned(),
+                replicas: Vec::new(),
+                ..self.clone()
+            })
+            .collect()
     }
 }
 
@@ -462,7 +495,7 @@ impl Config {
     /// | `SPILLWAY_INGESTER_KAFKA_BROKERS` | `kafka.brokers` | `SPILLWAY_KAFKA_BROKERS` |
     /// | `SPILLWAY_INGESTER_TOPICS` | `kafka.topics` (comma-separated) | |
     /// | `SPILLWAY_INGESTER_GROUP_ID` | `kafka.group_id` | |
-    /// | `SPILLWAY_INGESTER_CLICKHOUSE_URLS` | one shard per URL | `SPILLWAY_CLICKHOUSE_URLS`, `SPILLWAY_CLICKHOUSE_URL` |
+    /// | `SPILLWAY_INGESTER_CLICKHOUSE_URLS` | shards separated by `,`, a shard's replicas by `\|` | `SPILLWAY_CLICKHOUSE_URLS`, `SPILLWAY_CLICKHOUSE_URL` |
     /// | `SPILLWAY_INGESTER_CLICKHOUSE_CLUSTER` | `clickhouse.cluster` | `SPILLWAY_CLICKHOUSE_CLUSTER` |
     /// | `SPILLWAY_INGESTER_CLICKHOUSE_DATABASE` | every shard's database | `SPILLWAY_CLICKHOUSE_DATABASE` |
     /// | `SPILLWAY_INGESTER_CLICKHOUSE_USER` | every shard's user | `SPILLWAY_CLICKHOUSE_USER` |
@@ -483,11 +516,22 @@ impl Config {
         }
         if let Some(urls) = r.get("SPILLWAY_INGESTER_CLICKHOUSE_URLS") {
             let template = self.clickhouse.shards.first().cloned().unwrap_or_default();
+            // Shards separated by `,`, a shard's replicas by `|`.
             self.clickhouse.shards = urls
                 .split(',')
-                .map(|u| ShardConfig {
-                    url: u.trim().to_owned(),
-                    ..template.clone()
+                .map(|shard| {
+                    let mut urls: Vec<String> =
+                        shard.split('|').map(|u| u.trim().to_owned()).collect();
+                    let (url, replicas) = if urls.len() == 1 {
+                        (urls.remove(0), Vec::new())
+                    } else {
+                        (DEFAULT_URL.to_owned(), urls)
+                    };
+                    ShardConfig {
+                        url,
+                        replicas,
+                        ..template.clone()
+                    }
                 })
                 .collect();
         }
@@ -595,10 +639,26 @@ impl Config {
             }
         }
         for (i, s) in self.clickhouse.shards.iter().enumerate() {
-            e.extend(http_url_problem(
-                &format!("clickhouse.shards[{i}].url"),
-                &s.url,
-            ));
+            if s.replicas.is_empty() {
+                e.extend(http_url_problem(
+                    &format!("clickhouse.shards[{i}].url"),
+                    &s.url,
+                ));
+            } else if s.url != DEFAULT_URL {
+                e.push(format!(
+                    "clickhouse.shards[{i}]: set `url` (one server) or `replicas` (a replicated \
+                     shard), not both"
+                ));
+            }
+            for (j, url) in s.replicas.iter().enumerate() {
+                e.extend(http_url_problem(
+                    &format!("clickhouse.shards[{i}].replicas[{j}]"),
+                    url,
+                ));
+                if s.replicas[..j].contains(url) {
+                    e.push(format!("clickhouse.shards[{i}].replicas lists {url} twice"));
+                }
+            }
             if s.database.is_empty()
                 || !s
                     .database
@@ -784,6 +844,60 @@ mod tests {
         let urls: Vec<&str> = c.clickhouse.shards.iter().map(|s| s.url.as_str()).collect();
         assert_eq!(urls, ["http://a:1", "http://b:2"]);
         assert!(c.clickhouse.shards.iter().all(|s| s.database == "db1"));
+    }
+
+    #[test]
+    fn a_shard_of_replicas_from_the_file_or_the_environment() {
+        let mut c = Config::default();
+        let errors = c.apply_env(&[(
+            "SPILLWAY_INGESTER_CLICKHOUSE_URLS",
+            "http://a:1|http://a:2,http://b:1",
+        )]);
+        assert_eq!(errors, Vec::<String>::new());
+        let urls: Vec<Vec<&str>> = c.clickhouse.shards.iter().map(ShardConfig::urls).collect();
+        assert_eq!(urls, [vec!["http://a:1", "http://a:2"], vec!["http://b:1"]]);
+        let servers: Vec<String> = c.clickhouse.shards[0]
+            .servers()
+            .into_iter()
+            .map(|s| s.url)
+            .collect();
+        assert_eq!(servers, ["http://a:1", "http://a:2"]);
+        assert!(c.validate().is_ok());
+
+        let file = Config::from_toml(
+            r#"
+            [[clickhouse.shards]]
+            replicas = ["https://r1:8443", "https://r2:8443"]
+            "#,
+        )
+        .unwrap();
+        assert_eq!(
+            file.clickhouse.shards[0].urls(),
+            ["https://r1:8443", "https://r2:8443"]
+        );
+        assert!(file.validate().is_ok());
+    }
+
+    #[test]
+    fn replicas_and_url_together_or_a_replica_twice_are_refused() {
+        let c = Config::from_toml(
+            r#"
+            [[clickhouse.shards]]
+            url = "http://a:1"
+            replicas = ["http://b:1", "http://b:1", "ftp://c"]
+            "#,
+        )
+        .unwrap();
+        let errors = c.validate().unwrap_err().to_string();
+        assert!(
+            errors.contains("set `url` (one server) or `replicas`"),
+            "{errors}"
+        );
+        assert!(errors.contains("lists http://b:1 twice"), "{errors}");
+        assert!(
+            errors.contains("clickhouse.shards[0].replicas[2]"),
+            "{errors}"
+        );
     }
 
     #[test]

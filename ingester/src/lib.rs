@@ -53,23 +53,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         || telemetry::router(stats.clone()),
         http_shutdown.clone(),
     );
-    // Refuse to start against shards without the tables: say how to fix it.
-    for shard in &config.clickhouse.shards {
-        let client = sink::client(shard).with_context(|| format!("ClickHouse at {}", shard.url))?;
-        let n: u64 = client
-            .query("SELECT count() FROM system.tables WHERE database = ? AND name IN ('samples', 'agent_status', 'ingest_quality', 'ingester_status', 'ingest_journal')")
-            .bind(&shard.database)
-            .fetch_one()
-            .await
-            .with_context(|| format!("ClickHouse at {} is not reachable", shard.url))?;
-        if n < 5 {
-            anyhow::bail!(
-                "database {} on {} lacks the samples/agent_status/ingest_quality/ingester_status/ingest_journal tables: run `spillway-ingester migrate` first",
-                shard.database,
-                shard.url
-            );
-        }
-    }
+    check_tables(&config.clickhouse.shards).await?;
     let producer: FutureProducer<LogContext> = config
         .kafka
         .client_config()
@@ -96,14 +80,11 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         Duration::from_secs(30),
     )?;
     let background = shutdown.child_token();
-    let probes = config
-        .clickhouse
-        .shards
-        .iter()
-        .map(sink::client)
-        .collect::<Result<Vec<_>, _>>()
-        .context("ClickHouse TLS settings")?;
-    tokio::spawn(probe_shards(probes, stats.clone(), background.clone()));
+    tokio::spawn(probe_replicas(
+        sink.clone(),
+        stats.clone(),
+        background.clone(),
+    ));
     tokio::spawn(tools::retention::run(
         config.clickhouse.shards.clone(),
         config.retention.clone(),
@@ -122,26 +103,75 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     result
 }
 
-/// Asks every shard `SELECT 1` every 5 s, for `/ready` and `shard_up`:
-/// inserts only tell when there is data to insert.
-async fn probe_shards(
-    clients: Vec<clickhouse::Client>,
-    stats: Arc<Stats>,
-    shutdown: CancellationToken,
-) {
-    let mut every = tokio::time::interval(Duration::from_secs(5));
-    loop {
+/// Refuses to start against a shard without the tables, saying how to fix
+/// it. Each shard needs one replica that answers; a replica that answers
+/// without the tables is an error too (`migrate` was not run on it).
+async fn check_tables(shards: &[config::ShardConfig]) -> anyhow::Result<()> {
+    for (i, shard) in shards.iter().enumerate() {
+        let mut answered = false;
+        let mut unreachable = Vec::new();
+        for server in shard.servers() {
+            let client =
+                sink::client(&server).with_context(|| format!("ClickHouse at {}", server.url))?;
+            let n: u64 = match client
+                .query("SELECT count() FROM system.tables WHERE database = ? AND name IN ('samples', 'agent_status', 'ingest_quality', 'ingester_status', 'ingest_journal')")
+                .bind(&server.database)
+                .fetch_one()
+                .await
+            {
+                Ok(n) => n,
+                Err(e) => {
+                    unreachable.push(format!("{}: {e}", server.url));
+                    continue;
+                }
+            };
+            if n < 5 {
+                anyhow::bail!(
+                    "database {} on {} lacks the samples/agent_status/ingest_quality/ingester_status/ingest_journal tables: run `spillway-ingester migrate` first",
+                    server.database,
+                    server.url
+                );
+            }
+            answered = true;
+        }
+        if !answered {
+            anyhow::bail!(
+                "ClickHouse shard {i} is not reachable: {}",
+                unreachable.join("; ")
+            );
+        }
+        for why in unreachable {
+            tracing::warn!(shard = i, replica = %why, "a replica does not answer; starting on the others");
+        }
+    }
+    Ok(())
+}
+
+/// Asks every replica `SELECT 1` every 5 s, and publishes what the sink
+/// knows of its replicas every second, for `/ready`, `shard_up` and
+/// `replica_up`: requests only tell when there is something to send.
+async fn probe_replicas(sink: ClickHouseSink, stats: Arc<Stats>, shutdown: CancellationToken) {
+    let mut every = tokio::time::interval(Duration::from_secs(1));
+    for tick in 0u64.. {
         tokio::select! {
             _ = shutdown.cancelled() => return,
             _ = every.tick() => {}
         }
-        for (i, client) in clients.iter().enumerate() {
-            let probe = client.query("SELECT 1").fetch_one::<u8>();
-            let up = matches!(
-                tokio::time::timeout(Duration::from_secs(3), probe).await,
-                Ok(Ok(1))
-            );
-            stats.shard_up(i, up);
+        for (i, replicas) in sink.shards().iter().enumerate() {
+            if tick % 5 == 0 {
+                for (j, replica) in replicas.members().iter().enumerate() {
+                    let probe = replica.client.query("SELECT 1").fetch_one::<u8>();
+                    let up = matches!(
+                        tokio::time::timeout(Duration::from_secs(3), probe).await,
+                        Ok(Ok(1))
+                    );
+                    replicas.probed(j, up);
+                }
+            }
+            for replica in replicas.members() {
+                stats.replica_up(i, &replica.url, replica.is_up());
+            }
+            stats.shard_up(i, replicas.any_up());
         }
     }
 }

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use spillway_ingester::config::{Config, ConfigErrors, ProcessEnv};
+use spillway_ingester::config::{Config, ConfigErrors, ProcessEnv, ShardConfig};
 use tokio_util::sync::CancellationToken;
 
 // Decoding builds several small strings per sample and drops them once the
@@ -127,7 +127,15 @@ async fn migrate(
         retention: config.retention.clone(),
         until,
     };
-    for shard in &config.clickhouse.shards {
+    // Every replica of every shard: replicated tables are created on each
+    // of them (no ON CLUSTER), and each keeps its own `schema_migrations`.
+    for shard in config
+        .clickhouse
+        .shards
+        .iter()
+        .flat_map(ShardConfig::servers)
+    {
+        let shard = &shard;
         let r = spillway_ingester::tools::migrate::migrate_shard(shard, &options).await?;
         println!(
             "shard {} (ClickHouse {}), database {}:",
@@ -174,7 +182,13 @@ async fn replay_dlq(
 }
 
 async fn prune(config: &Config) -> anyhow::Result<()> {
-    for shard in &config.clickhouse.shards {
+    for shard in config
+        .clickhouse
+        .shards
+        .iter()
+        .flat_map(ShardConfig::servers)
+    {
+        let shard = &shard;
         let dropped =
             spillway_ingester::tools::retention::prune_shard(shard, &config.retention).await?;
         println!(

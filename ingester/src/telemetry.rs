@@ -92,6 +92,7 @@ pub struct Stats {
     pub agent_dropped: Counter,
     freshness: Histogram,
     shard_up: Family<Vec<(&'static str, String)>, Gauge>,
+    replica_up: Family<Vec<(&'static str, String)>, Gauge>,
     consumer_lag: Family<Vec<(&'static str, String)>, Gauge>,
     lag_series: std::sync::Mutex<Vec<Vec<(&'static str, String)>>>,
     /// Sum of the per-partition lag last reported.
@@ -153,6 +154,7 @@ impl Stats {
             agent_dropped: Counter::default(),
             freshness: Histogram::new(FRESHNESS_BUCKETS.iter().copied()),
             shard_up: Family::default(),
+            replica_up: Family::default(),
             consumer_lag: Family::default(),
             lag_series: std::sync::Mutex::default(),
             total_lag: std::sync::atomic::AtomicI64::new(0),
@@ -297,8 +299,13 @@ impl Stats {
         );
         registry.register(
             "shard_up",
-            "1 while the shard answers (last insert or probe succeeded)",
+            "1 while one of the shard's replicas answers (last request or probe succeeded)",
             s.shard_up.clone(),
+        );
+        registry.register(
+            "replica_up",
+            "1 while the replica answers (last request or probe succeeded)",
+            s.replica_up.clone(),
         );
         Stats { registry, ..s }
     }
@@ -368,6 +375,16 @@ impl Stats {
             mask.insert(shard);
         }
         self.shard_down.store(!mask.is_empty(), Relaxed);
+    }
+
+    /// Records whether one replica of a shard answered.
+    pub fn replica_up(&self, shard: usize, replica: &str, up: bool) {
+        self.replica_up
+            .get_or_create(&vec![
+                ("shard", shard.to_string()),
+                ("replica", replica.to_owned()),
+            ])
+            .set(i64::from(up));
     }
 
     /// Replaces the per-partition lag series with `lags` (topic, partition,

@@ -22,6 +22,11 @@ With --tls-dir, the same server also answers HTTPS on a second port (printed
 as `https on 127.0.0.1:PORT` before the `listening` line), requiring a client
 certificate signed by the directory's CA.
 
+With --keeper and --macros, a ZooKeeper and the `shard`/`replica` macros, so
+that `migrate` creates the modern profile's replicated tables (chdb creates
+them but never activates the replica: `system.replicas.is_readonly` stays 1
+and an INSERT into them waits, so rows cannot be inserted there).
+
 With --cluster, a cluster of one shard (this server, on a TCP port chdb does
 not listen on but reports as local) is defined, so `Distributed` tables work.
 """
@@ -75,19 +80,26 @@ def quote(s):
 
 
 class Server:
-    def __init__(self, data, cluster):
+    def __init__(self, data, cluster, keeper=None, macros=None):
         self.stage = tempfile.mkdtemp(prefix="stage-", dir=data)
         path = os.path.join(data, "db")
+        parts = []
         if cluster:
-            config = os.path.join(data, "config.xml")
-            with open(config, "w") as f:
-                f.write(f"""<clickhouse>
-  <tcp_port>9000</tcp_port>
+            parts.append(f"""  <tcp_port>9000</tcp_port>
   <remote_servers><{cluster}><shard><replica>
     <host>127.0.0.1</host><port>9000</port>
   </replica></shard></{cluster}></remote_servers>
-</clickhouse>
 """)
+        if keeper:
+            host, _, port = keeper.rpartition(":")
+            shard, _, replica = macros.partition("/")
+            parts.append(f"""  <zookeeper><node><host>{host}</host><port>{port}</port></node></zookeeper>
+  <macros><shard>{shard}</shard><replica>{replica}</replica></macros>
+""")
+        if parts:
+            config = os.path.join(data, "config.xml")
+            with open(config, "w") as f:
+                f.write("<clickhouse>\n" + "".join(parts) + "</clickhouse>\n")
             path += f"?config-file={config}"
         self.session = session.Session(path)
         self.version = self.run("SELECT version()", "TSV").decode().strip()
@@ -167,9 +179,13 @@ def main():
     ap.add_argument("--cluster")
     ap.add_argument("--tls-dir", help="also serve HTTPS with DIR/server.pem and server.key, "
                     "requiring a client certificate signed by DIR/ca.pem")
+    ap.add_argument("--keeper", help="HOST:PORT of a ZooKeeper, with --macros: replicated "
+                    "tables can be created (chdb never activates their replicas: they stay "
+                    "read-only, so INSERTs into them wait)")
+    ap.add_argument("--macros", default="1/r1", help="SHARD/REPLICA (default 1/r1)")
     args = ap.parse_args()
     os.makedirs(args.data, exist_ok=True)
-    server = Server(args.data, args.cluster)
+    server = Server(args.data, args.cluster, args.keeper, args.macros)
     lock = threading.Lock()
 
     class Handler(http.server.BaseHTTPRequestHandler):

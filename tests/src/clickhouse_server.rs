@@ -1,6 +1,7 @@
-//! A ClickHouse server owned by one test, for tests that stop and restart
-//! ClickHouse (which a shared server cannot allow). It uses the native
-//! stack's config template with ports of its own; data survives restarts.
+//! ClickHouse servers owned by one test, for tests that stop and restart
+//! ClickHouse (which a shared server cannot allow): one server, or a
+//! cluster of shards and replicas. They use the native stack's config
+//! template with ports of their own; data survives restarts.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -17,11 +18,84 @@ pub struct LocalClickHouse {
     child: Option<Child>,
 }
 
+/// The ports one server listens on.
+#[derive(Debug, Clone, Copy)]
+pub struct Ports {
+    pub http: u16,
+    pub tcp: u16,
+    interserver: u16,
+    https: u16,
+}
+
+impl Ports {
+    /// Free ports on loopback.
+    pub fn free() -> Result<Ports> {
+        Ok(Ports {
+            http: free_port()?,
+            tcp: free_port()?,
+            interserver: free_port()?,
+            https: free_port()?,
+        })
+    }
+}
+
 impl LocalClickHouse {
     /// Starts a server with its data in `dir` and waits until it answers.
     pub fn start(dir: &Path) -> Result<LocalClickHouse> {
-        let (http_port, tcp_port, interserver_port, https_port) =
-            (free_port()?, free_port()?, free_port()?, free_port()?);
+        let ports = Ports::free()?;
+        // A cluster of this one server; its own shard.
+        let cluster = cluster_xml(&[vec![ports.tcp]]);
+        let mut s = Self::configure(dir, ports, &format!("local-{}", ports.http), "r1", &cluster)?;
+        s.restart()?;
+        Ok(s)
+    }
+
+    /// Starts `shards` x `replicas` servers under `dir`, sharing the stack's
+    /// ZooKeeper: each one's macros name its shard (unique to this call)
+    /// and replica, and the `spillway` cluster lists them all with
+    /// `internal_replication` (the Distributed tables read one replica of
+    /// each shard). `servers[shard][replica]`.
+    pub fn start_cluster(
+        dir: &Path,
+        shards: usize,
+        replicas: usize,
+    ) -> Result<Vec<Vec<LocalClickHouse>>> {
+        let ports: Vec<Vec<Ports>> = (0..shards)
+            .map(|_| (0..replicas).map(|_| Ports::free()).collect())
+            .collect::<Result<_>>()?;
+        let tcp: Vec<Vec<u16>> = ports
+            .iter()
+            .map(|shard| shard.iter().map(|p| p.tcp).collect())
+            .collect();
+        let cluster = cluster_xml(&tcp);
+        let id = ports[0][0].http;
+        let mut servers = Vec::new();
+        for (s, shard) in ports.iter().enumerate() {
+            let mut row = Vec::new();
+            for (r, p) in shard.iter().enumerate() {
+                let mut server = Self::configure(
+                    &dir.join(format!("s{s}r{r}")),
+                    *p,
+                    &format!("cluster-{id}-{s}"),
+                    &format!("r{r}"),
+                    &cluster,
+                )?;
+                server.restart()?;
+                row.push(server);
+            }
+            servers.push(row);
+        }
+        Ok(servers)
+    }
+
+    /// Writes a server's config (the native stack's template) in `dir`.
+    fn configure(
+        dir: &Path,
+        ports: Ports,
+        shard: &str,
+        replica: &str,
+        cluster: &str,
+    ) -> Result<LocalClickHouse> {
         // The stack's test certificates (the template gives every server an
         // HTTPS port; this one's is unused).
         let tls_dir = std::env::var("SPILLWAY_STACK_TLS_DIR").unwrap_or_else(|_| {
@@ -40,15 +114,14 @@ impl LocalClickHouse {
         let template = std::fs::read_to_string(root.join("clickhouse-config.xml.in"))?;
         let config = template
             .replace("@DIR@", &dir.display().to_string())
-            .replace("@HTTP_PORT@", &http_port.to_string())
-            .replace("@TCP_PORT@", &tcp_port.to_string())
-            // A cluster of this one server: the template names two shards.
-            .replace("@SHARD0_TCP_PORT@", &tcp_port.to_string())
-            .replace("@SHARD1_TCP_PORT@", &tcp_port.to_string())
-            .replace("@INTERSERVER_PORT@", &interserver_port.to_string())
+            .replace("@HTTP_PORT@", &ports.http.to_string())
+            .replace("@TCP_PORT@", &ports.tcp.to_string())
+            .replace("@CLUSTER_SHARDS@", cluster)
+            .replace("@INTERSERVER_PORT@", &ports.interserver.to_string())
             .replace("@ZK_PORT@", &zk_port)
-            .replace("@SHARD@", &format!("local-{http_port}"))
-            .replace("@HTTPS_PORT@", &https_port.to_string())
+            .replace("@SHARD@", shard)
+            .replace("@REPLICA@", replica)
+            .replace("@HTTPS_PORT@", &ports.https.to_string())
             .replace("@TLS_DIR@", &tls_dir)
             .replace("@VERIFICATION_MODE@", "none");
         let unfilled = config.split('@').skip(1).step_by(2).find(|name| {
@@ -61,13 +134,11 @@ impl LocalClickHouse {
         }
         std::fs::write(dir.join("config.xml"), config)?;
         std::fs::copy(root.join("clickhouse-users.xml"), dir.join("users.xml"))?;
-        let mut s = LocalClickHouse {
+        Ok(LocalClickHouse {
             dir: dir.to_owned(),
-            http_port,
+            http_port: ports.http,
             child: None,
-        };
-        s.restart()?;
-        Ok(s)
+        })
     }
 
     /// The HTTP URL.
@@ -92,7 +163,7 @@ impl LocalClickHouse {
             .spawn()
             .context("cannot start clickhouse-server (install it with scripts/stack.sh install)")?;
         self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(30);
+        let deadline = Instant::now() + Duration::from_secs(60);
         let ping = format!("127.0.0.1:{}", self.http_port);
         loop {
             if let Ok(mut s) = std::net::TcpStream::connect(&ping) {
@@ -107,7 +178,7 @@ impl LocalClickHouse {
             }
             if Instant::now() > deadline {
                 bail!(
-                    "clickhouse-server did not answer within 30 s; see {}/log",
+                    "clickhouse-server did not answer within 60 s; see {}/log",
                     self.dir.display()
                 );
             }
@@ -123,6 +194,21 @@ impl LocalClickHouse {
         }
         Ok(())
     }
+}
+
+/// The `<shard>` elements of a cluster whose shards have replicas on these
+/// TCP ports (one line: the stack's `sed` fills the same placeholder).
+fn cluster_xml(shards: &[Vec<u16>]) -> String {
+    shards
+        .iter()
+        .map(|replicas| {
+            let replicas: String = replicas
+                .iter()
+                .map(|port| format!("<replica><host>127.0.0.1</host><port>{port}</port></replica>"))
+                .collect();
+            format!("<shard><internal_replication>true</internal_replication>{replicas}</shard>")
+        })
+        .collect()
 }
 
 impl Drop for LocalClickHouse {

@@ -129,6 +129,13 @@ async fn an_installation_of_the_previous_layout_upgrades_in_place() -> Result<()
     )
     .execute()
     .await?;
+    ch.query(
+        "INSERT INTO ingester_status (time, ingester, records, rows_inserted, dead_letters, \
+         insert_retries, consumer_lag, assigned_partitions, in_flight_bytes, paused) \
+         VALUES (now() - 600, 'old-ingester', 5, 200, 0, 0, 0, 2, 0, 0)",
+    )
+    .execute()
+    .await?;
     let rows = count(&env, 0, &db, "SELECT count() FROM samples").await?;
     ensure!(rows == 2 * 12 * 3, "{rows} rows written in the old layout");
 
@@ -171,6 +178,25 @@ async fn an_installation_of_the_previous_layout_upgrades_in_place() -> Result<()
         n("SELECT count() FROM agent_status_latest").await? == 1,
         "latest state not filled"
     );
+    ensure!(
+        n("SELECT count() FROM ingester_status").await? == 1,
+        "the ingester's accounting not carried over"
+    );
+    // Where the server has the replica macros (and, before 24.8,
+    // ZooKeeper), every table an INSERT reaches became replicated in place.
+    if n("SELECT count() FROM system.macros WHERE macro IN ('shard', 'replica')").await? == 2 {
+        ensure!(
+            n(
+                "SELECT count() FROM system.tables WHERE database = currentDatabase() \
+               AND name IN ('samples', 'samples_1m', 'samples_1h', 'agent_status', \
+               'agent_status_latest', 'ingest_quality', 'ingester_status', 'ingest_journal') \
+               AND engine LIKE 'Replicated%'"
+            )
+            .await?
+                == 8,
+            "not every table an INSERT reaches is replicated after the upgrade"
+        );
+    }
 
     // Every documented query runs; those about CPU see the old hosts.
     for q in documented_queries()? {

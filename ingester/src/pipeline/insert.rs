@@ -295,7 +295,9 @@ impl<S: Sink> Worker<S> {
 
     async fn insert_with_retry(&self, b: &Batch, retries: &AtomicU32) -> Result<(), SinkError> {
         let table = b.rows.table().name();
-        let inserted = retry_until(
+        // Which replica failed and whether the shard still answers is the
+        // sink's to know (`shard_up` and `replica_up` are published from it).
+        retry_until(
             &self.shutdown,
             &mut Backoff::new(),
             || self.sink.insert(b.shard, &b.rows, b.token.as_deref()),
@@ -303,7 +305,6 @@ impl<S: Sink> Worker<S> {
                 e if e.is_retryable() => {
                     self.stats.insert_retries.inc();
                     retries.fetch_add(1, Ordering::Relaxed);
-                    self.stats.shard_up(b.shard, false);
                     warn!(shard = b.shard, table, rows = b.rows.len(), error = %e,
                           retry_in = ?next, "insert failed; retrying");
                     true
@@ -316,10 +317,6 @@ impl<S: Sink> Worker<S> {
                 }
             },
         )
-        .await;
-        if inserted.is_ok() {
-            self.stats.shard_up(b.shard, true);
-        }
-        inserted
+        .await
     }
 }

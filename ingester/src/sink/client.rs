@@ -1,6 +1,7 @@
 //! The ClickHouse client behind [`Sink`]: one `clickhouse::Client` per
-//! shard, RowBinary bodies compressed with LZ4, the column check before a
-//! table's first INSERT, deduplication by token or by content, the journal.
+//! server, a shard's requests on one of its replicas ([`Replicas`]),
+//! RowBinary bodies compressed with LZ4, the column check before a table's
+//! first INSERT, deduplication by token or by content, the journal.
 #![deny(clippy::unwrap_used, clippy::expect_used)]
 
 use std::future::Future;
@@ -11,6 +12,7 @@ use clickhouse::insert_formatted::CompressedData;
 use tracing::{info, warn};
 
 use crate::config::ClickHouseConfig;
+use crate::sink::replicas::Replicas;
 use crate::sink::rows::{JournalRow, Rows};
 use crate::sink::{Sink, SinkError, https};
 
@@ -27,11 +29,10 @@ enum Dedup {
     None,
 }
 
-/// The real sink: one `clickhouse::Client` per shard.
+/// The real sink: the replicas of every shard.
 #[derive(Clone)]
 pub struct ClickHouseSink {
-    clients: Vec<clickhouse::Client>,
-    urls: Vec<String>,
+    shards: Arc<Vec<Replicas>>,
     timeout: Duration,
     /// Per shard, learnt at its first INSERT.
     traits: Arc<Vec<tokio::sync::OnceCell<ShardTraits>>>,
@@ -69,7 +70,8 @@ impl Buffers {
     }
 }
 
-/// The journal's table, on the first shard.
+/// The journal's table. A range is journaled on the first shard that
+/// takes the write (in the configured order), and read from all of them.
 const JOURNAL_TABLE: &str = "ingest_journal";
 
 /// A client for one shard (HTTP or HTTPS, [`https`]), with schema
@@ -90,8 +92,14 @@ impl ClickHouseSink {
     /// that cannot be used.
     pub fn new(config: &ClickHouseConfig) -> Result<ClickHouseSink, crate::tls::TlsError> {
         Ok(ClickHouseSink {
-            clients: config.shards.iter().map(client).collect::<Result<_, _>>()?,
-            urls: config.shards.iter().map(|s| s.url.clone()).collect(),
+            shards: Arc::new(
+                config
+                    .shards
+                    .iter()
+                    .enumerate()
+                    .map(|(i, s)| Replicas::new(i, s))
+                    .collect::<Result<_, _>>()?,
+            ),
             timeout: config.insert_timeout,
             traits: Arc::new(
                 config
@@ -105,15 +113,34 @@ impl ClickHouseSink {
         })
     }
 
-    /// How `shard` deduplicates, asked once.
-    async fn dedup(&self, shard: usize) -> Result<Dedup, clickhouse::error::Error> {
-        Ok(self.traits(shard).await?.dedup)
+    /// Every shard's replicas (for probes and their metrics).
+    pub fn shards(&self) -> &[Replicas] {
+        &self.shards
     }
 
-    /// How `shard` deduplicates and where its samples go, asked once.
-    async fn traits(&self, shard: usize) -> Result<ShardTraits, clickhouse::error::Error> {
-        let client = &self.clients[shard];
-        let url = self.url(shard);
+    /// Runs `work` on the active replica of `shard` and records how it
+    /// ended: a retryable failure moves the shard's next request to
+    /// another replica.
+    async fn on_replica<'a, T, F, Fut>(&'a self, shard: usize, work: F) -> Result<T, SinkError>
+    where
+        F: FnOnce(&'a clickhouse::Client, &'a str) -> Fut,
+        Fut: Future<Output = Result<T, SinkError>>,
+    {
+        let replicas = &self.shards[shard];
+        let (i, replica) = replicas.active();
+        let result = work(&replica.client, &replica.url).await;
+        replicas.record(i, !result.as_ref().is_err_and(SinkError::is_retryable));
+        result
+    }
+
+    /// How `shard` deduplicates and where its samples go, asked once (of
+    /// whichever replica is active: a shard's replicas run one release).
+    async fn traits(
+        &self,
+        shard: usize,
+        client: &clickhouse::Client,
+        url: &str,
+    ) -> Result<ShardTraits, clickhouse::error::Error> {
         self.traits[shard]
             .get_or_try_init(|| async move {
                 let version: String = client.query("SELECT version()").fetch_one().await?;
@@ -168,6 +195,7 @@ impl ClickHouseSink {
     async fn schema_problems<R: serde::Serialize + clickhouse::Row>(
         &self,
         shard: usize,
+        client: &clickhouse::Client,
         table: &'static str,
         real: &'static str,
         rows: &[R],
@@ -186,7 +214,7 @@ impl ClickHouseSink {
         // both must take the rows.
         let mut problems = Vec::new();
         for name in std::iter::once(table).chain((table != real).then_some(real)) {
-            let columns: Vec<(String, String)> = self.clients[shard]
+            let columns: Vec<(String, String)> = client
                 .query(
                     "SELECT name, type FROM system.columns \
                      WHERE database = currentDatabase() AND table = ?",
@@ -214,18 +242,15 @@ impl ClickHouseSink {
         spillway_shared::lock(&self.schema_checked).remove(&(shard, table));
     }
 
-    fn url(&self, shard: usize) -> String {
-        self.urls.get(shard).cloned().unwrap_or_default()
-    }
-
     /// One INSERT of `rows`, sent as a single compressed block (see
     /// `rowbinary.rs`: a body cut short is rejected, never stored in part).
     async fn insert_rows<R: serde::Serialize + clickhouse::Row>(
         &self,
-        shard: usize,
+        client: &clickhouse::Client,
         table: &str,
         rows: &[R],
         token: Option<&str>,
+        dedup: Dedup,
     ) -> Result<(), SinkError> {
         let data = {
             let mut body = self.buffers.take();
@@ -241,11 +266,11 @@ impl ClickHouseSink {
             .map(|c| format!("`{c}`"))
             .collect::<Vec<_>>()
             .join(", ");
-        let mut insert = self.clients[shard]
+        let mut insert = client
             .insert_formatted_with(format!("INSERT INTO {table} ({columns}) FORMAT RowBinary"))
             .with_timeouts(Some(self.timeout), Some(self.timeout));
         if let Some(token) = token
-            && self.dedup(shard).await? == Dedup::Token
+            && dedup == Dedup::Token
         {
             insert = insert
                 .with_setting("insert_deduplication_token", token)
@@ -299,59 +324,82 @@ impl Sink for ClickHouseSink {
         rows: &Rows,
         token: Option<&str>,
     ) -> Result<(), SinkError> {
-        let table = match rows {
-            Rows::Samples(_) => {
-                self.timed("asking the server", self.traits(shard))
-                    .await?
-                    .samples_table
+        self.on_replica(shard, |client, url| async move {
+            let traits = self
+                .timed("asking the server", self.traits(shard, client, url))
+                .await?;
+            let table = match rows {
+                Rows::Samples(_) => traits.samples_table,
+                _ => rows.table().name(),
+            };
+            let real = rows.table().name();
+            let check = async {
+                match rows {
+                    Rows::Samples(r) => self.schema_problems(shard, client, table, real, r).await,
+                    Rows::Status(r) => self.schema_problems(shard, client, table, real, r).await,
+                    Rows::Quality(r) => self.schema_problems(shard, client, table, real, r).await,
+                    Rows::IngesterStatus(r) => {
+                        self.schema_problems(shard, client, table, real, r).await
+                    }
+                }
+            };
+            let problems = self
+                .timed(&format!("checking the columns of {table}"), check)
+                .await?;
+            if !problems.is_empty() {
+                self.schema_unverified(shard, table);
+                return Err(SinkError::schema(format!(
+                    "on {url}: {}",
+                    problems.join("; ")
+                )));
             }
-            _ => rows.table().name(),
-        };
-        let real = rows.table().name();
-        let check = async {
-            match rows {
-                Rows::Samples(r) => self.schema_problems(shard, table, real, r).await,
-                Rows::Status(r) => self.schema_problems(shard, table, real, r).await,
-                Rows::Quality(r) => self.schema_problems(shard, table, real, r).await,
-                Rows::IngesterStatus(r) => self.schema_problems(shard, table, real, r).await,
+            let dedup = traits.dedup;
+            let work = async {
+                match rows {
+                    Rows::Samples(r) => self.insert_rows(client, table, r, token, dedup).await,
+                    Rows::Status(r) => self.insert_rows(client, table, r, token, dedup).await,
+                    Rows::Quality(r) => self.insert_rows(client, table, r, token, dedup).await,
+                    Rows::IngesterStatus(r) => {
+                        self.insert_rows(client, table, r, token, dedup).await
+                    }
+                }
+            };
+            let result = self
+                .timed(&format!("insert into {table} on {url}"), work)
+                .await;
+            if result.is_err() {
+                // A failed INSERT may be a changed table: look again first.
+                self.schema_unverified(shard, table);
             }
-        };
-        let problems = self
-            .timed(&format!("checking the columns of {table}"), check)
-            .await?;
-        if !problems.is_empty() {
-            self.schema_unverified(shard, table);
-            return Err(SinkError::schema(format!(
-                "on {}: {}",
-                self.url(shard),
-                problems.join("; ")
-            )));
-        }
-        let work = async {
-            match rows {
-                Rows::Samples(r) => self.insert_rows(shard, table, r, token).await,
-                Rows::Status(r) => self.insert_rows(shard, table, r, token).await,
-                Rows::Quality(r) => self.insert_rows(shard, table, r, token).await,
-                Rows::IngesterStatus(r) => self.insert_rows(shard, table, r, token).await,
-            }
-        };
-        let result = self.timed(&format!("insert into {table}"), work).await;
-        if result.is_err() {
-            // A failed INSERT may be a changed table: look again first.
-            self.schema_unverified(shard, table);
-        }
-        result
+            result
+        })
+        .await
     }
 
     async fn write_journal(&self, rows: &[JournalRow]) -> Result<(), SinkError> {
-        let work = async {
-            let mut insert = self.clients[0].insert::<JournalRow>(JOURNAL_TABLE).await?;
-            for row in rows {
-                insert.write(row).await?;
+        // The first shard that takes it: a shard that is down stops only
+        // the ranges with rows for it, not every range.
+        let mut failed = None;
+        for shard in 0..self.shards.len() {
+            let written = self
+                .on_replica(shard, |client, url| async move {
+                    let work = async {
+                        let mut insert = client.insert::<JournalRow>(JOURNAL_TABLE).await?;
+                        for row in rows {
+                            insert.write(row).await?;
+                        }
+                        insert.end().await
+                    };
+                    self.timed(&format!("journal write on {url}"), work).await
+                })
+                .await;
+            match written {
+                Ok(()) => return Ok(()),
+                Err(e) if e.is_retryable() => failed = Some(e),
+                Err(e) => return Err(e),
             }
-            insert.end().await
-        };
-        self.timed("journal write", work).await
+        }
+        Err(failed.unwrap_or_else(|| SinkError::retryable("no shard to journal on")))
     }
 
     async fn read_journal(
@@ -361,21 +409,28 @@ impl Sink for ClickHouseSink {
         partition: i32,
         from: i64,
     ) -> Result<Vec<(i64, i64)>, SinkError> {
-        let work = self.clients[0]
-            .query(
-                "SELECT first_offset, last_offset FROM ingest_journal \
-                 WHERE consumer_group = ? AND topic = ? AND partition = ? AND last_offset >= ?",
-            )
-            .bind(group)
-            .bind(topic)
-            .bind(partition)
-            .bind(from)
-            .fetch_all::<RangeRow>();
-        let rows = self.timed("journal read", work).await?;
-        Ok(rows
-            .into_iter()
-            .map(|r| (r.first_offset, r.last_offset))
-            .collect())
+        // A range may be journaled on any shard: all of them must answer.
+        let mut ranges = Vec::new();
+        for shard in 0..self.shards.len() {
+            let rows = self
+                .on_replica(shard, |client, url| async move {
+                    let work = client
+                        .query(
+                            "SELECT first_offset, last_offset FROM ingest_journal \
+                             WHERE consumer_group = ? AND topic = ? AND partition = ? \
+                             AND last_offset >= ?",
+                        )
+                        .bind(group)
+                        .bind(topic)
+                        .bind(partition)
+                        .bind(from)
+                        .fetch_all::<RangeRow>();
+                    self.timed(&format!("journal read on {url}"), work).await
+                })
+                .await?;
+            ranges.extend(rows.into_iter().map(|r| (r.first_offset, r.last_offset)));
+        }
+        Ok(ranges)
     }
 }
 

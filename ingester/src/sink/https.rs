@@ -17,6 +17,10 @@ use hyper_util::rt::TokioExecutor;
 
 /// TCP keepalive, as the crate's default client.
 const TCP_KEEPALIVE: Duration = Duration::from_secs(60);
+/// A server that does not accept a connection within this is taken as
+/// down (a shard's next replica is tried): far below an INSERT's timeout,
+/// so that an unreachable host fails over quickly.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 /// Idle connections are dropped before ClickHouse's keep-alive timeout
 /// (3 s by default before 23.11) closes them under the client.
 const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(2);
@@ -25,6 +29,7 @@ const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(2);
 pub fn client(shard: &ShardConfig) -> Result<clickhouse::Client, TlsError> {
     let mut http = HttpConnector::new();
     http.set_keepalive(Some(TCP_KEEPALIVE));
+    http.set_connect_timeout(Some(CONNECT_TIMEOUT));
     let mut builder = HyperClient::builder(TokioExecutor::new());
     if shard.url.starts_with("http://") {
         let plain = builder.pool_idle_timeout(POOL_IDLE_TIMEOUT).build(http);

@@ -8,6 +8,7 @@
 pub mod client;
 pub mod error;
 pub mod https;
+pub mod replicas;
 pub(crate) mod rowbinary;
 pub mod rows;
 pub(crate) mod schema;

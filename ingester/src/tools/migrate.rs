@@ -136,6 +136,14 @@ pub const MIGRATIONS: &[Migration] = &[
         name: "0008_rollups_exactly_once.modern.sql",
         sql: include_str!("../../../migrations/0008_rollups_exactly_once.modern.sql"),
     },
+    Migration {
+        name: "0009_replicas.legacy.sql",
+        sql: include_str!("../../../migrations/0009_replicas.legacy.sql"),
+    },
+    Migration {
+        name: "0009_replicas.modern.sql",
+        sql: include_str!("../../../migrations/0009_replicas.modern.sql"),
+    },
 ];
 
 /// Migration failed.
@@ -478,8 +486,9 @@ pub async fn migrate_shard(
                     continue;
                 }
             }
-            // Replicated tables name their ZooKeeper path after the database.
-            let sql = stmt.sql.replace("${database}", &shard.database);
+            // Replicated tables name their ZooKeeper path after the database;
+            // a table created anew takes its TTL at once.
+            let sql = substitute(&stmt.sql, &shard.database, &options.retention);
             db.query_raw(&sql)
                 .execute()
                 .await
@@ -565,6 +574,21 @@ pub async fn migrate_shard(
         }
     }
     Ok(report)
+}
+
+/// A statement's `${database}` and `${ttl:TABLE}` (the table's TTL clause
+/// from `[retention]`, empty when it keeps everything) filled in.
+fn substitute(sql: &str, database: &str, retention: &RetentionConfig) -> String {
+    let mut sql = sql.replace("${database}", database);
+    for (table, column, days) in ttls(retention) {
+        let clause = if days == 0 {
+            String::new()
+        } else {
+            format!("TTL {column} + toIntervalDay({days})")
+        };
+        sql = sql.replace(&format!("${{ttl:{table}}}"), &clause);
+    }
+    sql
 }
 
 fn first_line(sql: &str) -> &str {

@@ -120,8 +120,10 @@ pub async fn run(
             _ = shutdown.cancelled() => return,
             _ = every.tick() => {}
         }
-        for shard in &shards {
-            let work = prune_shard(shard, &retention);
+        // Every replica: a partition dropped on one replica of a replicated
+        // table is dropped on all, and then found on none.
+        for shard in shards.iter().flat_map(ShardConfig::servers) {
+            let work = prune_shard(&shard, &retention);
             match tokio::time::timeout(Duration::from_secs(300), work).await {
                 Ok(Ok(_)) => {}
                 Ok(Err(e)) => warn!(shard = %shard.url, error = %e, "retention check failed"),
