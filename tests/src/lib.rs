@@ -263,6 +263,7 @@ pub mod grafana;
 pub mod ingest;
 pub mod process;
 pub mod sql;
+pub mod verdict;
 
 /// The text of a log line without its colour codes.
 pub fn strip_ansi(line: &str) -> String {

@@ -1,9 +1,12 @@
 //! A short chaos run: a seeded random schedule of the faults the other tests
-//! inject one at a time (ingester kill -9, ingester SIGTERM, ClickHouse
-//! killed and restarted) while simulated agents produce in real time, and
-//! two ingesters share the work. The seed is printed first; replay a
-//! failure with `SPILLWAY_CHAOS_SEED=<seed>`. `SPILLWAY_CHAOS_SECS` sets the
-//! length of the fault phase (default 60).
+//! inject one at a time (ingester kill -9, ingester SIGTERM, a ClickHouse
+//! replica killed and restarted) while simulated agents produce in real
+//! time, two ingesters share the work, and ClickHouse is one shard of two
+//! replicas. The seed is printed first; replay a failure with
+//! `SPILLWAY_CHAOS_SEED=<seed>`. `SPILLWAY_CHAOS_SECS` sets the length of
+//! the fault phase (default 60). It ends with one `chaos-result` line
+//! (faults, rows lost, duplicates, records not yet ingested, and whose fault
+//! a stall is, with the evidence) that `bench/chaos.sh` collects.
 
 use std::time::{Duration, Instant};
 
@@ -11,12 +14,14 @@ use anyhow::{Result, ensure};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use spillway_e2e::clickhouse_server::LocalClickHouse;
-use spillway_e2e::ingest::{distinct_rows, ingester_config, migrate, rollup_rows, total_rows};
+use spillway_e2e::ingest::{distinct_rows, ingester_config, rollup_rows, total_rows};
 use spillway_e2e::process::Service;
+use spillway_e2e::verdict::{group_assigns, verdict};
 use spillway_e2e::{TestEnv, unique_name};
 
 const HOSTS: u64 = 100;
 const SAMPLES: u64 = 40;
+const PARTITIONS: i32 = 4;
 
 #[tokio::test]
 #[ignore = "needs the local stack"]
@@ -31,9 +36,13 @@ async fn seeded_chaos_loses_nothing() -> Result<()> {
 
     let base = TestEnv::from_env();
     let dir = tempfile::tempdir()?;
-    let mut ch = LocalClickHouse::start(&dir.path().join("clickhouse"))?;
+    let mut replicas = LocalClickHouse::start_cluster(&dir.path().join("clickhouse"), 1, 2)?
+        .into_iter()
+        .next()
+        .unwrap_or_default();
+    // Rows are counted on the first replica (the second catches up).
     let env = TestEnv {
-        clickhouse_urls: vec![ch.url()],
+        clickhouse_urls: vec![replicas[0].url()],
         clickhouse_cluster: None,
         ..base
     };
@@ -42,9 +51,21 @@ async fn seeded_chaos_loses_nothing() -> Result<()> {
         unique_name("g"),
         unique_name("e2e_chaos"),
     );
-    env.create_topic(&topic, 4).await?;
-    migrate(&env, dir.path(), &topic, &db)?;
-    let config = ingester_config(&env, &topic, &group, &db);
+    env.create_topic(&topic, PARTITIONS).await?;
+    let urls: Vec<String> = replicas
+        .iter()
+        .map(|r| format!("\"{}\"", r.url()))
+        .collect();
+    let config = ingester_config(&env, &topic, &group, &db).replace(
+        &format!("url = \"{}\"\n", replicas[0].url()),
+        &format!("replicas = [{}]\n", urls.join(", ")),
+    );
+    let mut migrate = Service::ingester(&dir.path().join("migrate"), &config, &["migrate"])?;
+    ensure!(
+        migrate.wait(Duration::from_secs(120))?,
+        "migrate failed:\n{}",
+        migrate.log()
+    );
     let mut members = vec![
         Service::ingester(&dir.path().join("a"), &config, &[])?,
         Service::ingester(&dir.path().join("b"), &config, &[])?,
@@ -103,10 +124,13 @@ async fn seeded_chaos_loses_nothing() -> Result<()> {
                 ));
             }
             _ => {
-                ch.kill()?;
+                let i = rng.random_range(0..replicas.len());
+                replicas[i].kill()?;
                 tokio::time::sleep(down).await;
-                ch.restart()?;
-                faults.push(format!("{at:.0}s ClickHouse killed, back after {down:?}"));
+                replicas[i].restart()?;
+                faults.push(format!(
+                    "{at:.0}s ClickHouse replica {i} killed, back after {down:?}"
+                ));
             }
         }
     }
@@ -144,40 +168,61 @@ async fn seeded_chaos_loses_nothing() -> Result<()> {
         restarted = true;
     }
     let deadline = Instant::now() + Duration::from_secs(180);
-    loop {
-        let distinct = distinct_rows(&env, &db).await?;
-        if distinct >= expected {
-            break;
-        }
-        ensure!(
-            Instant::now() < deadline,
-            "seed {seed}: {distinct} of {expected} rows after the faults stopped (restarted: \
-             {restarted}; {} lost); \
-             faults: {faults:#?}\n{}",
-            expected - distinct,
-            members
-                .iter()
-                .map(Service::log)
-                .collect::<Vec<_>>()
-                .join("\n---\n")
-        );
+    while distinct_rows(&env, &db).await? < expected && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     let total = total_rows(&env, &db).await?;
     let distinct = distinct_rows(&env, &db).await?;
     let (minute, hour) = rollup_rows(&env, &db).await?;
+    let logs = || {
+        members
+            .iter()
+            .map(Service::log)
+            .collect::<Vec<_>>()
+            .join("\n---\n")
+    };
+    // Where every record is: stored, lost (committed past, rows missing) or
+    // not yet ingested (a stall). If anything is missing, whose stall: with
+    // the members stopped, a plain client joining the group gets partitions
+    // (the coordinator works: the ingester's fault) or not (the broker's).
+    let v = verdict(&env, &topic, PARTITIONS, &group, &db).await?;
+    let (lost, stalled) = (v.lost * SAMPLES, v.pending * SAMPLES);
+    let mut blame = "none".to_owned();
+    if v.pending > 0 {
+        let logs = logs();
+        for m in &mut members {
+            let _ = m.terminate(Duration::from_secs(40))?;
+        }
+        blame = if group_assigns(&env, &topic, &group, Duration::from_secs(30))? {
+            "ingester (a plain client joining the group got partitions within 30 s)".to_owned()
+        } else {
+            "broker (a plain client joining the group got no partition in 30 s: its \
+             coordinator is stuck)"
+                .to_owned()
+        };
+        println!("{logs}");
+    }
+    println!("seed {seed}: {v}");
     println!(
-        "chaos seed {seed}: {} faults in {secs} s: {faults:?}; {expected} rows produced, {total} in \
-         ClickHouse, {distinct} distinct, lost {}, duplicates {} (tiers count {minute} and {hour}); \
-         complete {:?} after the last fault (members restarted to re-form the group: {restarted})",
+        "chaos-result seed={seed} secs={secs} faults={} produced={expected} stored={total} \
+         distinct={distinct} lost={lost} duplicates={} not_yet_ingested={stalled} \
+         tiers={minute}/{hour} restarted={restarted} stall_blame={blame:?} schedule={faults:?}",
         faults.len(),
-        expected - distinct.min(expected),
         total - distinct,
-        calm.elapsed()
+    );
+    ensure!(
+        lost == 0,
+        "seed {seed}: {lost} rows lost (their offsets committed, the rows not stored)"
     );
     ensure!(
         distinct == expected,
-        "seed {seed}: {distinct} distinct rows, expected {expected}"
+        "seed {seed}: {stalled} rows not yet ingested {:?} after the faults (a stall; blame: \
+         {blame})",
+        calm.elapsed()
+    );
+    ensure!(
+        v.records * SAMPLES == expected && v.stored == v.records,
+        "seed {seed}: the topic's records and the stored rows disagree: {v}"
     );
     ensure!(
         total == distinct,
