@@ -25,7 +25,7 @@ use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, TryRecvError};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use rdkafka::ClientConfig;
 use rdkafka::config::RDKafkaLogLevel;
@@ -237,6 +237,44 @@ pub(crate) struct Ctx {
     rebalance_timeout: Duration,
     stats: Arc<Stats>,
     log: KafkaLog,
+    /// Since when this member has had no assignment (at start, and after a
+    /// revocation that left it none): a group that never completes a
+    /// rebalance is said out loud (see [`AssignmentWatch`]).
+    unassigned: Mutex<AssignmentWatch>,
+}
+
+/// How long a member goes without an assignment before it says so.
+const UNASSIGNED_WARNING: Duration = Duration::from_secs(60);
+
+/// Whether this member is waiting for the group to give it partitions, and
+/// since when; a completed rebalance (even one that gives it none, when
+/// the group has more members than partitions) ends the wait.
+#[derive(Debug)]
+struct AssignmentWatch {
+    since: Option<Instant>,
+    warned: Option<Instant>,
+}
+
+impl AssignmentWatch {
+    fn waiting(now: Instant) -> AssignmentWatch {
+        AssignmentWatch {
+            since: Some(now),
+            warned: None,
+        }
+    }
+
+    /// How long the wait has lasted, when it is time to say so again (once
+    /// past [`UNASSIGNED_WARNING`], then every as long).
+    fn overdue(&mut self, now: Instant) -> Option<Duration> {
+        let since = self.since?;
+        let waited = now.saturating_duration_since(since);
+        let last = self.warned.unwrap_or(since);
+        if now.saturating_duration_since(last) < UNASSIGNED_WARNING {
+            return None;
+        }
+        self.warned = Some(now);
+        Some(waited)
+    }
 }
 
 impl ClientContext for Ctx {
@@ -294,6 +332,9 @@ impl ConsumerContext for Ctx {
         self.stats
             .assigned_partitions
             .dec_by(partitions.len() as i64);
+        if self.stats.assigned_partitions.get() <= 0 {
+            *lock(&self.unassigned) = AssignmentWatch::waiting(Instant::now());
+        }
         if self.closing.load(Ordering::Relaxed) || partitions.is_empty() {
             return;
         }
@@ -324,6 +365,7 @@ impl ConsumerContext for Ctx {
     fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         if let Rebalance::Assign(tpl) = rebalance {
             info!(partitions = tpl.count(), "partitions assigned");
+            lock(&self.unassigned).since = None;
             self.stats.assigned_partitions.inc_by(tpl.count() as i64);
             self.stats.joined.store(true, Ordering::Relaxed);
             // Start from the committed offsets, so that a broker that skips
@@ -453,6 +495,7 @@ pub(crate) fn start(
         rebalance_timeout,
         stats: stats.clone(),
         log: KafkaLog::default(),
+        unassigned: Mutex::new(AssignmentWatch::waiting(Instant::now())),
     };
     let consumer: BaseConsumer<Ctx> = config.create_with_context(ctx)?;
     let topics: Vec<&str> = topics.iter().map(String::as_str).collect();
@@ -502,7 +545,11 @@ fn poll_loop(
             set_paused(&consumer, wanted);
         }
         let fed = match consumer.poll(Duration::from_millis(50)) {
-            None => lock(&ctx.feed).send(),
+            None => {
+                // A member without partitions polls nothing: checked here.
+                warn_if_unassigned(ctx, &stats);
+                lock(&ctx.feed).send()
+            }
             Some(Err(e)) => {
                 warn!(error = %e, "consumer error");
                 stats.consumer_errors.inc();
@@ -535,6 +582,20 @@ fn poll_loop(
                 return;
             }
         }
+    }
+}
+
+/// Says so, once a minute, while the member has waited more than
+/// [`UNASSIGNED_WARNING`] for an assignment.
+fn warn_if_unassigned(ctx: &Ctx, stats: &Stats) {
+    if let Some(waited) = lock(&ctx.unassigned).overdue(Instant::now()) {
+        warn!(
+            waited = ?waited,
+            rebalance_errors = stats.rebalance_errors.get(),
+            "no partition assignment from the group's coordinator: the group never \
+             completes a rebalance (a broker whose coordinator is stuck, or a member that \
+             left without leaving the group); nothing is consumed until it does"
+        );
     }
 }
 
@@ -642,6 +703,21 @@ fn commit(consumer: &BaseConsumer<Ctx>, offsets: &[Commit], mode: CommitMode, st
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_member_without_an_assignment_says_so_after_a_minute_then_every_minute() {
+        let start = Instant::now();
+        let mut watch = AssignmentWatch::waiting(start);
+        assert_eq!(watch.overdue(start + Duration::from_secs(59)), None);
+        let at = start + UNASSIGNED_WARNING;
+        assert_eq!(watch.overdue(at), Some(UNASSIGNED_WARNING));
+        assert_eq!(watch.overdue(at + Duration::from_secs(30)), None);
+        let again = at + UNASSIGNED_WARNING;
+        assert_eq!(watch.overdue(again), Some(2 * UNASSIGNED_WARNING));
+        // An assignment (even of no partition) ends the wait.
+        watch.since = None;
+        assert_eq!(watch.overdue(again + 3 * UNASSIGNED_WARNING), None);
+    }
 
     fn feed() -> (Feed, Receiver<Chunk>) {
         let (tx, rx) = std::sync::mpsc::sync_channel(1024);
