@@ -257,3 +257,25 @@ pub fn dead_letters(env: &TestEnv, topic: &str) -> Result<i64> {
         .context("cannot read the dead-letter topic's offsets")?;
     Ok(high - low)
 }
+
+/// What the data accounting (`ingest_quality`, every shard) reports over
+/// all hosts: ticks still missing (`gaps - late`) and ticks made durable
+/// twice. After a run whose rows are exact in `samples`, both must be 0.
+pub async fn accounting_errors(env: &TestEnv, db: &str) -> Result<(i64, u64)> {
+    let (mut missing, mut duplicates) = (0i64, 0u64);
+    for shard in 0..env.clickhouse_urls.len() {
+        let (m, d): (i64, u64) = env
+            .clickhouse(shard)
+            .with_database(db)
+            .query(
+                "SELECT toInt64(sum(gaps)) - toInt64(sum(late)), toUInt64(sum(duplicates)) \
+                 FROM ingest_quality",
+            )
+            .fetch_one()
+            .await
+            .with_context(|| format!("reading ingest_quality on shard {shard}"))?;
+        missing += m;
+        duplicates += d;
+    }
+    Ok((missing, duplicates))
+}

@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 use anyhow::{Result, ensure};
 use spillway_e2e::clickhouse_server::LocalClickHouse;
 use spillway_e2e::ingest::{
-    Ingesting, distinct_rows, ingester_config, loadgen, migrate, rollup_rows, start_ingesting,
-    start_loadgen, total_rows,
+    Ingesting, accounting_errors, distinct_rows, ingester_config, loadgen, migrate, rollup_rows,
+    start_ingesting, start_loadgen, total_rows,
 };
 use spillway_e2e::process::Service;
 use spillway_e2e::{TestEnv, strip_ansi, unique_name};
@@ -88,6 +88,20 @@ async fn report(
     ensure!(
         minute == total && hour == total,
         "{scenario}: the tiers count {minute} (1 minute) and {hour} (1 hour) rows, the raw table {total}"
+    );
+    Ok(())
+}
+
+/// After a run whose rows are exact, with every member stopped (their last
+/// summaries written): the data accounting reports no tick missing and none
+/// twice, whatever was killed and rebuilt on the way.
+async fn exact_accounting(env: &TestEnv, db: &str) -> Result<()> {
+    let (missing, duplicates) = accounting_errors(env, db).await?;
+    println!("ingest_quality: {missing} ticks missing, {duplicates} duplicates");
+    ensure!(
+        (missing, duplicates) == (0, 0),
+        "ingest_quality reports {missing} ticks missing and {duplicates} duplicates for rows \
+         that are exact in samples"
     );
     Ok(())
 }
@@ -172,7 +186,7 @@ async fn an_ingester_killed_mid_drain_three_times_loses_nothing() -> Result<()> 
         ingester.terminate(Duration::from_secs(30))?,
         "ingester exited non-zero"
     );
-    Ok(())
+    exact_accounting(&env, &db).await
 }
 
 #[tokio::test]
@@ -288,7 +302,7 @@ async fn one_of_three_ingesters_killed_and_added_back_loses_nothing() -> Result<
             "a member exited non-zero"
         );
     }
-    Ok(())
+    exact_accounting(&env, &db).await
 }
 
 #[tokio::test]
@@ -356,7 +370,7 @@ async fn a_table_taken_away_and_put_back_is_retried_then_recovers() -> Result<()
         ingester.terminate(Duration::from_secs(30))?,
         "ingester exited non-zero"
     );
-    Ok(())
+    exact_accounting(&env, &db).await
 }
 
 /// ClickHouse dies while records flow (ranges journaled but not inserted
@@ -434,5 +448,5 @@ async fn a_rebalance_while_clickhouse_is_down_loses_nothing_and_stores_nothing_t
         a.terminate(Duration::from_secs(30))?,
         "ingester exited non-zero"
     );
-    Ok(())
+    exact_accounting(&env, &db).await
 }

@@ -451,6 +451,8 @@ impl State {
     /// Partitions were assigned: their journal is read before their records
     /// are taken.
     fn assigned(&mut self, partitions: Vec<(PartitionId, Option<i64>)>) {
+        let ids: Vec<PartitionId> = partitions.iter().map(|(id, _)| id.clone()).collect();
+        self.quality.partitions_assigned(&ids);
         let mut owned = lock(&self.owned);
         for (id, start) in partitions {
             self.epoch += 1;
@@ -737,7 +739,9 @@ impl State {
         for s in sources {
             self.in_flight_bytes -= s.cost;
             if let Some(meta) = &s.meta {
-                let seen = self.quality.observe(meta, now);
+                let seen = self
+                    .quality
+                    .observe(meta, &s.raw.topic, s.raw.partition, now);
                 stats.observed(&seen, now.saturating_sub(meta.time_ms));
             }
             // A range's records finish together, so the watermark only ever

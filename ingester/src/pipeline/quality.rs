@@ -22,7 +22,7 @@ use std::sync::atomic::Ordering;
 use spillway_shared::SeqRange;
 
 use crate::pipeline::batch::Batch;
-use crate::pipeline::message::{Meta, RecordKind};
+use crate::pipeline::message::{Meta, PartitionId, RecordKind};
 use crate::sink::rows::{IngesterStatusRow, QualityRow, Rows};
 use crate::sink::shard::shard_for;
 use crate::telemetry::Observed;
@@ -120,6 +120,8 @@ impl SeqWindow {
 #[derive(Debug, Default)]
 struct Instance {
     window: SeqWindow,
+    /// The partition its records came from last.
+    partition: Option<PartitionId>,
     /// Highest dropped tick already counted from the agent's reports, which
     /// repeat until delivered.
     dropped_counted: Option<u64>,
@@ -163,10 +165,23 @@ impl Quality {
         &self.ingester
     }
 
-    /// A record became durable at `now_ms`.
-    pub(crate) fn observe(&mut self, meta: &Meta, now_ms: u64) -> Observed {
+    /// A record of `topic`/`partition` became durable at `now_ms`.
+    pub(crate) fn observe(
+        &mut self,
+        meta: &Meta,
+        topic: &str,
+        partition: i32,
+        now_ms: u64,
+    ) -> Observed {
         let key = (meta.host_id.clone(), meta.instance_id.clone());
         let instance = self.instances.entry(key).or_default();
+        if instance
+            .partition
+            .as_ref()
+            .is_none_or(|p| p.partition != partition || p.topic != topic)
+        {
+            instance.partition = Some(PartitionId::new(topic, partition));
+        }
         instance.idle_periods = 0;
         let p = &mut instance.period;
         p.records += 1;
@@ -197,6 +212,20 @@ impl Quality {
         p.duplicates += seen.duplicates;
         p.agent_dropped += seen.agent_dropped;
         seen
+    }
+
+    /// `ids` are this member's again (or for the first time): the ticks
+    /// their instances had here before are forgotten. Meanwhile another
+    /// member made ticks of them durable, and this one knows neither which
+    /// (a tick after them would count as a gap) nor whether it did them
+    /// before (a range rebuilt after a crash would count as duplicates).
+    /// The period's counts stay.
+    pub(crate) fn partitions_assigned(&mut self, ids: &[PartitionId]) {
+        for instance in self.instances.values_mut() {
+            if instance.partition.as_ref().is_some_and(|p| ids.contains(p)) {
+                instance.window = SeqWindow::default();
+            }
+        }
     }
 
     /// Ends the period at `now_ms`: one row per instance that had records,
@@ -371,7 +400,7 @@ mod tests {
     fn summaries_report_per_instance_and_reset() {
         let mut q = Quality::new("ing".into(), 1_000_000);
         for (seq, lag) in [(0, 100), (1, 200), (3, 300), (3, 400), (2, 5000)] {
-            q.observe(&meta("a", seq, 1_000_000), 1_000_000 + lag);
+            q.observe(&meta("a", seq, 1_000_000), "t", 0, 1_000_000 + lag);
         }
         let status = Meta {
             host_id: "a".into(),
@@ -381,10 +410,10 @@ mod tests {
                 dropped: vec![SeqRange { first: 7, last: 9 }],
             },
         };
-        assert_eq!(q.observe(&status, 1_000_050).agent_dropped, 3);
+        assert_eq!(q.observe(&status, "t", 0, 1_000_050).agent_dropped, 3);
         // The agent repeats its report until delivered: counted once.
-        assert_eq!(q.observe(&status, 1_000_060).agent_dropped, 0);
-        q.observe(&meta("b", 0, 1_000_000), 1_000_010);
+        assert_eq!(q.observe(&status, "t", 0, 1_000_060).agent_dropped, 0);
+        q.observe(&meta("b", 0, 1_000_000), "t", 1, 1_000_010);
         let rows = q.summarize(1_060_000);
         assert_eq!(rows.len(), 2);
         let a = &rows[0];
@@ -399,8 +428,30 @@ mod tests {
         assert_eq!((a.period_start, a.period_end), (1000, 1060));
         // Nothing new: no rows, but the window is kept.
         assert!(q.summarize(1_120_000).is_empty());
-        q.observe(&meta("a", 3, 1_000_000), 1_120_001);
+        q.observe(&meta("a", 3, 1_000_000), "t", 0, 1_120_001);
         assert_eq!(q.summarize(1_180_000)[0].duplicates, 1);
+    }
+
+    #[test]
+    fn a_partition_assigned_again_forgets_its_instances_ticks() {
+        let mut q = Quality::new("ing".into(), 1_000_000);
+        for seq in 0..5 {
+            q.observe(&meta("a", seq, 1_000_000), "t", 0, 1_000_001);
+            q.observe(&meta("b", seq, 1_000_000), "t", 1, 1_000_001);
+        }
+        // Partition 0 went to another member, which rebuilt ticks 3..=4
+        // (this member had not committed them) and made 5..=9 durable; back
+        // here, the partition resumes at tick 10.
+        q.partitions_assigned(&[PartitionId::new("t", 0)]);
+        for seq in 10..12 {
+            q.observe(&meta("a", seq, 1_000_000), "t", 0, 1_000_002);
+        }
+        // Partition 1 stayed: its instance is still checked.
+        q.observe(&meta("b", 4, 1_000_000), "t", 1, 1_000_002);
+        let rows = q.summarize(1_060_000);
+        let (a, b) = (&rows[0], &rows[1]);
+        assert_eq!((a.gaps, a.duplicates, a.records), (0, 0, 7));
+        assert_eq!((b.gaps, b.duplicates), (0, 1));
     }
 
     #[test]
