@@ -120,8 +120,18 @@ async fn check_tables(shards: &[config::ShardConfig]) -> anyhow::Result<()> {
                 .await
             {
                 Ok(n) => n,
+                // The server answered: its database is missing.
+                Err(clickhouse::error::Error::BadResponse(msg))
+                    if msg.contains("Code: 81") || msg.contains("UNKNOWN_DATABASE") =>
+                {
+                    anyhow::bail!(
+                        "database {} does not exist on {}: run `spillway-ingester migrate` first",
+                        server.database,
+                        server.url
+                    );
+                }
                 Err(e) => {
-                    unreachable.push(format!("{}: {e}", server.url));
+                    unreachable.push(format!("{} is not reachable: {e}", server.url));
                     continue;
                 }
             };
@@ -135,13 +145,16 @@ async fn check_tables(shards: &[config::ShardConfig]) -> anyhow::Result<()> {
             answered = true;
         }
         if !answered {
-            anyhow::bail!(
-                "ClickHouse shard {i} is not reachable: {}",
-                unreachable.join("; ")
-            );
+            match unreachable.as_slice() {
+                [one] => anyhow::bail!("ClickHouse at {one}"),
+                all => anyhow::bail!(
+                    "no replica of ClickHouse shard {i} is reachable: {}",
+                    all.join("; ")
+                ),
+            }
         }
         for why in unreachable {
-            tracing::warn!(shard = i, replica = %why, "a replica does not answer; starting on the others");
+            tracing::warn!(shard = i, "{why}; starting on the shard's other replicas");
         }
     }
     Ok(())

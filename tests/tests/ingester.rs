@@ -159,6 +159,14 @@ async fn start_up_against_missing_servers_or_tables_fails_with_one_clear_message
             "default".to_owned(),
             format!("Kafka at {closed} is not reachable"),
         ),
+        (
+            env.kafka_brokers.clone(),
+            ch.clone(),
+            format!("{db}_missing"),
+            format!(
+                "database {db}_missing does not exist on {ch}: run `spillway-ingester migrate` first"
+            ),
+        ),
     ];
     let bin = spillway_e2e::process::bin_path("spillway-ingester", "SPILLWAY_E2E_INGESTER_BIN");
     for (brokers, url, database, want) in cases {
