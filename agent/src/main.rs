@@ -133,13 +133,35 @@ fn main() -> ExitCode {
     process::finish(PROGRAM, result)
 }
 
+/// Prints a record to stdout. A reader that stops early (`| head`) ends the
+/// output quietly, as for any Unix tool, instead of a panic.
 fn print_once(record: &spillway_shared::Record, format: OnceFormat) -> anyhow::Result<()> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    let written = write_once(&mut out, record, format).and_then(|()| Ok(out.flush()?));
+    match written {
+        Err(e)
+            if e.downcast_ref::<std::io::Error>()
+                .is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe) =>
+        {
+            Ok(())
+        }
+        other => other,
+    }
+}
+
+fn write_once(
+    out: &mut impl std::io::Write,
+    record: &spillway_shared::Record,
+    format: OnceFormat,
+) -> anyhow::Result<()> {
     match format {
         OnceFormat::Json => {
-            println!(
+            writeln!(
+                out,
                 "{}",
                 serde_json::to_string_pretty(&spillway_shared::Wire(record))?
-            );
+            )?;
         }
         OnceFormat::Text => {
             if let spillway_shared::Record::Metrics(m) = record {
@@ -149,13 +171,14 @@ fn print_once(record: &spillway_shared::Record, format: OnceFormat) -> anyhow::R
                         .iter()
                         .map(|l| format!("{}={:?}", l.key, l.value))
                         .collect();
-                    println!(
+                    writeln!(
+                        out,
                         "{} {{{}}} {} {}",
                         s.name,
                         labels.join(", "),
                         s.value,
                         s.unit
-                    );
+                    )?;
                 }
             }
         }

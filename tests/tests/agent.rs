@@ -531,3 +531,27 @@ async fn a_second_sigterm_ends_the_agent_at_once() -> Result<()> {
     );
     Ok(())
 }
+
+/// `spillway-agent once | head -1`: the reader closes the pipe early; the
+/// agent stops quietly with status 0 (was a panic, exit 101).
+#[test]
+fn once_into_a_reader_that_stops_early_ends_quietly() -> Result<()> {
+    let bin = spillway_e2e::process::bin_path("spillway-agent", "SPILLWAY_E2E_AGENT_BIN");
+    let mut child = std::process::Command::new(bin)
+        .args(["once", "--format", "text"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()?;
+    // The reader is gone before the agent has collected: its first line
+    // hits a closed pipe (a pipe's buffer would swallow what is written
+    // before the reader goes).
+    drop(child.stdout.take().context("stdout")?);
+    let out = child.wait_with_output()?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    ensure!(
+        out.status.success() && !stderr.contains("panicked"),
+        "{:?}, stderr:\n{stderr}",
+        out.status
+    );
+    Ok(())
+}
