@@ -1,4 +1,4 @@
-//! Logs to stderr, as text or JSON lines.
+//! Logs to stderr, as text or JSON lines; colour only on a terminal.
 
 use serde::Deserialize;
 
@@ -51,6 +51,10 @@ pub fn init_logging(format: LogFormat, level: &str) {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(colour(
+            std::io::IsTerminal::is_terminal(&std::io::stderr()),
+            std::env::var_os("NO_COLOR").as_deref(),
+        ))
         .with_writer(std::io::stderr);
     // A second init (tests) is harmless: the first subscriber stays.
     let _already_set = match format {
@@ -59,9 +63,24 @@ pub fn init_logging(format: LogFormat, level: &str) {
     };
 }
 
+/// Colour codes only on a terminal, and not when `NO_COLOR` is set to
+/// anything but the empty string (no-color.org): a log file or journald
+/// gets plain text.
+fn colour(terminal: bool, no_color: Option<&std::ffi::OsStr>) -> bool {
+    terminal && no_color.is_none_or(std::ffi::OsStr::is_empty)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn colour_only_on_a_terminal_without_no_color() {
+        assert!(colour(true, None));
+        assert!(colour(true, Some("".as_ref())));
+        assert!(!colour(true, Some("1".as_ref())));
+        assert!(!colour(false, None));
+    }
 
     #[test]
     fn formats_parse_from_text_and_toml() {
