@@ -391,8 +391,8 @@ impl Config {
         if let Some(v) = r.get("SPILLWAY_AGENT_KAFKA_TOPIC") {
             self.kafka.topic = v;
         }
-        if let Some(d) = r.parse::<humantime::Duration>("SPILLWAY_AGENT_INTERVAL") {
-            self.agent.interval = d.into();
+        if let Some(d) = r.duration("SPILLWAY_AGENT_INTERVAL") {
+            self.agent.interval = d;
         }
         if let Some(v) = r.get("SPILLWAY_AGENT_HOST_ID") {
             self.agent.host_id = v;
@@ -654,5 +654,17 @@ mod tests {
         assert_eq!(errors.len(), 1, "{errors:?}");
         assert!(errors[0].starts_with("SPILLWAY_AGENT_INTERVALL: unknown variable"));
         assert_eq!(c.collect.host_root, Some("/host".into()));
+    }
+
+    #[test]
+    fn an_interval_without_a_unit_is_refused_showing_the_form() {
+        let mut c = Config::default();
+        let errors = c.apply_env(&[("SPILLWAY_AGENT_INTERVAL", "abc")]);
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert!(
+            errors[0].starts_with("SPILLWAY_AGENT_INTERVAL: `abc` is not a duration")
+                && errors[0].contains("like `10s`"),
+            "{errors:?}"
+        );
     }
 }

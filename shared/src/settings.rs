@@ -135,6 +135,19 @@ impl EnvReader<'_> {
         }
     }
 
+    /// The value of `name` as a duration (`10s`, `500ms`, `1m`); one that
+    /// is not becomes an error that shows the form.
+    pub fn duration(&mut self, name: &str) -> Option<std::time::Duration> {
+        let v = self.get(name)?;
+        match parse_duration(&v) {
+            Ok(d) => Some(d),
+            Err(e) => {
+                self.errors.push(format!("{name}: {e}"));
+                None
+            }
+        }
+    }
+
     /// The errors (values that did not parse, then every variable with the
     /// policy's prefix that the binary does not read) and the deprecation
     /// warnings.
@@ -406,6 +419,32 @@ mod secret_tests {
         assert!(
             shown.contains("alice") && shown.contains("SASL_SSL"),
             "{shown}"
+        );
+    }
+}
+
+/// A duration as the configuration files write it (`10s`, `500ms`, `1m`,
+/// `1h 30m`); the error names the value and shows the form.
+pub fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
+    text.trim().parse::<humantime::Duration>().map(Into::into).map_err(|e| {
+        format!("`{text}` is not a duration ({e}); write it with a unit, like `10s`, `500ms` or `1m`")
+    })
+}
+
+#[cfg(test)]
+mod duration_tests {
+    use super::*;
+
+    #[test]
+    fn a_duration_without_a_unit_is_refused_with_the_form() {
+        assert_eq!(
+            parse_duration("10s"),
+            Ok(std::time::Duration::from_secs(10))
+        );
+        let e = parse_duration("abc").unwrap_err();
+        assert!(
+            e.contains("`abc` is not a duration") && e.contains("`10s`"),
+            "{e}"
         );
     }
 }
