@@ -193,7 +193,7 @@ async fn replay_dlq_brings_back_exactly_the_fixable_letters_once_even_when_kille
     );
     ensure!(
         dry.log().contains(&format!(
-            "{fixable_records} records inserted ({fixable} rows), {poison} still failing"
+            "{fixable_records} records would be inserted ({fixable} rows), {poison} still failing"
         )),
         "dry run report:\n{}",
         dry.log()

@@ -58,7 +58,7 @@ async fn migrations_applied_twice_change_nothing() -> Result<()> {
         "the second run changed something:\n{second}"
     );
     ensure!(
-        second.contains(&format!("profile   {profile} (the tables were built so")),
+        second.contains(&format!("profile   {profile} (recorded by ")),
         "{second}"
     );
     ensure!(

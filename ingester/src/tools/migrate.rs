@@ -357,7 +357,10 @@ fn choose_profile(
                 asked: asked.name(),
             });
         }
-        return Ok((tables, format!("the tables were built so ({file})")));
+        return Ok((
+            tables,
+            format!("recorded by {file}, which built the tables"),
+        ));
     }
     Ok(match asked {
         Some(p) => (p, "asked for with --profile".to_owned()),

@@ -88,6 +88,8 @@ pub struct Report {
     pub rows: u64,
     /// Records that still cannot be ingested, by kind.
     pub still_failing: BTreeMap<String, u64>,
+    /// A dry run: nothing was inserted.
+    pub dry_run: bool,
 }
 
 impl std::fmt::Display for Report {
@@ -95,12 +97,17 @@ impl std::fmt::Display for Report {
         write!(
             f,
             "read {} letters: {} filtered out, {} repeated, {} already replayed, \
-             {} records inserted ({} rows), {} still failing",
+             {} records {} ({} rows), {} still failing",
             self.read,
             self.filtered_out,
             self.repeated,
             self.already_replayed,
             self.inserted,
+            if self.dry_run {
+                "would be inserted"
+            } else {
+                "inserted"
+            },
             self.rows,
             self.still_failing.values().sum::<u64>()
         )?;
@@ -208,7 +215,10 @@ pub async fn run<S: Sink>(
         sink,
         shutdown,
         dry_run: args.dry_run,
-        report: Report::default(),
+        report: Report {
+            dry_run: args.dry_run,
+            ..Report::default()
+        },
         seen: HashSet::new(),
         replayed: HashMap::new(),
         journal: Vec::new(),
@@ -463,5 +473,10 @@ mod tests {
         let text = r.to_string();
         assert!(text.contains("2 records inserted (80 rows)"), "{text}");
         assert!(text.contains("3 still failing (not_a_map 3)"), "{text}");
+        r.dry_run = true;
+        assert!(
+            r.to_string()
+                .contains("2 records would be inserted (80 rows)")
+        );
     }
 }
