@@ -146,6 +146,17 @@ pub const MIGRATIONS: &[Migration] = &[
     },
 ];
 
+/// What to check when a server cannot be reached at all.
+fn hint(e: &clickhouse::error::Error) -> &'static str {
+    match e {
+        clickhouse::error::Error::Network(_) => {
+            " (no ClickHouse answers at that URL: set `clickhouse.shards` in the configuration \
+             or SPILLWAY_INGESTER_CLICKHOUSE_URLS)"
+        }
+        _ => "",
+    }
+}
+
 /// Migration failed.
 #[derive(Debug, thiserror::Error)]
 pub enum MigrateError {
@@ -157,8 +168,9 @@ pub enum MigrateError {
         /// What is wrong.
         source: crate::tls::TlsError,
     },
-    /// ClickHouse refused or could not be reached.
-    #[error("shard {url}: {context}: {source}")]
+    /// ClickHouse refused or could not be reached. (The client's error is
+    /// the source: printed once, after this, by whoever prints the chain.)
+    #[error("shard {url}: {context}{}", hint(source))]
     ClickHouse {
         /// The shard.
         url: String,
