@@ -191,7 +191,7 @@ step "fuzz smoke run (every target for 20 s from the kept corpus; a crash fails)
 scripts/fuzz.sh 20
 
 step "benchmark set-up in each one's default (release) mode"
-for b in bench/ingest-drain.sh bench/freshness.sh bench/agent-footprint.sh bench/storage.sh bench/dashboard.sh bench/tls-cost.sh bench/ingester-profile.sh; do
+for b in bench/ingest-drain.sh bench/freshness.sh bench/agent-footprint.sh bench/storage.sh bench/dashboard.sh bench/tls-cost.sh bench/ingester-profile.sh bench/chaos.sh; do
   BENCH_CHECK=1 BENCH_PROFILE= "$b"
 done
 
