@@ -14,7 +14,7 @@ use tracing::{info, warn};
 use crate::config::ClickHouseConfig;
 use crate::sink::replicas::Replicas;
 use crate::sink::rows::{JournalRow, Rows};
-use crate::sink::{Sink, SinkError, https};
+use crate::sink::{Sink, SinkError};
 
 /// How a shard drops an INSERT it has already stored.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -73,19 +73,6 @@ impl Buffers {
 /// The journal's table. A range is journaled on the first shard that
 /// takes the write (in the configured order), and read from all of them.
 const JOURNAL_TABLE: &str = "ingest_journal";
-
-/// A client for one shard (HTTP or HTTPS, [`https`]), with schema
-/// validation off (ClickHouse 18.16 lacks the format it needs).
-pub fn client(
-    shard: &crate::config::ShardConfig,
-) -> Result<clickhouse::Client, crate::tls::TlsError> {
-    Ok(https::client(shard)?
-        .with_url(&shard.url)
-        .with_user(&shard.user)
-        .with_password(shard.password.expose())
-        .with_database(&shard.database)
-        .with_validation(false))
-}
 
 impl ClickHouseSink {
     /// Builds the clients (no connection yet); fails only on TLS material

@@ -25,8 +25,19 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 /// (3 s by default before 23.11) closes them under the client.
 const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// A `clickhouse` client for `shard` over its own HTTP(S) client.
+/// A client for one server of a shard (`shard.url`, HTTP or HTTPS), with
+/// schema validation off (ClickHouse 18.16 lacks the format it needs).
 pub fn client(shard: &ShardConfig) -> Result<clickhouse::Client, TlsError> {
+    Ok(http_client(shard)?
+        .with_url(&shard.url)
+        .with_user(&shard.user)
+        .with_password(shard.password.expose())
+        .with_database(&shard.database)
+        .with_validation(false))
+}
+
+/// A `clickhouse` client for `shard` over its own HTTP(S) client.
+fn http_client(shard: &ShardConfig) -> Result<clickhouse::Client, TlsError> {
     let mut http = HttpConnector::new();
     http.set_keepalive(Some(TCP_KEEPALIVE));
     http.set_connect_timeout(Some(CONNECT_TIMEOUT));

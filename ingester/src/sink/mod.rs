@@ -16,8 +16,9 @@ pub mod shard;
 
 use std::future::Future;
 
-pub use client::{ClickHouseSink, client, parse_version};
+pub use client::{ClickHouseSink, parse_version};
 pub use error::{CLIENT_SIDE, SinkError, classify, classify_error};
+pub use https::client;
 
 use crate::sink::rows::{JournalRow, Rows};
 

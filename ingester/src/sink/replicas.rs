@@ -52,7 +52,7 @@ impl Replicas {
             .map(|server| {
                 Ok(Replica {
                     url: server.url.clone(),
-                    client: crate::sink::client(server)?,
+                    client: crate::sink::https::client(server)?,
                     // Believed up until something fails: a start-up against a
                     // down replica would otherwise look like a down shard.
                     up: AtomicBool::new(true),
