@@ -738,12 +738,6 @@ impl State {
         let now = now_ms();
         for s in sources {
             self.in_flight_bytes -= s.cost;
-            if let Some(meta) = &s.meta {
-                let seen = self
-                    .quality
-                    .observe(meta, &s.raw.topic, s.raw.partition, now);
-                stats.observed(&seen, now.saturating_sub(meta.time_ms));
-            }
             // A range's records finish together, so the watermark only ever
             // stops at the start of a range.
             let Some(p) = self
@@ -754,9 +748,17 @@ impl State {
                 continue;
             };
             // A range of an earlier assignment of the partition (revoked
-            // undrained, then assigned here again) is not this one's.
+            // undrained, then assigned here again) is not this one's: its
+            // offsets were not committed, so the partition's owner now reads
+            // its records again, and accounts for them.
             if p.epoch != s.range.epoch {
                 continue;
+            }
+            if let Some(meta) = &s.meta {
+                let seen = self
+                    .quality
+                    .observe(meta, &s.raw.topic, s.raw.partition, now);
+                stats.observed(&seen, now.saturating_sub(meta.time_ms));
             }
             let Some(range) = p.in_flight.get_mut(&s.range.first) else {
                 continue;
