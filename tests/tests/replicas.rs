@@ -165,6 +165,20 @@ fn acknowledged(port: u16) -> u64 {
         .sum()
 }
 
+/// Waits (up to a minute: each table's parts replicate on their own) until
+/// the fleet-wide counts read on `server` are `expected` each; returns the
+/// last counts read.
+async fn wait_fleet(server: &LocalClickHouse, db: &str, expected: u64) -> Result<[u64; 4]> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let counts = fleet_counts(server, db).await?;
+        if counts == [expected; 4] || Instant::now() > deadline {
+            return Ok(counts);
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
 /// Fleet-wide counts through the Distributed tables: raw rows, distinct
 /// rows, and the rows the 1-minute and 1-hour tiers account for.
 async fn fleet_counts(server: &LocalClickHouse, db: &str) -> Result<[u64; 4]> {
@@ -310,7 +324,7 @@ async fn a_replica_killed_mid_drain_and_a_whole_shard_down_lose_nothing_and_stor
     servers[0][0].restart()?;
     servers[1][1].restart()?;
     wait_replicated(&servers, &db, first, Duration::from_secs(120)).await?;
-    let fleet = fleet_counts(&servers[0][1], &db).await?;
+    let fleet = wait_fleet(&servers[0][1], &db, first).await?;
     ensure!(
         fleet == [first; 4],
         "raw, distinct, 1-minute and 1-hour rows {fleet:?}, expected {first} each"
@@ -338,13 +352,19 @@ async fn a_replica_killed_mid_drain_and_a_whole_shard_down_lose_nothing_and_stor
     servers[1][0].restart()?;
     servers[1][1].restart()?;
     wait_replicated(&servers, &db, first + second, Duration::from_secs(120)).await?;
-    let fleet = fleet_counts(&servers[0][0], &db).await?;
+    let fleet = wait_fleet(&servers[0][0], &db, first + second).await?;
     ensure!(
         fleet == [first + second; 4],
         "raw, distinct, 1-minute and 1-hour rows {fleet:?}, expected {} each",
         first + second
     );
-    let (minute, hour) = rollup_rows(&env, &db).await?;
+    // And on each shard's first replica, once its tiers' parts are there.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let (mut minute, mut hour) = rollup_rows(&env, &db).await?;
+    while (minute, hour) != (first + second, first + second) && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        (minute, hour) = rollup_rows(&env, &db).await?;
+    }
     ensure!(
         (minute, hour) == (first + second, first + second),
         "tiers on the first replicas: {minute}, {hour}"
