@@ -279,3 +279,27 @@ pub async fn accounting_errors(env: &TestEnv, db: &str) -> Result<(i64, u64)> {
     }
     Ok((missing, duplicates))
 }
+
+/// `config` (one `url` per shard, the first server of each, as
+/// [`ingester_config`] writes it) with each shard's `replicas` instead.
+pub fn with_replicas(
+    config: &str,
+    shards: &[Vec<crate::clickhouse_server::LocalClickHouse>],
+) -> String {
+    shards.iter().fold(config.to_owned(), |config, shard| {
+        let urls: Vec<String> = shard.iter().map(|s| format!("\"{}\"", s.url())).collect();
+        config.replace(
+            &format!("url = \"{}\"\n", shard[0].url()),
+            &format!("replicas = [{}]\n", urls.join(", ")),
+        )
+    })
+}
+
+/// Runs `spillway-ingester migrate` with a whole `config` (files in `dir`);
+/// returns its output.
+pub fn migrate_with(dir: &std::path::Path, config: &str) -> Result<String> {
+    let mut m = Service::ingester(dir, config, &["migrate"])?;
+    let ok = m.wait(Duration::from_secs(120))?;
+    ensure!(ok, "migrate failed:\n{}", m.log());
+    Ok(m.log())
+}

@@ -106,16 +106,18 @@ pub async fn verdict(
     Ok(v)
 }
 
+/// A record with its partition and offset.
+type Placed = (i32, i64, Record);
+
 /// Every record of the topic with its partition and offset (by assignment,
 /// not by joining a group), and each partition's committed offset for
 /// `group` and end.
-#[allow(clippy::type_complexity)]
 fn read_topic(
     env: &TestEnv,
     topic: &str,
     partitions: i32,
     group: &str,
-) -> Result<(Vec<PartitionOffsets>, Vec<(i32, i64, Record)>)> {
+) -> Result<(Vec<PartitionOffsets>, Vec<Placed>)> {
     let consumer: BaseConsumer = env
         .kafka_config()
         .set("group.id", group)

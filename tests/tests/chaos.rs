@@ -14,7 +14,9 @@ use anyhow::{Result, ensure};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use spillway_e2e::clickhouse_server::LocalClickHouse;
-use spillway_e2e::ingest::{distinct_rows, ingester_config, rollup_rows, total_rows};
+use spillway_e2e::ingest::{
+    distinct_rows, ingester_config, migrate_with, rollup_rows, total_rows, with_replicas,
+};
 use spillway_e2e::process::Service;
 use spillway_e2e::verdict::{group_assigns, verdict};
 use spillway_e2e::{TestEnv, unique_name};
@@ -52,20 +54,11 @@ async fn seeded_chaos_loses_nothing() -> Result<()> {
         unique_name("e2e_chaos"),
     );
     env.create_topic(&topic, PARTITIONS).await?;
-    let urls: Vec<String> = replicas
-        .iter()
-        .map(|r| format!("\"{}\"", r.url()))
-        .collect();
-    let config = ingester_config(&env, &topic, &group, &db).replace(
-        &format!("url = \"{}\"\n", replicas[0].url()),
-        &format!("replicas = [{}]\n", urls.join(", ")),
+    let config = with_replicas(
+        &ingester_config(&env, &topic, &group, &db),
+        std::slice::from_ref(&replicas),
     );
-    let mut migrate = Service::ingester(&dir.path().join("migrate"), &config, &["migrate"])?;
-    ensure!(
-        migrate.wait(Duration::from_secs(120))?,
-        "migrate failed:\n{}",
-        migrate.log()
-    );
+    migrate_with(&dir.path().join("migrate"), &config)?;
     let mut members = vec![
         Service::ingester(&dir.path().join("a"), &config, &[])?,
         Service::ingester(&dir.path().join("b"), &config, &[])?,

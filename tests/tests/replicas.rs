@@ -7,7 +7,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, ensure};
 use spillway_e2e::clickhouse_server::LocalClickHouse;
-use spillway_e2e::ingest::{ingester_config, loadgen, rollup_rows, total_rows};
+use spillway_e2e::ingest::{
+    ingester_config, loadgen, migrate_with, rollup_rows, total_rows, with_replicas,
+};
 use spillway_e2e::process::{Service, free_port, http_get, ready};
 use spillway_e2e::{TestEnv, unique_name};
 
@@ -22,26 +24,6 @@ const INSERTED: [&str; 8] = [
     "ingester_status",
     "ingest_journal",
 ];
-
-/// `config` (one `url` per shard, the first replica of each) with each
-/// shard's `replicas` instead.
-fn with_replicas(config: &str, servers: &[Vec<LocalClickHouse>]) -> String {
-    servers.iter().fold(config.to_owned(), |config, shard| {
-        let urls: Vec<String> = shard.iter().map(|s| format!("\"{}\"", s.url())).collect();
-        config.replace(
-            &format!("url = \"{}\"\n", shard[0].url()),
-            &format!("replicas = [{}]\n", urls.join(", ")),
-        )
-    })
-}
-
-/// Runs `spillway-ingester migrate` with `config`; returns its output.
-fn migrate(dir: &std::path::Path, config: &str) -> Result<String> {
-    let mut m = Service::ingester(dir, config, &["migrate"])?;
-    let ok = m.wait(Duration::from_secs(120))?;
-    ensure!(ok, "migrate failed:\n{}", m.log());
-    Ok(m.log())
-}
 
 /// The engines of the tables an INSERT reaches that are not replicated.
 async fn not_replicated(url: &str, env: &TestEnv, db: &str) -> Result<Vec<String>> {
@@ -91,13 +73,13 @@ async fn every_table_an_insert_reaches_is_replicated_where_the_server_has_replic
     let dir = tempfile::tempdir()?;
     let db = unique_name("e2e_repl");
     let config = ingester_config(&env, "unused", "unused", &db);
-    let first = migrate(&dir.path().join("m1"), &config)?;
+    let first = migrate_with(&dir.path().join("m1"), &config)?;
     let local = not_replicated(env.clickhouse_url(), &env, &db).await?;
     ensure!(
         local.is_empty(),
         "not replicated after migrate: {local:?}\n{first}"
     );
-    let second = migrate(&dir.path().join("m2"), &config)?;
+    let second = migrate_with(&dir.path().join("m2"), &config)?;
     ensure!(
         !second.contains("  applied "),
         "a second run applied something:\n{second}"
@@ -239,7 +221,7 @@ async fn a_replica_killed_mid_drain_and_a_whole_shard_down_lose_nothing_and_stor
             "max_age = \"300ms\"\nmax_rows = 2000"
         )
     );
-    migrate(&dir.path().join("migrate"), &config)?;
+    migrate_with(&dir.path().join("migrate"), &config)?;
     for server in servers.iter().flatten() {
         let local = not_replicated(&server.url(), &env, &db).await?;
         ensure!(local.is_empty(), "on {}: {local:?}", server.url());
