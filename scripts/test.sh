@@ -53,6 +53,14 @@ if ! command -v stunnel >/dev/null 2>&1; then
   apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq stunnel4 >/dev/null
 fi
+if ! command -v rpm >/dev/null 2>&1; then
+  step "apt-get install rpm (inspects the .rpm packages: tests/tests/packages.rs)"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq rpm >/dev/null
+fi
+step "packaging tools: cargo-deb, cargo-generate-rpm (pinned; built once, about 6 minutes)"
+scripts/package.sh install
+
 step "tansu with libsql (the SASL tests' broker; built once, about 10 minutes)"
 scripts/stack.sh install-sasl-broker
 export SPILLWAY_TANSU_SASL_BIN=${SPILLWAY_TANSU_SASL_BIN:-$HOME/.cargo/tansu-libsql/bin/tansu}

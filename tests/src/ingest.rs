@@ -303,3 +303,61 @@ pub fn migrate_with(dir: &std::path::Path, config: &str) -> Result<String> {
     ensure!(ok, "migrate failed:\n{}", m.log());
     Ok(m.log())
 }
+
+/// One agent instance's ticks in ClickHouse, over every shard.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Ticks {
+    pub host_id: String,
+    pub instance_id: String,
+    pub distinct: u64,
+    pub max_seq: u64,
+    pub rows: u64,
+    pub distinct_rows: u64,
+}
+
+/// Every agent instance of `hosts` in ClickHouse, with its tick numbers and
+/// its rows (a host lives on one shard).
+pub async fn ticks(env: &TestEnv, db: &str, hosts: &[String]) -> Result<Vec<Ticks>> {
+    #[derive(clickhouse::Row, serde::Deserialize)]
+    struct R {
+        host_id: String,
+        instance_id: String,
+        distinct: u64,
+        max_seq: u64,
+        rows: u64,
+        distinct_rows: u64,
+    }
+    let list = hosts
+        .iter()
+        .map(|h| format!("'{h}'"))
+        .collect::<Vec<_>>()
+        .join(",");
+    let mut out = Vec::new();
+    for shard in 0..env.clickhouse_urls.len() {
+        let rows: Vec<R> = env
+            .clickhouse(shard)
+            .with_database(db)
+            .query(&format!(
+                "SELECT host_id, instance_id, uniqExact(seq) AS distinct, max(seq) AS max_seq, \
+                 count() AS rows, uniqExact(seq, metric, labels) AS distinct_rows \
+                 FROM samples WHERE host_id IN ({list}) GROUP BY host_id, instance_id \
+                 ORDER BY host_id, instance_id"
+            ))
+            .fetch_all()
+            .await?;
+        out.extend(rows.into_iter().map(|r| Ticks {
+            host_id: r.host_id,
+            instance_id: r.instance_id,
+            distinct: r.distinct,
+            max_seq: r.max_seq,
+            rows: r.rows,
+            distinct_rows: r.distinct_rows,
+        }));
+    }
+    Ok(out)
+}
+
+/// Whether every instance's ticks are contiguous from 0.
+pub fn contiguous(t: &[Ticks]) -> bool {
+    t.iter().all(|i| i.distinct == i.max_seq + 1)
+}

@@ -32,6 +32,9 @@ pub struct Service {
     args: Vec<String>,
     /// Environment variables the process gets on top of the test's own.
     env: Vec<(String, String)>,
+    /// An installed program run as another user, instead of the workspace's
+    /// binary on `dir`'s config: (program, its config file, the user).
+    installed: Option<(PathBuf, PathBuf, String)>,
 }
 
 /// The agent process.
@@ -85,12 +88,42 @@ impl Service {
             bin_env,
             args: args.iter().map(|a| (*a).to_owned()).collect(),
             env: Vec::new(),
+            installed: None,
         })
+    }
+
+    /// Starts an installed agent (`program`, on `config`) as `user`, the way
+    /// its systemd unit runs it (`setpriv` execs it, so the pid is the
+    /// agent's); its log goes to `dir`.
+    pub fn installed_agent(
+        dir: &Path,
+        program: &Path,
+        config: &Path,
+        user: &str,
+    ) -> Result<Service> {
+        std::fs::create_dir_all(dir)?;
+        let mut s = Service {
+            child: None,
+            dir: dir.to_owned(),
+            name: "spillway-agent",
+            bin_env: "SPILLWAY_E2E_AGENT_BIN",
+            args: vec!["run".to_owned()],
+            env: vec![("MALLOC_ARENA_MAX".to_owned(), "1".to_owned())],
+            installed: Some((program.to_owned(), config.to_owned(), user.to_owned())),
+        };
+        s.restart()?;
+        Ok(s)
     }
 
     /// Starts the process again with the same config (and spool).
     pub fn restart(&mut self) -> Result<()> {
-        let bin = bin_path(self.name, self.bin_env);
+        let (bin, config) = match &self.installed {
+            Some((program, config, _)) => (program.clone(), config.clone()),
+            None => (
+                bin_path(self.name, self.bin_env),
+                self.dir.join(format!("{}.toml", self.name)),
+            ),
+        };
         if !bin.exists() {
             bail!(
                 "{} does not exist: run `cargo build --bins` first",
@@ -101,7 +134,20 @@ impl Service {
             .create(true)
             .append(true)
             .open(self.dir.join(format!("{}.log", self.name)))?;
-        let mut command = Command::new(&bin);
+        let mut command = match &self.installed {
+            Some((_, _, user)) => {
+                let mut c = Command::new("setpriv");
+                c.args([
+                    &format!("--reuid={user}"),
+                    &format!("--regid={user}"),
+                    "--init-groups",
+                    "--",
+                ])
+                .arg(&bin);
+                c
+            }
+            None => Command::new(&bin),
+        };
         // The config file alone decides: no SPILLWAY_* override leaks in from
         // the test's own environment.
         for (key, _) in std::env::vars_os() {
@@ -111,7 +157,7 @@ impl Service {
         }
         let child = command
             .arg("--config")
-            .arg(self.dir.join(format!("{}.toml", self.name)))
+            .arg(config)
             .args(&self.args)
             .envs(self.env.iter().map(|(k, v)| (k, v)))
             .env(

@@ -6,70 +6,12 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, ensure};
 use spillway_e2e::broker::LocalBroker;
 use spillway_e2e::broker::free_port;
-use spillway_e2e::ingest::{Ingesting, start_ingesting};
+use spillway_e2e::ingest::{Ingesting, Ticks, contiguous, start_ingesting, ticks};
 use spillway_e2e::process::{AgentProcess, Service, agent_config, agent_metric};
 use spillway_e2e::{TestEnv, strip_ansi, unique_name};
 
 /// The agent's count of tick slots it missed (a tick ran past the next one).
 const MISSED: &str = "spillway_agent_ticks_missed_total";
-
-/// One agent instance's ticks in ClickHouse, over every shard.
-#[derive(Debug, Clone, PartialEq)]
-struct Ticks {
-    host_id: String,
-    instance_id: String,
-    distinct: u64,
-    max_seq: u64,
-    rows: u64,
-    distinct_rows: u64,
-}
-
-/// Every agent instance of `hosts` in ClickHouse, with its tick numbers and
-/// its rows (a host lives on one shard).
-async fn ticks(env: &TestEnv, db: &str, hosts: &[String]) -> Result<Vec<Ticks>> {
-    #[derive(clickhouse::Row, serde::Deserialize)]
-    struct R {
-        host_id: String,
-        instance_id: String,
-        distinct: u64,
-        max_seq: u64,
-        rows: u64,
-        distinct_rows: u64,
-    }
-    let list = hosts
-        .iter()
-        .map(|h| format!("'{h}'"))
-        .collect::<Vec<_>>()
-        .join(",");
-    let mut out = Vec::new();
-    for shard in 0..env.clickhouse_urls.len() {
-        let rows: Vec<R> = env
-            .clickhouse(shard)
-            .with_database(db)
-            .query(&format!(
-                "SELECT host_id, instance_id, uniqExact(seq) AS distinct, max(seq) AS max_seq, \
-                 count() AS rows, uniqExact(seq, metric, labels) AS distinct_rows \
-                 FROM samples WHERE host_id IN ({list}) GROUP BY host_id, instance_id \
-                 ORDER BY host_id, instance_id"
-            ))
-            .fetch_all()
-            .await?;
-        out.extend(rows.into_iter().map(|r| Ticks {
-            host_id: r.host_id,
-            instance_id: r.instance_id,
-            distinct: r.distinct,
-            max_seq: r.max_seq,
-            rows: r.rows,
-            distinct_rows: r.distinct_rows,
-        }));
-    }
-    Ok(out)
-}
-
-/// Whether every instance's ticks are contiguous from 0.
-fn contiguous(t: &[Ticks]) -> bool {
-    t.iter().all(|i| i.distinct == i.max_seq + 1)
-}
 
 /// Appends half a frame to the newest spool segment: what a crash in the
 /// middle of a write leaves.
