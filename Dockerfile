@@ -44,15 +44,32 @@ ENV SPILLWAY_INGESTER_CONFIG=/etc/spillway/ingester.toml
 EXPOSE 9466
 # No transparent huge pages for the heap (packaging/spillway-ingester.service).
 ENV MIMALLOC_ALLOW_THP=0
+ENV SPILLWAY_INGESTER_HTTP_LISTEN=0.0.0.0:9466
+# /ready: joined the consumer group and every shard has a replica that
+# answers. bash's /dev/tcp: the image has no curl or wget.
+HEALTHCHECK --interval=10s --timeout=5s --start-period=30s --retries=6 \
+    CMD ["bash", "-c", "exec 3<>/dev/tcp/127.0.0.1/9466 && printf 'GET /ready HTTP/1.0\\r\\n\\r\\n' >&3 && grep -q ' 200 ' <&3"]
 ENTRYPOINT ["spillway-ingester"]
 CMD ["run"]
 
+# The agent runs as the unprivileged spillway user with no capabilities:
+# everything it reads is world-readable (/proc, /sys, statvfs of mounts).
+# To report its host rather than its container it needs the host's PID and
+# network namespaces and the host's root read-only at /host (compose:
+# `pid: host`, `network_mode: host`; Kubernetes: deploy/kubernetes/agent.yaml),
+# never privileged mode.
 FROM runtime AS agent
 COPY --from=build /usr/local/bin/spillway-agent /usr/local/bin/
 # The spool volume mounts here; it must belong to the agent's user.
 RUN install -d -o spillway -m 0700 /var/lib/spillway/spool
 # One glibc malloc arena, as in packaging/spillway-agent.service.
 ENV MALLOC_ARENA_MAX=1
+ENV SPILLWAY_AGENT_SPOOL_DIR=/var/lib/spillway/spool
+ENV SPILLWAY_AGENT_HTTP_LISTEN=127.0.0.1:9465
+# /health answers while the agent collects (an unreachable broker is
+# degraded, not failed: the spool keeps the data).
+HEALTHCHECK --interval=30s --timeout=5s --start-period=15s --retries=3 \
+    CMD ["bash", "-c", "exec 3<>/dev/tcp/127.0.0.1/9465 && printf 'GET /health HTTP/1.0\\r\\n\\r\\n' >&3 && grep -q ' 200 ' <&3"]
 USER spillway
 WORKDIR /var/lib/spillway
 ENTRYPOINT ["spillway-agent"]

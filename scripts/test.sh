@@ -24,6 +24,13 @@ if ! python3 -c 'import chdb, lz4' 2>/dev/null; then
   python3 -m pip install --quiet 'chdb-core==26.9.0' 'lz4>=4'
 fi
 
+# The Kubernetes manifests' schemas: the API's (kubernetes-validate) and
+# KEDA's CRD as generated models (cloudcoil-models-keda).
+if ! python3 -c 'import kubernetes_validate, cloudcoil.models.keda' 2>/dev/null; then
+  step "pip install kubernetes-validate cloudcoil-models-keda (validates deploy/kubernetes offline)"
+  python3 -m pip install --quiet 'kubernetes-validate==1.37.0' 'cloudcoil-models-keda==2.16.1.0'
+fi
+
 started_stack=0
 if [ -n "${SPILLWAY_KAFKA_BROKERS:-}" ] && [ -n "${SPILLWAY_CLICKHOUSE_URL:-}" ]; then
   step "using the servers in the environment: $SPILLWAY_KAFKA_BROKERS, $SPILLWAY_CLICKHOUSE_URL"
@@ -71,6 +78,9 @@ docker-compose -f docker-compose.yml config -q
 step "Grafana dashboards against @grafana/schema 12.2.1 (tests/grafana-schema: tsc over the dashboard JSON)"
 (cd tests/grafana-schema && npm ci --no-audit --no-fund --silent)
 node tests/grafana-schema/check.mjs
+
+step "Kubernetes manifests against the API's and KEDA's schemas (tests/kubernetes/validate.py; each check shown failing on a broken copy)"
+python3 tests/kubernetes/validate.py --self-test
 
 step "cargo fmt --check"
 cargo fmt --all --check

@@ -325,3 +325,43 @@ pub async fn agent_metric(port: u16, name: &str) -> Result<f64> {
         })
         .with_context(|| format!("{name} not in /metrics"))
 }
+
+/// Runs `bin check-config` with exactly `env` (plus PATH), as a container
+/// would: a value naming a path mounted into the container, or a path under
+/// it, is pointed at the mount's source here (`mounts`: source, target).
+pub fn check_config(
+    bin: &str,
+    env: &std::collections::BTreeMap<String, String>,
+    mounts: &[(String, String)],
+) -> Result<(bool, String)> {
+    let override_var = if bin == "spillway-agent" {
+        "SPILLWAY_E2E_AGENT_BIN"
+    } else {
+        "SPILLWAY_E2E_INGESTER_BIN"
+    };
+    let path = bin_path(bin, override_var);
+    let mut command = Command::new(&path);
+    command.env_clear().arg("check-config");
+    if let Ok(p) = std::env::var("PATH") {
+        command.env("PATH", p);
+    }
+    for (k, v) in env {
+        let local = mounts
+            .iter()
+            .find_map(|(source, target)| {
+                let rest = v.strip_prefix(target.as_str())?;
+                (rest.is_empty() || rest.starts_with('/')).then(|| format!("{source}{rest}"))
+            })
+            .unwrap_or_else(|| v.clone());
+        command.env(k, local);
+    }
+    let out = command
+        .output()
+        .with_context(|| format!("{}: run `cargo build --bins` first", path.display()))?;
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok((out.status.success(), text))
+}

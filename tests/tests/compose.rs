@@ -9,49 +9,12 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::process::Command;
 
 use anyhow::{Context, Result, ensure};
 use serde_norway::Value;
 
 use spillway_e2e::compose::{environment, repo, resolved as resolved_compose};
-
-/// Runs `bin check-config` with exactly `env` (plus PATH); a value naming a
-/// file mounted into the container is pointed at the file in the repository.
-fn check_config(
-    bin: &str,
-    env: &BTreeMap<String, String>,
-    mounts: &[(String, String)],
-) -> Result<(bool, String)> {
-    let override_var = if bin == "spillway-agent" {
-        "SPILLWAY_E2E_AGENT_BIN"
-    } else {
-        "SPILLWAY_E2E_INGESTER_BIN"
-    };
-    let path = spillway_e2e::process::bin_path(bin, override_var);
-    let mut command = Command::new(&path);
-    command.env_clear().arg("check-config");
-    if let Ok(p) = std::env::var("PATH") {
-        command.env("PATH", p);
-    }
-    for (k, v) in env {
-        let local = mounts
-            .iter()
-            .find(|(_, target)| target == v)
-            .map(|(source, _)| source.clone())
-            .unwrap_or_else(|| v.clone());
-        command.env(k, local);
-    }
-    let out = command
-        .output()
-        .with_context(|| format!("{}: run `cargo build --bins` first", path.display()))?;
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    Ok((out.status.success(), text))
-}
+use spillway_e2e::process::check_config;
 
 /// Bind mounts of a service as (source on this machine, target).
 fn bind_mounts(service: &Value) -> Vec<(String, String)> {
@@ -117,32 +80,69 @@ fn every_variable_compose_sets_is_one_the_binaries_read() -> Result<()> {
 
 #[test]
 fn the_images_default_environment_is_one_the_binaries_read() -> Result<()> {
-    // `ENV K=V` of the ingester stage, with files the Dockerfile COPYs in.
+    // Per stage of the Dockerfile: `ENV K=V`, the files it COPYs in, and
+    // the port its HEALTHCHECK asks.
+    #[derive(Default)]
+    struct Stage {
+        env: BTreeMap<String, String>,
+        copies: Vec<(String, String)>,
+        health_port: Option<String>,
+    }
     let dockerfile = std::fs::read_to_string(repo().join("Dockerfile"))?;
-    let mut env = BTreeMap::new();
-    let mut copies = Vec::new();
+    let mut stages: BTreeMap<String, Stage> = BTreeMap::new();
+    let mut current = String::new();
     for line in dockerfile.lines() {
+        if let Some(from) = line.strip_prefix("FROM ") {
+            current = from.rsplit(" AS ").next().unwrap_or_default().to_owned();
+        }
+        let stage = stages.entry(current.clone()).or_default();
         if let Some(kv) = line.strip_prefix("ENV ") {
             let (k, v) = kv.split_once('=').context("ENV without =")?;
             // Other programs' settings (MALLOC_ARENA_MAX for glibc) are not ours.
             if k.starts_with("SPILLWAY_") {
-                env.insert(k.to_owned(), v.to_owned());
+                stage.env.insert(k.to_owned(), v.to_owned());
             }
         } else if let Some(rest) = line.strip_prefix("COPY ")
             && !rest.starts_with("--")
         {
             let mut parts = rest.split_whitespace();
             if let (Some(src), Some(dst)) = (parts.next(), parts.next()) {
-                copies.push((repo().join(src).display().to_string(), dst.to_owned()));
+                stage
+                    .copies
+                    .push((repo().join(src).display().to_string(), dst.to_owned()));
             }
+        } else if let Some(rest) = line.trim().strip_prefix("CMD [\"bash\"")
+            && let Some(after) = rest.split("/dev/tcp/127.0.0.1/").nth(1)
+        {
+            stage.health_port = Some(after.chars().take_while(char::is_ascii_digit).collect());
         }
     }
-    ensure!(
-        env.keys().all(|k| k.starts_with("SPILLWAY_INGESTER_")),
-        "{env:?}"
-    );
-    let (ok, out) = check_config("spillway-ingester", &env, &copies)?;
-    ensure!(ok, "spillway-ingester check-config with {env:?}:\n{out}");
+    for (name, program) in [
+        ("agent", "spillway-agent"),
+        ("ingester", "spillway-ingester"),
+    ] {
+        let stage = stages
+            .get(name)
+            .with_context(|| format!("no `{name}` stage"))?;
+        let prefix = format!("{}_", program.to_uppercase().replace('-', "_"));
+        ensure!(
+            stage.env.keys().all(|k| k.starts_with(&prefix)),
+            "the {name} image sets another program's variables: {:?}",
+            stage.env
+        );
+        let (ok, out) = check_config(program, &stage.env, &stage.copies)?;
+        ensure!(ok, "{program} check-config with {:?}:\n{out}", stage.env);
+        // The HEALTHCHECK asks the port the image's program listens on.
+        let listen = stage
+            .env
+            .get(&format!("{prefix}HTTP_LISTEN"))
+            .with_context(|| format!("the {name} image sets no {prefix}HTTP_LISTEN"))?;
+        let port = stage.health_port.as_deref().unwrap_or("none");
+        ensure!(
+            listen.ends_with(&format!(":{port}")),
+            "the {name} image's HEALTHCHECK asks port {port}, the program listens on {listen}"
+        );
+    }
     Ok(())
 }
 
