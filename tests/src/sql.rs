@@ -48,23 +48,26 @@ pub fn documented_queries() -> Result<Vec<Documented>> {
     Ok(out)
 }
 
-/// The query over the Distributed `_all` tables.
-pub fn fleet_wide(sql: &str) -> String {
-    let mut out = String::with_capacity(sql.len() + 16);
+/// The tables that exist per shard and as `<table>_all` over every shard.
+const SHARDED: [&str; 7] = [
+    "samples",
+    "samples_1m",
+    "samples_1h",
+    "agent_status",
+    "agent_status_latest",
+    "ingest_quality",
+    "ingester_status",
+];
+
+/// The query over one server's own tables: each `<table>_all` the recipes
+/// read becomes `<table>`.
+pub fn per_shard(sql: &str) -> String {
+    let mut out = String::with_capacity(sql.len());
     let mut word = String::new();
     let flush = |word: &mut String, out: &mut String| {
-        out.push_str(word);
-        if matches!(
-            word.as_str(),
-            "samples"
-                | "samples_1m"
-                | "samples_1h"
-                | "agent_status"
-                | "agent_status_latest"
-                | "ingest_quality"
-                | "ingester_status"
-        ) {
-            out.push_str("_all");
+        match word.strip_suffix("_all") {
+            Some(stem) if SHARDED.contains(&stem) => out.push_str(stem),
+            _ => out.push_str(word),
         }
         word.clear();
     };

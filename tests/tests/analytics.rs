@@ -12,7 +12,7 @@ use spillway_e2e::grafana::dashboard::Dashboard;
 use spillway_e2e::grafana::plugin::{Frame, TimeRange};
 use spillway_e2e::ingest::{count, ingester_config, migrate};
 use spillway_e2e::process::Service;
-use spillway_e2e::sql::{documented_queries, fleet_wide, run_everywhere, run_on, samples_entry};
+use spillway_e2e::sql::{documented_queries, per_shard, run_everywhere, run_on, samples_entry};
 use spillway_e2e::{TestEnv, unique_name};
 
 /// Synthetic rows: a filesystem filling up, a host gone silent an hour ago,
@@ -156,7 +156,9 @@ spool_dir = "{spool}"
         queries.len()
     );
     for q in &queries {
-        let results = run_everywhere(&env, &db, &q.sql).await?;
+        // On each server's own tables (the recipes as a one-server user
+        // runs them, `_all` dropped), then as written, fleet-wide.
+        let results = run_everywhere(&env, &db, &per_shard(&q.sql)).await?;
         let all = results.concat();
         match q.expect.as_str() {
             "rows" => ensure!(!all.trim().is_empty(), "`{}` returned no rows", q.title),
@@ -167,10 +169,10 @@ spool_dir = "{spool}"
             ),
         }
         println!("query ok: {} ({} bytes of results)", q.title, all.len());
-        // Fleet-wide, as users of a sharded setup run it: the `_all` tables
-        // on one server must give the same kind of answer.
+        // As written: the `_all` tables on one server must give the same
+        // kind of answer.
         if env.clickhouse_cluster.is_some() {
-            let sql = fleet_wide(&q.sql);
+            let sql = q.sql.clone();
             let bytes = env
                 .clickhouse(0)
                 .with_database(&db)
