@@ -4,7 +4,8 @@
 systemd-sysusers spillway.conf || useradd --system --user-group --home-dir /nonexistent --shell /usr/sbin/nologin spillway || :
 if [ "$1" -eq 1 ]; then chown root:spillway /etc/spillway/ingester.toml; fi
 systemctl daemon-reload >/dev/null 2>&1 || :
-if /usr/bin/spillway-ingester --config /etc/spillway/ingester.toml check-config >/dev/null 2>&1; then
+# As the unit will run it: none of this shell's environment.
+if env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin /usr/bin/spillway-ingester --config /etc/spillway/ingester.toml check-config >/dev/null 2>&1; then
     if [ "$1" -eq 1 ]; then systemctl enable --now spillway-ingester.service || :; else systemctl try-restart spillway-ingester.service || :; fi
 else
     echo "spillway-ingester: not started: /etc/spillway/ingester.toml is not complete (no broker yet)."

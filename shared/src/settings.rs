@@ -183,9 +183,71 @@ impl EnvReader<'_> {
 #[error("{}", .0.join("\n"))]
 pub struct ConfigErrors(pub Vec<String>);
 
-/// Parses TOML text into `T`.
+/// Parses TOML text into `T`; every problem of the text at once.
 pub fn parse_toml<T: DeserializeOwned>(text: &str) -> Result<T, ConfigErrors> {
-    toml::from_str(text).map_err(|e| ConfigErrors(vec![e.to_string().trim().to_owned()]))
+    match parse_toml_all(text) {
+        (Some(value), errors) if errors.is_empty() => Ok(value),
+        (_, errors) => Err(ConfigErrors(errors)),
+    }
+}
+
+/// The most problems one file reports (a file that is not TOML at all
+/// would otherwise be reported line by line).
+const MAX_TOML_PROBLEMS: usize = 32;
+
+/// Parses TOML text into `T`, reporting every problem rather than the
+/// first: serde stops at the first unknown key or wrong type, so the line
+/// it names is set aside (a table header: its whole table) and the rest
+/// parsed again, until it parses. Lines are blanked, not removed, so every
+/// message's line number is the file's. Returns what parsed without the
+/// lines set aside (`None` if nothing did) and the problems.
+pub fn parse_toml_all<T: DeserializeOwned>(text: &str) -> (Option<T>, Vec<String>) {
+    let mut lines: Vec<&str> = text.lines().collect();
+    // (line, message), reported in the file's order.
+    let mut errors: Vec<(usize, String)> = Vec::new();
+    let in_order = |mut errors: Vec<(usize, String)>| {
+        errors.sort_by_key(|(line, _)| *line);
+        errors.into_iter().map(|(_, m)| m).collect()
+    };
+    loop {
+        let current = lines.join("\n");
+        let error = match toml::from_str::<T>(&current) {
+            Ok(value) => return (Some(value), in_order(errors)),
+            Err(e) => e,
+        };
+        let message = error.to_string().trim().to_owned();
+        let line = match error.span() {
+            Some(span) if errors.len() + 1 < MAX_TOML_PROBLEMS => current
+                [..span.start.min(current.len())]
+                .matches('\n')
+                .count(),
+            _ => {
+                errors.push((usize::MAX, message));
+                return (None, in_order(errors));
+            }
+        };
+        errors.push((line, message));
+        // A table header goes with its keys, up to the next header.
+        let end = if lines
+            .get(line)
+            .is_some_and(|l| l.trim_start().starts_with('['))
+        {
+            (line + 1..lines.len())
+                .find(|&i| lines[i].trim_start().starts_with('['))
+                .unwrap_or(lines.len())
+        } else {
+            line + 1
+        };
+        if lines
+            .get(line..end)
+            .is_none_or(|ls| ls.iter().all(|l| l.is_empty()))
+        {
+            return (None, in_order(errors));
+        }
+        for l in &mut lines[line..end] {
+            *l = "";
+        }
+    }
 }
 
 /// A program's configuration, as [`load`] builds it.
@@ -205,8 +267,13 @@ pub trait Settings: DeserializeOwned + Default {
 /// is `None`), then the environment, then the files it names; validates,
 /// and reports every problem of every step at once.
 pub fn load<T: Settings>(path: Option<&Path>, env: &dyn EnvSource) -> Result<T, ConfigErrors> {
-    let mut config: T = read_toml(path)?;
-    let mut errors = config.apply_env(env);
+    // A file with problems still gives the rest of its settings, so that
+    // the environment's and the rules' problems are reported with its own.
+    let (mut config, mut errors): (T, Vec<String>) = match path {
+        None => (T::default(), Vec::new()),
+        Some(p) => read_toml_all(p)?,
+    };
+    errors.extend(config.apply_env(env));
     errors.extend(config.read_files());
     if let Err(ConfigErrors(more)) = config.validate() {
         errors.extend(more);
@@ -218,25 +285,24 @@ pub fn load<T: Settings>(path: Option<&Path>, env: &dyn EnvSource) -> Result<T, 
     }
 }
 
-/// Reads and parses a TOML file; the defaults when `path` is `None`. Errors
-/// name the file.
-pub fn read_toml<T: DeserializeOwned + Default>(path: Option<&Path>) -> Result<T, ConfigErrors> {
-    let Some(p) = path else {
-        return Ok(T::default());
-    };
+/// Reads and parses a TOML file: what parsed (the defaults where nothing
+/// did) and every problem, each naming the file. An unreadable file is the
+/// one error.
+fn read_toml_all<T: DeserializeOwned + Default>(
+    p: &Path,
+) -> Result<(T, Vec<String>), ConfigErrors> {
     let text = std::fs::read_to_string(p).map_err(|e| {
         ConfigErrors(vec![format!(
             "cannot read config file {}: {e}",
             p.display()
         )])
     })?;
-    parse_toml(&text).map_err(|e| {
-        ConfigErrors(
-            e.0.into_iter()
-                .map(|m| format!("{}: {m}", p.display()))
-                .collect(),
-        )
-    })
+    let (value, errors) = parse_toml_all(&text);
+    let errors = errors
+        .into_iter()
+        .map(|m| format!("{}: {m}", p.display()))
+        .collect();
+    Ok((value.unwrap_or_default(), errors))
 }
 
 /// The problem with `url`, the value of `key`, unless it is an http(s) URL.
@@ -445,6 +511,59 @@ mod duration_tests {
         assert!(
             e.contains("`abc` is not a duration") && e.contains("`10s`"),
             "{e}"
+        );
+    }
+}
+
+#[cfg(test)]
+mod toml_problem_tests {
+    use super::*;
+
+    #[derive(Debug, Default, serde::Deserialize)]
+    #[serde(deny_unknown_fields, default)]
+    struct Agent {
+        interval: u64,
+        name: String,
+    }
+
+    #[derive(Debug, Default, serde::Deserialize)]
+    #[serde(deny_unknown_fields, default)]
+    struct File {
+        agent: Agent,
+        topic: String,
+    }
+
+    #[test]
+    fn every_unknown_key_and_wrong_type_is_reported_in_the_files_order() {
+        let text = "topik = \"x\"\n[agent]\nintervl = 1\nname = 5\n[colect]\na = 1\n";
+        let (parsed, errors) = parse_toml_all::<File>(text);
+        assert_eq!(errors.len(), 4, "{errors:#?}");
+        for (e, (line, needle)) in errors.iter().zip([
+            (1, "unknown field `topik`"),
+            (3, "unknown field `intervl`"),
+            (4, "invalid type: integer `5`"),
+            (5, "unknown field `colect`"),
+        ]) {
+            assert!(e.contains(&format!("line {line},")), "{e}");
+            assert!(e.contains(needle), "{e}");
+        }
+        // What is left parses: the rest of the file still applies.
+        assert!(parsed.is_some());
+    }
+
+    #[test]
+    fn a_valid_file_has_no_problems_and_text_that_is_not_toml_stops() {
+        let (parsed, errors) = parse_toml_all::<File>("topic = \"t\"\n[agent]\ninterval = 3\n");
+        assert!(errors.is_empty(), "{errors:?}");
+        assert_eq!(
+            parsed.map(|f| (f.topic, f.agent.interval)),
+            Some(("t".into(), 3))
+        );
+        let (_, errors) = parse_toml_all::<File>(&"= = =\n".repeat(100));
+        assert!(
+            !errors.is_empty() && errors.len() <= MAX_TOML_PROBLEMS,
+            "{}",
+            errors.len()
         );
     }
 }

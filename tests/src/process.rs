@@ -365,3 +365,16 @@ pub fn check_config(
     );
     Ok((out.status.success(), text))
 }
+
+/// Sleeps until the middle of the next second: half-way between two ticks
+/// of an agent with a 1 s interval (ticks are aligned to whole seconds).
+pub async fn half_way_between_ticks() -> Result<()> {
+    let into_second = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .subsec_millis();
+    tokio::time::sleep(Duration::from_millis(u64::from(
+        (1500 - into_second) % 1000,
+    )))
+    .await;
+    Ok(())
+}

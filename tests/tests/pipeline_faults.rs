@@ -81,13 +81,7 @@ async fn broker_restarted_empty_while_agents_run_loses_no_tick() -> Result<()> {
     // client can get back, and which a durable broker would not lose.
     let deadline = Instant::now() + Duration::from_secs(90);
     loop {
-        let into_second = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)?
-            .subsec_millis();
-        tokio::time::sleep(Duration::from_millis(u64::from(
-            (1500 - into_second) % 1000,
-        )))
-        .await;
+        spillway_e2e::process::half_way_between_ticks().await?;
         // An agent that has not opened its HTTP port yet has made nothing
         // (a loaded machine takes more than a second to start one).
         let mut made = Vec::new();
