@@ -71,7 +71,7 @@ query() {
 THIS_RUN="host_id = '$HOST_ID' AND time >= toDateTime($SINCE)"
 made() {
   curl -fsS http://127.0.0.1:9465/metrics 2>/dev/null \
-    | awk '$1 == "spillway_agent_ticks_total" {print $2}' || true
+    | awk '$1 == "spillway_agent_ticks_total" {printf "%d", $2}' || true
 }
 
 start=$SECONDS
