@@ -147,7 +147,38 @@ impl LocalClickHouse {
     }
 
     /// Starts the server again (same data, same ports).
+    ///
+    /// A replica killed while it wrote or fetched a part can hold a part
+    /// ZooKeeper does not list; when such parts are more than half of its
+    /// rows (a young table), ClickHouse refuses to load the table ("The
+    /// local set of parts ... doesn't look like the set of parts in
+    /// ZooKeeper") and the server exits. The part was never acknowledged on
+    /// this replica (an INSERT's block is acknowledged once ZooKeeper lists
+    /// it), so the operator's documented recovery is safe: create
+    /// `flags/force_restore_data` and start again; the server detaches the
+    /// part and fetches what ZooKeeper lists. This does that, once, and
+    /// says so (docs/operations.md, "A replica that will not start").
     pub fn restart(&mut self) -> Result<()> {
+        match self.start_once() {
+            Err(e)
+                if e.to_string()
+                    .contains("doesn't look like the set of parts in ZooKeeper") =>
+            {
+                let flags = self.dir.join("data/flags");
+                std::fs::create_dir_all(&flags)?;
+                std::fs::write(flags.join("force_restore_data"), "")?;
+                eprintln!(
+                    "{}: refused its parts after a kill; started again with flags/force_restore_data",
+                    self.dir.display()
+                );
+                self.start_once()
+            }
+            other => other,
+        }
+    }
+
+    /// Starts the server and waits until it answers `/ping`.
+    fn start_once(&mut self) -> Result<()> {
         if self.child.is_some() {
             bail!("clickhouse already running");
         }
@@ -176,13 +207,39 @@ impl LocalClickHouse {
                     return Ok(());
                 }
             }
+            if let Some(status) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
+                self.child = None;
+                bail!(
+                    "clickhouse-server in {} exited ({status}) before it answered:\n{}",
+                    self.dir.display(),
+                    self.error_log_tail()
+                );
+            }
             if Instant::now() > deadline {
                 bail!(
-                    "clickhouse-server did not answer within 60 s; see {}/log",
-                    self.dir.display()
+                    "clickhouse-server in {} did not answer within 60 s:\n{}",
+                    self.dir.display(),
+                    self.error_log_tail()
                 );
             }
             std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// The last lines of the server's error log, for a failure's message
+    /// (the test's directory is gone once it fails).
+    fn error_log_tail(&self) -> String {
+        let path = self.dir.join("log/clickhouse-server.err.log");
+        match std::fs::read_to_string(&path) {
+            Ok(log) => {
+                let lines: Vec<&str> = log.lines().collect();
+                lines[lines.len().saturating_sub(20)..].join("\n")
+            }
+            Err(e) => format!("(no {}: {e})", path.display()),
         }
     }
 
