@@ -41,7 +41,7 @@ host_id = "bench-footprint"
 [collect]
 top_processes = 0
 [kafka]
-brokers = "$SPILLWAY_KAFKA_BROKERS"
+brokers = "$SPILLWAY_AGENT_KAFKA_BROKERS"
 topic = "bench.footprint"
 [buffer]
 spool_dir = "$work/spool"
@@ -50,7 +50,7 @@ listen = "127.0.0.1:$AGENT_PORT"
 [log]
 level = "warn"
 TOML
-tansu topic create --broker "tcp://$SPILLWAY_KAFKA_BROKERS" --partitions 1 bench.footprint >/dev/null 2>&1 || true
+tansu topic create --broker "tcp://$SPILLWAY_AGENT_KAFKA_BROKERS" --partitions 1 bench.footprint >/dev/null 2>&1 || true
 
 prometheus-node-exporter --web.listen-address="127.0.0.1:$NE_PORT" >"$work/ne.log" 2>&1 &
 ne_pid=$!

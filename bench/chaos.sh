@@ -48,7 +48,7 @@ logs=$(mktemp -d)
 {
   echo "# Chaos: $N seeds, ${SECS} s of faults each ($(date -u '+%F %H:%M UTC'))"
   echo
-  echo "\`bench/chaos.sh $N $SECS\` on $(nproc) cores; ClickHouse $(curl -fsS "$SPILLWAY_CLICKHOUSE_URL/?query=SELECT%20version()" || echo '?') (one shard of two replicas, ZooKeeper), tansu; two ingesters (debug builds); 100 agents x 40 samples a second."
+  echo "\`bench/chaos.sh $N $SECS\` on $(nproc) cores; ClickHouse $(curl -fsS "${SPILLWAY_INGESTER_CLICKHOUSE_URLS%%,*}/?query=SELECT%20version()" || echo '?') (one shard of two replicas, ZooKeeper), tansu; two ingesters (debug builds); 100 agents x 40 samples a second."
   echo "Lost: rows whose offsets the group committed but which are not stored. Not yet ingested: rows above the committed offsets when the run gave up (a stall). Blame: with the members stopped, a plain client joining the group gets partitions within 30 s (the ingester's fault) or not (the broker's coordinator is stuck)."
   echo
   echo "| seed | result | faults | produced | distinct stored | lost | duplicates | not yet ingested | tiers exact | members restarted | stall blame | time |"

@@ -39,7 +39,7 @@ port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); p
 work=$(mktemp -d)
 cleanup() {
   kill "${gen_pid:-}" "${ing_pid:-}" 2>/dev/null || true
-  tansu topic delete --broker "tcp://$SPILLWAY_KAFKA_BROKERS" "$topic" >/dev/null 2>&1 || true
+  tansu topic delete --broker "tcp://$BROKERS" "$topic" >/dev/null 2>&1 || true
   curl -sS "$CH/" --data-binary "DROP DATABASE IF EXISTS $db" || true
   rm -rf "$work"
 }
@@ -47,7 +47,7 @@ trap cleanup EXIT
 ch() { curl -sS --fail-with-body "$CH/" --data-binary "$1"; }
 cat >"$work/ingester.toml" <<TOML
 [kafka]
-brokers = "$SPILLWAY_KAFKA_BROKERS"
+brokers = "$BROKERS"
 topics = ["$topic"]
 group_id = "$db"
 [[clickhouse.shards]]
@@ -65,7 +65,7 @@ TOML
 
 rows_per_s=$(python3 -c "print(f'{$HOSTS * $SAMPLES / $interval_s:,.0f}')")
 echo "==> $HOSTS hosts x $SAMPLES samples every $INTERVAL ($rows_per_s rows/s), warm-up ${warmup} s, window $WINDOW s"
-tansu topic create --broker "tcp://$SPILLWAY_KAFKA_BROKERS" --partitions $PARTITIONS "$topic" >/dev/null
+tansu topic create --broker "tcp://$BROKERS" --partitions $PARTITIONS "$topic" >/dev/null
 "$INGESTER" -c "$work/ingester.toml" migrate >/dev/null
 # The server's clock at insert, per row, for the cross-check.
 ch "CREATE MATERIALIZED VIEW $db.arrivals ENGINE = MergeTree() ORDER BY time

@@ -53,7 +53,7 @@ topic=bench_drain_$run
 work=$(mktemp -d)
 cleanup() {
   kill "${ing_pid:-}" 2>/dev/null || true
-  tansu topic delete --broker "tcp://$SPILLWAY_KAFKA_BROKERS" "$topic" >/dev/null 2>&1 || true
+  tansu topic delete --broker "tcp://$BROKERS" "$topic" >/dev/null 2>&1 || true
   rm -rf "$work"
 }
 trap cleanup EXIT
@@ -62,7 +62,7 @@ ch() { curl -sS --fail-with-body "$CH/" --data-binary "$1"; }
 config() { # database group
   cat <<TOML
 [kafka]
-brokers = "$SPILLWAY_KAFKA_BROKERS"
+brokers = "$BROKERS"
 topics = ["$topic"]
 group_id = "$2"
 [[clickhouse.shards]]
@@ -78,7 +78,7 @@ TOML
 }
 
 echo "==> $ROWS rows = $HOSTS hosts x $TICKS ticks x $SAMPLES samples ($RECORDS records), $PARTITIONS partitions, $RUNS runs"
-tansu topic create --broker "tcp://$SPILLWAY_KAFKA_BROKERS" --partitions $PARTITIONS "$topic" >/dev/null
+tansu topic create --broker "tcp://$BROKERS" --partitions $PARTITIONS "$topic" >/dev/null
 start=$SECONDS
 config "bench_fill_$run" "bench_fill_$run" >"$work/fill.toml"
 "$INGESTER" -c "$work/fill.toml" loadgen --topic "$topic" \
@@ -146,16 +146,16 @@ for i in $(seq "$RUNS"); do
   "$INGESTER" -c "$work/sorted.toml" migrate >/dev/null
 
   echo "==> run $i: raw consume"
-  consume=$("$LIMITS" consume "$SPILLWAY_KAFKA_BROKERS" "$topic" $RECORDS)
+  consume=$("$LIMITS" consume "$BROKERS" "$topic" $RECORDS)
   echo "    $consume"
   echo "==> run $i: raw insert, same work"
-  same=$("$LIMITS" insert "$SPILLWAY_KAFKA_BROKERS" "$topic" $RECORDS "$CH" "$entry" entry)
+  same=$("$LIMITS" insert "$BROKERS" "$topic" $RECORDS "$CH" "$entry" entry)
   echo "    $same"
   echo "==> run $i: raw insert, same work, rows sorted"
-  sorted_line=$("$LIMITS" insert "$SPILLWAY_KAFKA_BROKERS" "$topic" $RECORDS "$CH" "$sorted" sorted)
+  sorted_line=$("$LIMITS" insert "$BROKERS" "$topic" $RECORDS "$CH" "$sorted" sorted)
   echo "    $sorted_line"
   echo "==> run $i: raw insert, no views"
-  insert=$("$LIMITS" insert "$SPILLWAY_KAFKA_BROKERS" "$topic" $RECORDS "$CH" "$raw")
+  insert=$("$LIMITS" insert "$BROKERS" "$topic" $RECORDS "$CH" "$raw")
   echo "    $insert"
 
   line="$consume | $same | $sorted_line | $insert"
@@ -176,7 +176,7 @@ for i in $(seq "$RUNS"); do
     config "$py" "$py" >"$work/py.toml"
     "$INGESTER" -c "$work/py.toml" migrate >/dev/null
     t0=$(date +%s.%N)
-    "$PYTHON" bench/python-baseline/consumer.py "$SPILLWAY_KAFKA_BROKERS" "$topic" "$py" "$CH" "$py" "$ROWS" >"$work/py.out"
+    "$PYTHON" bench/python-baseline/consumer.py "$BROKERS" "$topic" "$py" "$CH" "$py" "$ROWS" >"$work/py.out"
     t1=$(date +%s.%N)
     n=$(ch "SELECT count() FROM $py.samples")
     line="$line | $(cat "$work/py.out") t0=$t0 t1=$t1 stored=$n"

@@ -27,13 +27,13 @@ INGESTER=$ROOT/target/$profile/spillway-ingester
 run=$(date +%s)
 topic=bench_profile_$run
 work=$(mktemp -d)
-trap 'kill ${pid:-} 2>/dev/null || true; tansu topic delete --broker "tcp://$SPILLWAY_KAFKA_BROKERS" "$topic" >/dev/null 2>&1 || true; rm -rf "$work"' EXIT
+trap 'kill ${pid:-} 2>/dev/null || true; tansu topic delete --broker "tcp://$BROKERS" "$topic" >/dev/null 2>&1 || true; rm -rf "$work"' EXIT
 ch() { curl -sS --fail-with-body "$CH/" --data-binary "$1"; }
 config() { # database group
   printf '[kafka]\nbrokers = "%s"\ntopics = ["%s"]\ngroup_id = "%s"\n[[clickhouse.shards]]\nurl = "%s"\ndatabase = "%s"\n' \
-    "$SPILLWAY_KAFKA_BROKERS" "$topic" "$2" "$CH" "$1"
+    "$BROKERS" "$topic" "$2" "$CH" "$1"
 }
-tansu topic create --broker "tcp://$SPILLWAY_KAFKA_BROKERS" --partitions 8 "$topic" >/dev/null
+tansu topic create --broker "tcp://$BROKERS" --partitions 8 "$topic" >/dev/null
 config fill fill >"$work/fill.toml"
 "$INGESTER" -c "$work/fill.toml" loadgen --topic "$topic" --hosts "$HOSTS" --ticks "$TICKS" --samples $SAMPLES >/dev/null
 

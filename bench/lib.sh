@@ -5,13 +5,14 @@
 export PATH="$HOME/.cargo/bin:$PATH"
 scripts/stack.sh status >/dev/null || { echo "start the stack first: scripts/stack.sh up" >&2; exit 1; }
 eval "$(scripts/stack.sh env)"
-# One shard, named in the benchmarks' configs.
-unset SPILLWAY_CLICKHOUSE_URLS SPILLWAY_CLICKHOUSE_CLUSTER
-CH=${SPILLWAY_CLICKHOUSE_URL:-http://127.0.0.1:18123}
+# One shard (the first), named in the benchmarks' configs, and the broker.
+CH=${SPILLWAY_INGESTER_CLICKHOUSE_URLS%%,*}
+BROKERS=$SPILLWAY_INGESTER_KAFKA_BROKERS
 # The binaries get configuration files: the stack's variables stay in the
-# scripts, not in the binaries' environment (where they are old names).
-export -n SPILLWAY_KAFKA_BROKERS SPILLWAY_CLICKHOUSE_URL SPILLWAY_CLICKHOUSE_USER \
-  SPILLWAY_CLICKHOUSE_PASSWORD SPILLWAY_STACK_ZOOKEEPER_PORT
+# scripts, not in the binaries' environment (where they would win).
+unset SPILLWAY_AGENT_KAFKA_BROKERS SPILLWAY_INGESTER_KAFKA_BROKERS \
+  SPILLWAY_INGESTER_CLICKHOUSE_URLS SPILLWAY_INGESTER_CLICKHOUSE_CLUSTER
+export -n SPILLWAY_STACK_ZOOKEEPER_PORT
 profile=${BENCH_PROFILE:-release}
 flag=--release
 if [ "$profile" = debug ]; then flag=; fi

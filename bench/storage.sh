@@ -34,16 +34,16 @@ trap 'kill "${agent_pid:-}" 2>/dev/null || true; rm -rf "$work"' EXIT
 agent_data=$work/agent.rec
 if [ -n "${BENCH_COLLECT:-}" ]; then
   topic=bench_storage_agent_$(date +%s)
-  tansu topic create --broker "tcp://$SPILLWAY_KAFKA_BROKERS" --partitions 1 "$topic" >/dev/null
+  tansu topic create --broker "tcp://$BROKERS" --partitions 1 "$topic" >/dev/null
   echo "==> collecting ${BENCH_COLLECT}s of this machine's metrics at 1 s"
-  SPILLWAY_AGENT_KAFKA_BROKERS=$SPILLWAY_KAFKA_BROKERS SPILLWAY_AGENT_KAFKA_TOPIC=$topic \
+  SPILLWAY_AGENT_KAFKA_BROKERS=$BROKERS SPILLWAY_AGENT_KAFKA_TOPIC=$topic \
     SPILLWAY_AGENT_INTERVAL=1s SPILLWAY_AGENT_SPOOL_DIR=$work/spool \
     "$ROOT/target/$profile/spillway-agent" >"$work/agent.log" 2>&1 &
   agent_pid=$!
   sleep "$BENCH_COLLECT"
   kill -TERM "$agent_pid"; wait "$agent_pid" || true; agent_pid=
-  "$ROWS" dump "$SPILLWAY_KAFKA_BROKERS" "$topic" "$agent_data"
-  tansu topic delete --broker "tcp://$SPILLWAY_KAFKA_BROKERS" "$topic" >/dev/null 2>&1 || true
+  "$ROWS" dump "$BROKERS" "$topic" "$agent_data"
+  tansu topic delete --broker "tcp://$BROKERS" "$topic" >/dev/null 2>&1 || true
 else
   zstd -q -d bench/data/agent-1s.rec.zst -o "$agent_data"
 fi

@@ -16,22 +16,17 @@ step() { printf '\n==> %s\n' "$*"; }
 
 step "scripts/stack.sh up"
 scripts/stack.sh up >/dev/null
+# The stack's addresses, as the ingester (SPILLWAY_INGESTER_*) and the agent
+# (SPILLWAY_AGENT_*) read them.
 eval "$(scripts/stack.sh env)"
-# The ingester reads SPILLWAY_INGESTER_*, the agent SPILLWAY_AGENT_*.
-export SPILLWAY_INGESTER_KAFKA_BROKERS=$SPILLWAY_KAFKA_BROKERS
-export SPILLWAY_INGESTER_CLICKHOUSE_URLS=$SPILLWAY_CLICKHOUSE_URLS
-export SPILLWAY_INGESTER_CLICKHOUSE_CLUSTER=$SPILLWAY_CLICKHOUSE_CLUSTER
-export SPILLWAY_INGESTER_CLICKHOUSE_USER=$SPILLWAY_CLICKHOUSE_USER
-export SPILLWAY_INGESTER_CLICKHOUSE_PASSWORD=$SPILLWAY_CLICKHOUSE_PASSWORD
 export SPILLWAY_INGESTER_CLICKHOUSE_DATABASE=spillway
-export SPILLWAY_AGENT_KAFKA_BROKERS=$SPILLWAY_KAFKA_BROKERS
 
 step "cargo build --bins (2-4 minutes the first time on 2 cores)"
 cargo build --workspace --bins
 BIN=$ROOT/target/debug
 
 step "create topic $TOPIC (4 partitions)"
-tansu topic create --broker "tcp://$SPILLWAY_KAFKA_BROKERS" --partitions 4 "$TOPIC" >/dev/null 2>&1 || true
+tansu topic create --broker "tcp://$SPILLWAY_AGENT_KAFKA_BROKERS" --partitions 4 "$TOPIC" >/dev/null 2>&1 || true
 
 step "spillway-ingester migrate (every shard)"
 "$BIN/spillway-ingester" migrate
@@ -66,7 +61,7 @@ if [ -t 1 ]; then TABLE=PrettyCompactMonoBlock; else TABLE=PrettyCompactNoEscape
 
 # One server, the `_all` tables: every shard's rows (docs/queries.md).
 query() {
-  curl -fsS "${SPILLWAY_CLICKHOUSE_URLS%%,*}/?database=spillway" --data-binary "$1" || true
+  curl -fsS "${SPILLWAY_INGESTER_CLICKHOUSE_URLS%%,*}/?database=spillway" --data-binary "$1" || true
 }
 THIS_RUN="host_id = '$HOST_ID' AND time >= toDateTime($SINCE)"
 made() {

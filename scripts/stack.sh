@@ -281,13 +281,14 @@ stop_pidfile() {
 print_env() {
   local urls="" n
   for n in $(seq 1 "$CH_SERVERS"); do urls="${urls:+$urls,}$(ch_url "$n")"; done
+  # The binaries' own names (each wins over a configuration file's setting,
+  # and check-config lists them); the tests read the same. Then what only
+  # the tests and benchmarks read.
   cat <<EOF
-export SPILLWAY_KAFKA_BROKERS=127.0.0.1:$KAFKA_PORT
-export SPILLWAY_CLICKHOUSE_URL=$(ch_url 1)
-export SPILLWAY_CLICKHOUSE_URLS=$urls
-export SPILLWAY_CLICKHOUSE_CLUSTER=spillway
-export SPILLWAY_CLICKHOUSE_USER=default
-export SPILLWAY_CLICKHOUSE_PASSWORD=
+export SPILLWAY_AGENT_KAFKA_BROKERS=127.0.0.1:$KAFKA_PORT
+export SPILLWAY_INGESTER_KAFKA_BROKERS=127.0.0.1:$KAFKA_PORT
+export SPILLWAY_INGESTER_CLICKHOUSE_URLS=$urls
+export SPILLWAY_INGESTER_CLICKHOUSE_CLUSTER=spillway
 export SPILLWAY_STACK_ZOOKEEPER_PORT=$ZK_PORT
 export SPILLWAY_STACK_TLS_DIR=$TLS_DIR
 export SPILLWAY_STACK_CLICKHOUSE_HTTPS_URLS=https://127.0.0.1:$(ch_https_port 1),https://127.0.0.1:$(ch_https_port 2)

@@ -4,8 +4,8 @@
 #
 # By default it brings up the native stack (scripts/stack.sh) and takes it down
 # again if it started it. To test against other servers, export
-# SPILLWAY_KAFKA_BROKERS and SPILLWAY_CLICKHOUSE_URL (and SPILLWAY_CLICKHOUSE_URLS
-# for shards) first: the stack is then not started.
+# SPILLWAY_INGESTER_KAFKA_BROKERS and SPILLWAY_INGESTER_CLICKHOUSE_URLS (shards
+# separated by commas) first: the stack is then not started.
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT"
@@ -32,8 +32,8 @@ if ! python3 -c 'import kubernetes_validate, cloudcoil.models.keda' 2>/dev/null;
 fi
 
 started_stack=0
-if [ -n "${SPILLWAY_KAFKA_BROKERS:-}" ] && [ -n "${SPILLWAY_CLICKHOUSE_URL:-}" ]; then
-  step "using the servers in the environment: $SPILLWAY_KAFKA_BROKERS, $SPILLWAY_CLICKHOUSE_URL"
+if [ -n "${SPILLWAY_INGESTER_KAFKA_BROKERS:-}" ] && [ -n "${SPILLWAY_INGESTER_CLICKHOUSE_URLS:-}" ]; then
+  step "using the servers in the environment: $SPILLWAY_INGESTER_KAFKA_BROKERS, $SPILLWAY_INGESTER_CLICKHOUSE_URLS"
 else
   if ! scripts/stack.sh status >/dev/null 2>&1; then
     started_stack=1
@@ -139,7 +139,7 @@ for _ in $(seq 1 50); do
 done
 read -r _ mock_bootstrap _ mock_control <"$mock_log"
 echo "mock cluster at $mock_bootstrap (control $mock_control)"
-if ! SPILLWAY_KAFKA_BROKERS=$mock_bootstrap SPILLWAY_KAFKA_CONTROL=$mock_control \
+if ! SPILLWAY_INGESTER_KAFKA_BROKERS=$mock_bootstrap SPILLWAY_KAFKA_CONTROL=$mock_control \
     cargo test -p spillway-e2e --locked --test crashes -- --include-ignored killed a_rebalance; then
   kill "$mock_pid" 2>/dev/null || true
   exit 1
@@ -166,16 +166,15 @@ stop_chdb() { kill "$chdb_pid" 2>/dev/null || true; wait "$chdb_pid" 2>/dev/null
 start_chdb --cluster spillway --tls-dir "${SPILLWAY_STACK_TLS_DIR:-$ROOT/.stack/tls}"
 chdb_https="https://$(sed -n 's/^https on \([0-9.:]*\).*/\1/p' "$chdb_dir/server.log")"
 echo "$(head -1 "$chdb_dir/server.log")"
-if ! SPILLWAY_CLICKHOUSE_URL=$chdb_url SPILLWAY_CLICKHOUSE_URLS=$chdb_url SPILLWAY_CLICKHOUSE_CLUSTER=spillway \
-    SPILLWAY_CLICKHOUSE_USER=default SPILLWAY_CLICKHOUSE_PASSWORD= \
+if ! SPILLWAY_INGESTER_CLICKHOUSE_URLS=$chdb_url SPILLWAY_INGESTER_CLICKHOUSE_CLUSTER=spillway \
     cargo test -p spillway-e2e --locked --test analytics --test alerts --test storage -- --include-ignored; then
   tail -20 "$chdb_dir/server.log"
   stop_chdb
   exit 1
 fi
 # HTTPS with a required client certificate on the modern profile.
-if ! SPILLWAY_CLICKHOUSE_URL=$chdb_url SPILLWAY_CLICKHOUSE_URLS=$chdb_url SPILLWAY_CLICKHOUSE_CLUSTER=spillway \
-    SPILLWAY_CLICKHOUSE_USER=default SPILLWAY_CLICKHOUSE_PASSWORD= SPILLWAY_STACK_CLICKHOUSE_HTTPS_URLS=$chdb_https \
+if ! SPILLWAY_INGESTER_CLICKHOUSE_URLS=$chdb_url SPILLWAY_INGESTER_CLICKHOUSE_CLUSTER=spillway \
+    SPILLWAY_STACK_CLICKHOUSE_HTTPS_URLS=$chdb_https \
     cargo test -p spillway-e2e --locked --test secure -- --include-ignored clickhouse_over_https; then
   tail -20 "$chdb_dir/server.log"
   stop_chdb
@@ -184,8 +183,7 @@ fi
 # Exactly-once on the modern profile (insert deduplication tokens, views
 # deduplicated too): the kill -9 scenarios assert 0 duplicates there as well;
 # a column type changed under the ingester pauses it there too.
-if ! SPILLWAY_CLICKHOUSE_URL=$chdb_url SPILLWAY_CLICKHOUSE_URLS=$chdb_url SPILLWAY_CLICKHOUSE_CLUSTER=spillway \
-    SPILLWAY_CLICKHOUSE_USER=default SPILLWAY_CLICKHOUSE_PASSWORD= \
+if ! SPILLWAY_INGESTER_CLICKHOUSE_URLS=$chdb_url SPILLWAY_INGESTER_CLICKHOUSE_CLUSTER=spillway \
     cargo test -p spillway-e2e --locked --test crashes --test schema_drift -- --include-ignored killed a_column_type; then
   tail -20 "$chdb_dir/server.log"
   stop_chdb
@@ -196,8 +194,7 @@ stop_chdb
 # and the replica macros. chdb creates them but never activates a replica
 # (they stay read-only), so there the DDL is checked, not inserts.
 start_chdb --keeper "127.0.0.1:${SPILLWAY_STACK_ZOOKEEPER_PORT:-12181}" --macros "chdb-$$-$RANDOM/r1"
-if ! SPILLWAY_CLICKHOUSE_URL=$chdb_url SPILLWAY_CLICKHOUSE_URLS=$chdb_url SPILLWAY_CLICKHOUSE_CLUSTER= \
-    SPILLWAY_CLICKHOUSE_USER=default SPILLWAY_CLICKHOUSE_PASSWORD= \
+if ! SPILLWAY_INGESTER_CLICKHOUSE_URLS=$chdb_url SPILLWAY_INGESTER_CLICKHOUSE_CLUSTER= \
     cargo test -p spillway-e2e --locked --test replicas -- --include-ignored every_table_an_insert_reaches; then
   tail -20 "$chdb_dir/server.log"
   stop_chdb

@@ -28,6 +28,9 @@ pub struct Config {
     /// Deprecated environment variables that were used (logged at start).
     #[serde(skip)]
     pub warnings: Vec<String>,
+    /// The environment variables that set something (logged at start).
+    #[serde(skip)]
+    pub set_by_env: Vec<String>,
 }
 
 /// The agent's environment: `SPILLWAY_AGENT_*` ([`Config::apply_env`]).
@@ -418,6 +421,7 @@ impl Config {
         if let Some(f) = r.parse("SPILLWAY_AGENT_LOG_FORMAT") {
             self.log.format = f;
         }
+        self.set_by_env = r.applied();
         let (errors, warnings) = r.finish();
         self.warnings = warnings;
         problems.extend(errors);
@@ -571,6 +575,9 @@ impl spillway_shared::process::ProgramConfig for Config {
     fn warnings(&self) -> &[String] {
         &self.warnings
     }
+    fn set_by_env(&self) -> &[String] {
+        &self.set_by_env
+    }
     fn log(&self) -> &LogConfig {
         &self.log
     }
@@ -635,6 +642,15 @@ mod tests {
         assert_eq!(c.agent.interval, Duration::from_secs(1));
         assert_eq!(errors.len(), 1);
         assert!(errors[0].contains("xml"));
+        // Every variable that was set is named, a bad value's too.
+        assert_eq!(
+            c.set_by_env,
+            [
+                "SPILLWAY_KAFKA_BROKERS",
+                "SPILLWAY_AGENT_INTERVAL",
+                "SPILLWAY_AGENT_LOG_FORMAT"
+            ]
+        );
         assert_eq!(
             c.warnings,
             [

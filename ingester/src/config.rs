@@ -33,6 +33,9 @@ pub struct Config {
     /// Deprecated environment variables that were used (logged at start).
     #[serde(skip)]
     pub warnings: Vec<String>,
+    /// The environment variables that set something (logged at start).
+    #[serde(skip)]
+    pub set_by_env: Vec<String>,
 }
 
 /// The ingester's environment: `SPILLWAY_INGESTER_*` ([`Config::apply_env`]).
@@ -580,6 +583,7 @@ impl Config {
         if let Some(f) = r.parse("SPILLWAY_INGESTER_LOG_FORMAT") {
             self.log.format = f;
         }
+        self.set_by_env = r.applied();
         let (errors, warnings) = r.finish();
         self.warnings = warnings;
         problems.extend(errors);
@@ -759,6 +763,9 @@ impl spillway_shared::settings::Settings for Config {
 impl spillway_shared::process::ProgramConfig for Config {
     fn warnings(&self) -> &[String] {
         &self.warnings
+    }
+    fn set_by_env(&self) -> &[String] {
+        &self.set_by_env
     }
     fn log(&self) -> &LogConfig {
         &self.log

@@ -87,6 +87,7 @@ impl EnvPolicy {
             env,
             warnings: Vec::new(),
             errors: Vec::new(),
+            applied: Vec::new(),
         }
     }
 }
@@ -97,6 +98,7 @@ pub struct EnvReader<'a> {
     env: &'a dyn EnvSource,
     warnings: Vec<String>,
     errors: Vec<String>,
+    applied: Vec<String>,
 }
 
 impl EnvReader<'_> {
@@ -104,6 +106,7 @@ impl EnvReader<'_> {
     pub fn get(&mut self, name: &str) -> Option<String> {
         let set = |n: &str| self.env.var(n).filter(|v| !v.is_empty());
         if let Some(v) = set(name) {
+            self.applied.push(name.to_owned());
             return Some(v);
         }
         let var = self.policy.vars.iter().find(|v| v.name == name)?;
@@ -112,10 +115,17 @@ impl EnvReader<'_> {
                 self.warnings.push(format!(
                     "{old} is deprecated and will stop working in the next release; use {name}"
                 ));
+                self.applied.push((*old).to_owned());
                 return Some(v);
             }
         }
         None
+    }
+
+    /// The variables read so far that were set (under the name that was
+    /// set), in the order read: what the environment decided over the file.
+    pub fn applied(&self) -> Vec<String> {
+        self.applied.clone()
     }
 
     /// [`get`](Self::get), parsed; a value that does not parse is an error
@@ -432,11 +442,13 @@ mod env_policy_tests {
         let mut r = POLICY.reader(&env);
         assert_eq!(r.get("APP_URLS").as_deref(), Some("new"));
         assert_eq!(r.get("APP_USER"), None);
+        assert_eq!(r.applied(), ["APP_URLS"]);
         assert_eq!(r.finish(), (vec![], vec![]));
 
         let env = [("OLD_URL", "old")];
         let mut r = POLICY.reader(&env);
         assert_eq!(r.get("APP_URLS").as_deref(), Some("old"));
+        assert_eq!(r.applied(), ["OLD_URL"]);
         let (errors, warnings) = r.finish();
         assert!(errors.is_empty());
         assert_eq!(

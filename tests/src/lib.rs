@@ -1,15 +1,19 @@
 //! Harness for Spillway's end-to-end tests, which run against a real Kafka
 //! broker and real ClickHouse servers.
 //!
-//! The servers come from the environment, so the same tests run against the
-//! native stack (`scripts/stack.sh up`), Apache Kafka, or a current ClickHouse:
+//! The servers come from the environment, under the names the binaries read
+//! (what `scripts/stack.sh env` prints), so the same tests run against the
+//! native stack, Apache Kafka, or a current ClickHouse:
 //!
 //! | variable | default (the native stack) |
 //! |---|---|
-//! | `SPILLWAY_KAFKA_BROKERS` | `127.0.0.1:19092` |
-//! | `SPILLWAY_CLICKHOUSE_URL` | `http://127.0.0.1:18123` |
-//! | `SPILLWAY_CLICKHOUSE_URLS` | the one above (comma-separated, one per shard) |
-//! | `SPILLWAY_CLICKHOUSE_USER` / `_PASSWORD` | `default` / empty |
+//! | `SPILLWAY_INGESTER_KAFKA_BROKERS` | `127.0.0.1:19092` |
+//! | `SPILLWAY_INGESTER_CLICKHOUSE_URLS` | `http://127.0.0.1:18123` (shards separated by `,`; of a shard's replicas, `\|`-separated, the first) |
+//! | `SPILLWAY_INGESTER_CLICKHOUSE_CLUSTER` | none |
+//! | `SPILLWAY_INGESTER_CLICKHOUSE_USER` / `_PASSWORD` | `default` / empty |
+//!
+//! The binaries the tests start never see these: each gets a configuration
+//! file of its test's own ([`process::command_without_overrides`]).
 //!
 //! A server that cannot be reached fails the test with a message saying how to
 //! start the stack; it never passes silently. Each test gets its own topic,
@@ -24,8 +28,8 @@ use rdkafka::client::DefaultClientContext;
 use rdkafka::producer::{BaseProducer, Producer};
 
 const START_HINT: &str = "start the local stack with `scripts/stack.sh up` and export what \
-                          `scripts/stack.sh env` prints, or point SPILLWAY_KAFKA_BROKERS / \
-                          SPILLWAY_CLICKHOUSE_URL at running servers";
+                          `scripts/stack.sh env` prints, or point SPILLWAY_INGESTER_KAFKA_BROKERS / \
+                          SPILLWAY_INGESTER_CLICKHOUSE_URLS at running servers";
 
 /// Where the servers under test are.
 #[derive(Debug, Clone)]
@@ -70,17 +74,23 @@ impl TestEnv {
                 .filter(|v| !v.is_empty())
                 .unwrap_or_else(|| default.to_owned())
         };
-        let first = var("SPILLWAY_CLICKHOUSE_URL", "http://127.0.0.1:18123");
-        let urls = var("SPILLWAY_CLICKHOUSE_URLS", &first);
+        let urls = var(
+            "SPILLWAY_INGESTER_CLICKHOUSE_URLS",
+            "http://127.0.0.1:18123",
+        );
         TestEnv {
-            kafka_brokers: var("SPILLWAY_KAFKA_BROKERS", "127.0.0.1:19092"),
+            kafka_brokers: var("SPILLWAY_INGESTER_KAFKA_BROKERS", "127.0.0.1:19092"),
             kafka_control: std::env::var("SPILLWAY_KAFKA_CONTROL")
                 .ok()
                 .filter(|v| !v.is_empty()),
-            clickhouse_urls: urls.split(',').map(|s| s.trim().to_owned()).collect(),
-            clickhouse_user: var("SPILLWAY_CLICKHOUSE_USER", "default"),
-            clickhouse_password: std::env::var("SPILLWAY_CLICKHOUSE_PASSWORD").unwrap_or_default(),
-            clickhouse_cluster: std::env::var("SPILLWAY_CLICKHOUSE_CLUSTER")
+            clickhouse_urls: urls
+                .split(',')
+                .map(|shard| shard.split('|').next().unwrap_or(shard).trim().to_owned())
+                .collect(),
+            clickhouse_user: var("SPILLWAY_INGESTER_CLICKHOUSE_USER", "default"),
+            clickhouse_password: std::env::var("SPILLWAY_INGESTER_CLICKHOUSE_PASSWORD")
+                .unwrap_or_default(),
+            clickhouse_cluster: std::env::var("SPILLWAY_INGESTER_CLICKHOUSE_CLUSTER")
                 .ok()
                 .filter(|v| !v.is_empty()),
         }

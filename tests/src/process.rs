@@ -22,6 +22,19 @@ pub fn bin_path(name: &str, env_var: &str) -> PathBuf {
     target.join("debug").join(name)
 }
 
+/// A command for `program` with none of the test's own `SPILLWAY_*`
+/// variables (the stack's, which the binaries would take over their
+/// configuration file): what it is given alone decides.
+pub fn command_without_overrides(program: impl AsRef<std::ffi::OsStr>) -> Command {
+    let mut command = Command::new(program);
+    for (key, _) in std::env::vars_os() {
+        if key.to_string_lossy().starts_with("SPILLWAY_") {
+            command.env_remove(key);
+        }
+    }
+    command
+}
+
 /// A Spillway process with its own config file and log in `dir`.
 pub struct Service {
     child: Option<Child>,
@@ -134,9 +147,10 @@ impl Service {
             .create(true)
             .append(true)
             .open(self.dir.join(format!("{}.log", self.name)))?;
+        // The config file alone decides.
         let mut command = match &self.installed {
             Some((_, _, user)) => {
-                let mut c = Command::new("setpriv");
+                let mut c = command_without_overrides("setpriv");
                 c.args([
                     &format!("--reuid={user}"),
                     &format!("--regid={user}"),
@@ -146,15 +160,8 @@ impl Service {
                 .arg(&bin);
                 c
             }
-            None => Command::new(&bin),
+            None => command_without_overrides(&bin),
         };
-        // The config file alone decides: no SPILLWAY_* override leaks in from
-        // the test's own environment.
-        for (key, _) in std::env::vars_os() {
-            if key.to_string_lossy().starts_with("SPILLWAY_") {
-                command.env_remove(key);
-            }
-        }
         let child = command
             .arg("--config")
             .arg(config)

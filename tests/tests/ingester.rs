@@ -85,11 +85,8 @@ max_age = "0s"
     )?;
     let bin = spillway_e2e::process::bin_path("spillway-ingester", "SPILLWAY_E2E_INGESTER_BIN");
     for command in ["check-config", "run"] {
-        let out = std::process::Command::new(&bin)
+        let out = spillway_e2e::process::command_without_overrides(&bin)
             .args(["--config", path.to_str().context("path")?, command])
-            .env_remove("SPILLWAY_KAFKA_BROKERS")
-            .env_remove("SPILLWAY_CLICKHOUSE_URLS")
-            .env_remove("SPILLWAY_CLICKHOUSE_URL")
             .output()?;
         let stderr = String::from_utf8_lossy(&out.stderr);
         ensure!(
@@ -113,7 +110,7 @@ max_age = "0s"
     }
     // An unknown key is named too.
     std::fs::write(&path, "[kafka]\nbrokerz = \"x\"\n")?;
-    let out = std::process::Command::new(&bin)
+    let out = spillway_e2e::process::command_without_overrides(&bin)
         .args(["--config", path.to_str().context("path")?, "check-config"])
         .output()?;
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -189,12 +186,8 @@ async fn start_up_against_missing_servers_or_tables_fails_with_one_clear_message
             ),
         )?;
         let started = Instant::now();
-        let out = std::process::Command::new(&bin)
+        let out = spillway_e2e::process::command_without_overrides(&bin)
             .args(["--config", path.to_str().context("path")?])
-            .env_remove("SPILLWAY_KAFKA_BROKERS")
-            .env_remove("SPILLWAY_CLICKHOUSE_URLS")
-            .env_remove("SPILLWAY_CLICKHOUSE_URL")
-            .env_remove("SPILLWAY_CLICKHOUSE_CLUSTER")
             .output()?;
         let took = started.elapsed();
         let stderr = spillway_e2e::strip_ansi(&String::from_utf8_lossy(&out.stderr));
@@ -370,7 +363,7 @@ async fn simulated_fleet_lands_complete_with_each_host_on_one_shard() -> Result<
             "ingest_quality_all has {hosts_all} hosts"
         );
     } else {
-        println!("Distributed tables not checked: SPILLWAY_CLICKHOUSE_CLUSTER is not set");
+        println!("Distributed tables not checked: SPILLWAY_INGESTER_CLICKHOUSE_CLUSTER is not set");
     }
     let mut again = Service::ingester(
         &dir.path().join("again"),

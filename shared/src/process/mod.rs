@@ -65,6 +65,8 @@ pub struct HttpConfig {
 pub trait ProgramConfig {
     /// Deprecation warnings from loading it.
     fn warnings(&self) -> &[String];
+    /// The environment variables that set something (over the file).
+    fn set_by_env(&self) -> &[String];
     /// How it logs.
     fn log(&self) -> &LogConfig;
 }
@@ -88,16 +90,23 @@ pub fn start<C: ProgramConfig>(
             return Err(ExitCode::from(2));
         }
     };
+    let from_env = config.set_by_env().join(", ");
     if check_only {
         for warning in config.warnings() {
             eprintln!("warning: {warning}");
         }
         println!("configuration is valid");
+        if !from_env.is_empty() {
+            println!("set by the environment (over the file): {from_env}");
+        }
         return Err(ExitCode::SUCCESS);
     }
     init_logging(config.log().format, &config.log().level);
     for warning in config.warnings() {
         tracing::warn!("{warning}");
+    }
+    if !from_env.is_empty() {
+        tracing::info!(variables = %from_env, "settings from the environment, over the file");
     }
     Ok(config)
 }
