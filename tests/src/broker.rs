@@ -58,6 +58,17 @@ fn tansu_bin() -> PathBuf {
     }
 }
 
+/// tansu built with its `libsql` feature: the one with a storage engine
+/// that keeps data across a restart (SQLite).
+fn sasl_bin() -> Result<PathBuf> {
+    std::env::var_os("SPILLWAY_TANSU_SASL_BIN")
+        .map(PathBuf::from)
+        .context(
+            "SPILLWAY_TANSU_SASL_BIN is not set: run `scripts/stack.sh install` and export \
+             what `scripts/stack.sh env` prints (tansu built with its libsql feature)",
+        )
+}
+
 /// A port that was free a moment ago.
 pub fn free_port() -> Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
@@ -91,6 +102,30 @@ impl LocalBroker {
         Ok(b)
     }
 
+    /// Starts a broker that keeps its topics, records and committed
+    /// offsets in an SQLite file in `dir` across a restart, as a Kafka
+    /// broker keeps its log: an outage, not a lost disk.
+    pub fn start_durable(dir: &std::path::Path) -> Result<LocalBroker> {
+        std::fs::create_dir_all(dir)?;
+        let port = free_port()?;
+        Self::start_sqlite(dir, port, port)
+    }
+
+    /// Starts tansu with its SQLite storage in `dir`, anyone may connect.
+    fn start_sqlite(dir: &std::path::Path, port: u16, advertised: u16) -> Result<LocalBroker> {
+        let mut b = LocalBroker {
+            bin: sasl_bin()?,
+            storage: "sqlite://tansu.db",
+            authentication: false,
+            dir: dir.to_owned(),
+            port,
+            advertised,
+            child: None,
+        };
+        b.restart()?;
+        Ok(b)
+    }
+
     /// Starts a broker that keeps its data and users in an SQLite file in
     /// `dir`, creates `users` and `topics` (name, partitions) while anyone
     /// may connect, then restarts it requiring SASL/SCRAM of every client.
@@ -101,22 +136,7 @@ impl LocalBroker {
         users: &[ScramUser<'_>],
         topics: &[(&str, i32)],
     ) -> Result<LocalBroker> {
-        let bin = std::env::var_os("SPILLWAY_TANSU_SASL_BIN")
-            .map(PathBuf::from)
-            .context(
-                "SPILLWAY_TANSU_SASL_BIN is not set: run `scripts/stack.sh install` and export \
-                 what `scripts/stack.sh env` prints (tansu built with its libsql feature)",
-            )?;
-        let mut b = LocalBroker {
-            bin,
-            storage: "sqlite://tansu.db",
-            authentication: false,
-            dir: dir.to_owned(),
-            port,
-            advertised,
-            child: None,
-        };
-        b.restart()?;
+        let mut b = Self::start_sqlite(dir, port, advertised)?;
         for u in users {
             b.cli(&[
                 "user",

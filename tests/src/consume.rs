@@ -79,3 +79,25 @@ pub fn metrics_seqs(records: &[Record], instance_id: &str) -> Vec<u64> {
     seqs.dedup();
     seqs
 }
+
+/// How many times each tick of `host_id` is on the topic: (instance, seq)
+/// and the copies (its records over its parts).
+pub fn tick_copies(
+    records: &[Record],
+    host_id: &str,
+) -> std::collections::BTreeMap<(String, u64), u64> {
+    let mut seen = std::collections::BTreeMap::new();
+    for r in records {
+        if let Record::Metrics(m) = r
+            && m.origin.host_id == host_id
+        {
+            let (n, _) = seen
+                .entry((m.origin.instance_id.clone(), m.seq))
+                .or_insert((0u64, u64::from(m.parts.max(1))));
+            *n += 1;
+        }
+    }
+    seen.into_iter()
+        .map(|(tick, (n, parts))| (tick, n / parts))
+        .collect()
+}

@@ -361,3 +361,48 @@ pub async fn ticks(env: &TestEnv, db: &str, hosts: &[String]) -> Result<Vec<Tick
 pub fn contiguous(t: &[Ticks]) -> bool {
     t.iter().all(|i| i.distinct == i.max_seq + 1)
 }
+
+/// The ticks of `host` stored more than once, over every shard: (instance,
+/// seq) and how many times. A tick's rows are one per series, so a tick
+/// stored n times has n rows per series; a tick with some of its rows
+/// repeated is an error.
+pub async fn repeated_ticks(
+    env: &TestEnv,
+    db: &str,
+    host: &str,
+) -> Result<std::collections::BTreeMap<(String, u64), u64>> {
+    #[derive(clickhouse::Row, serde::Deserialize)]
+    struct R {
+        instance_id: String,
+        seq: u64,
+        rows: u64,
+        series: u64,
+    }
+    let mut out = std::collections::BTreeMap::new();
+    for shard in 0..env.clickhouse_urls.len() {
+        let rows: Vec<R> = env
+            .clickhouse(shard)
+            .with_database(db)
+            .query(
+                "SELECT instance_id, seq, count() AS rows, uniqExact(metric, labels) AS series \
+                 FROM samples WHERE host_id = ? GROUP BY instance_id, seq \
+                 HAVING rows > series ORDER BY instance_id, seq",
+            )
+            .bind(host)
+            .fetch_all()
+            .await?;
+        for r in rows {
+            ensure!(
+                r.rows % r.series == 0,
+                "{}/{} tick {}: {} rows of {} series, some rows stored more often than others",
+                host,
+                r.instance_id,
+                r.seq,
+                r.rows,
+                r.series
+            );
+            out.insert((r.instance_id, r.seq), r.rows / r.series);
+        }
+    }
+    Ok(out)
+}

@@ -15,7 +15,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
 use spillway_e2e::broker::{LocalBroker, free_port};
-use spillway_e2e::ingest::{Ingesting, contiguous, start_ingesting, ticks};
+use spillway_e2e::consume::{TopicReader, tick_copies};
+use spillway_e2e::ingest::{Ingesting, contiguous, repeated_ticks, start_ingesting, ticks};
 use spillway_e2e::process::{Service, agent_metric};
 use spillway_e2e::{TestEnv, unique_name};
 
@@ -252,12 +253,13 @@ fn configure_agent(brokers: &str, topic: &str, host: &str, port: u16) -> Result<
     Ok(edited)
 }
 
-/// Waits until the agent on `port` has made ticks and ClickHouse holds them
-/// all, checked half-way between two ticks (they are aligned to whole
-/// seconds): the broker may then be killed with no tick in flight. A tick
-/// in flight when a memory-storage broker dies can be consumed and stored
-/// while its producer never hears back, spools it and sends it again:
-/// a duplicate made by the broker's lost storage, not by the package.
+/// Waits until the agent on `port` has made ticks and ClickHouse holds all
+/// of them but perhaps the last, then returns half-way between two ticks
+/// (they are aligned to whole seconds), so that the broker is killed with
+/// no tick in flight as a rule. A tick in flight when the broker dies can
+/// be stored while its producer never hears back, spools it and sends it
+/// again: a second copy the agent's at-least-once delivery allows
+/// (ARCHITECTURE.md), not the package's; the test allows it on the topic.
 async fn caught_up(
     env: &TestEnv,
     db: &str,
@@ -267,12 +269,17 @@ async fn caught_up(
 ) -> Result<()> {
     let deadline = Instant::now() + Duration::from_secs(90);
     loop {
-        spillway_e2e::process::half_way_between_ticks().await?;
         let made = agent_metric(port, "spillway_agent_ticks_total")
             .await
             .map_or(0, |v| v as u64);
         let t = ticks(env, db, &[host.to_owned()]).await?;
-        if made >= 3 && t.len() == 1 && t[0].distinct == made && t[0].max_seq + 1 == made {
+        if made >= 3
+            && t.len() == 1
+            && contiguous(&t)
+            && t[0].distinct >= 3
+            && t[0].distinct + 1 >= made
+        {
+            spillway_e2e::process::half_way_between_ticks().await?;
             return Ok(());
         }
         ensure!(
@@ -280,6 +287,7 @@ async fn caught_up(
             "the installed agent's ticks did not land: made {made}, stored {t:?}\n{}",
             logs()
         );
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 
@@ -361,7 +369,9 @@ async fn the_agent_package_installs_runs_upgrades_with_the_broker_down_and_purge
 
     // Configured by hand and run as its user (systemd is not PID 1 here):
     // its ticks land through a broker of the test's own and the ingester.
-    let mut broker = LocalBroker::start(dir.path())?;
+    // A broker that keeps its log across the outage, as Kafka does (one
+    // that came back empty would reuse offsets the ingester has journaled).
+    let mut broker = LocalBroker::start_durable(&dir.path().join("broker"))?;
     let env = TestEnv {
         kafka_brokers: broker.brokers(),
         ..TestEnv::from_env()
@@ -483,9 +493,36 @@ async fn the_agent_package_installs_runs_upgrades_with_the_broker_down_and_purge
         );
         tokio::time::sleep(Duration::from_millis(500)).await;
     };
-    ensure!(
-        stored.iter().all(|i| i.rows == i.distinct_rows),
-        "duplicates: {stored:?}"
+    // The agent delivers at least once: a tick whose delivery timed out as
+    // the broker went or came back is sent again, and may then be on the
+    // topic twice. The pipeline adds no copy of its own: no tick is stored
+    // more often than the topic holds it.
+    let on_topic = {
+        let mut reader = TopicReader::new(&broker.brokers(), &topic)?;
+        let want: usize = stored.iter().map(|i| i.distinct as usize).sum();
+        let all = reader
+            .read_until(Duration::from_secs(60), |r| {
+                tick_copies(r, &host).len() >= want
+            })
+            .await?;
+        ensure!(all, "the topic lacks ticks ClickHouse holds");
+        // And any later copies.
+        reader.read_until(Duration::from_secs(3), |_| false).await?;
+        tick_copies(&reader.records, &host)
+    };
+    let repeated = repeated_ticks(&env, &db, &host).await?;
+    for (tick, copies) in &repeated {
+        let sent = on_topic.get(tick).copied().unwrap_or(0);
+        ensure!(
+            *copies <= sent,
+            "tick {tick:?} stored {copies} times, on the topic {sent} time(s): {stored:?}\n{}",
+            logs()
+        );
+    }
+    println!(
+        "{} tick(s) sent twice by the agent, {} stored twice",
+        on_topic.values().filter(|n| **n > 1).count(),
+        repeated.len()
     );
     ensure!(
         agent.terminate(Duration::from_secs(20))?,
