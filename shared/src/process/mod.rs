@@ -97,7 +97,7 @@ pub fn start<C: ProgramConfig>(
         }
         println!("configuration is valid");
         if !from_env.is_empty() {
-            println!("set by the environment (over the file): {from_env}");
+            println!("set by the environment: {from_env}");
         }
         return Err(ExitCode::SUCCESS);
     }
@@ -106,7 +106,7 @@ pub fn start<C: ProgramConfig>(
         tracing::warn!("{warning}");
     }
     if !from_env.is_empty() {
-        tracing::info!(variables = %from_env, "settings from the environment, over the file");
+        tracing::info!(variables = %from_env, "settings from the environment");
     }
     Ok(config)
 }
