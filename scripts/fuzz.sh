@@ -20,6 +20,13 @@ command -v cargo-fuzz >/dev/null || cargo install --locked cargo-fuzz
 cd fuzz
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
+# Built first, all targets at once, so that a build failure (a full disk, a
+# compile error) is not reported as a crash.
+if ! cargo fuzz build -s none --debug-assertions >"$log" 2>&1; then
+  tail -n 40 "$log" >&2
+  echo "the fuzz targets did not build (above); nothing was fuzzed" >&2
+  exit 1
+fi
 for target in $(cargo fuzz list); do
   mkdir -p "corpus/$target"
   echo "==> fuzz $target for ${SECONDS_EACH}s"
