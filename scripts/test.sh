@@ -86,6 +86,9 @@ step "cargo fmt --check"
 cargo fmt --all --check
 cargo fmt --manifest-path fuzz/Cargo.toml --check
 
+step "fuzz/Cargo.lock is current (the fuzz workspace builds with the locked versions)"
+cargo metadata --locked --format-version 1 --manifest-path fuzz/Cargo.toml >/dev/null
+
 step "cargo deny (licences, banned crates, sources; advisories when their database is reachable)"
 command -v cargo-deny >/dev/null || cargo install --locked cargo-deny
 cargo deny --locked check licenses bans sources
