@@ -4,19 +4,27 @@
 //! source tree; otherwise `unknown`.
 //!
 //! On Linux with glibc it also links the binaries with packed relative
-//! relocations (`DT_RELR`, `-z pack-relative-relocs`): the dynamic loader
-//! otherwise writes a 24-byte relocation per pointer in the binary's tables,
-//! and those pages stay resident and private in every running agent
-//! (0.6 MiB of the agent's RSS, bench/agent-footprint.sh). Needs binutils
+//! relocations (`DT_RELR`, `-z pack-relative-relocs`): otherwise the binary
+//! carries a 24-byte relocation entry per pointer in its tables
+//! (`.rela.dyn`), which the loader reads at every start and which stay
+//! resident (0.6 MiB of the agent's RSS, bench/agent-footprint.sh). Needs binutils
 //! 2.38 or lld 15 to link and glibc 2.36 to run (Debian 12, Ubuntu 22.10,
 //! RHEL 10); `SPILLWAY_RELR=0` builds without it for older hosts.
 fn main() {
+    pack_relative_relocations();
+    embed_revision();
+}
+
+fn pack_relative_relocations() {
     println!("cargo:rerun-if-env-changed=SPILLWAY_RELR");
-    let linux_gnu = std::env::var("CARGO_CFG_TARGET_OS").as_deref() == Ok("linux")
-        && std::env::var("CARGO_CFG_TARGET_ENV").as_deref() == Ok("gnu");
-    if linux_gnu && std::env::var("SPILLWAY_RELR").as_deref() != Ok("0") {
+    let env = |key: &str| std::env::var(key).unwrap_or_default();
+    let linux_gnu = env("CARGO_CFG_TARGET_OS") == "linux" && env("CARGO_CFG_TARGET_ENV") == "gnu";
+    if linux_gnu && env("SPILLWAY_RELR") != "0" {
         println!("cargo:rustc-link-arg-bins=-Wl,-z,pack-relative-relocs");
     }
+}
+
+fn embed_revision() {
     println!("cargo:rerun-if-env-changed=SPILLWAY_GIT_REVISION");
     println!("cargo:rerun-if-changed=../.git/HEAD");
     println!("cargo:rerun-if-changed=../.git/refs");
