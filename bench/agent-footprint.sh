@@ -87,6 +87,12 @@ ag_ms=$(awk -v a="$ag_cpu0" -v b="$ag_cpu1" -v n="$ticks" -v hz="$hz" 'BEGIN {pr
 rss_ratio=$(awk -v a="$ag_mean" -v b="$ne_mean" 'BEGIN {printf "%.2f", a/b}')
 cpu_ratio=$(awk -v a="$ag_ms" -v b="$ne_ms" 'BEGIN {printf "%.2f", (b>0 ? a/b : 0)}')
 agent_samples=$(curl -fsS "127.0.0.1:$AGENT_PORT/metrics" | awk '/^spillway_agent_records_published_total / {print $2}')
+# How much of agent/link-order.txt (scripts/agent-link-order.sh) names
+# functions this build has: the names go stale with a toolchain or
+# dependency update, and then the agent's code is no longer packed.
+order_total=$(grep -c . agent/link-order.txt || true)
+order_found=$(nm --defined-only "$AGENT" 2>/dev/null | awk '{print $3}' | sort -u \
+  | comm -12 - <(sort -u agent/link-order.txt) | wc -l)
 
 out=${BENCH_RESULTS:-bench/results}/$(date -u +%Y-%m-%d)-agent-footprint.md
 [ "$SECS" -ge 30 ] && [ "$profile" = release ] || out=$work/smoke.md
@@ -107,6 +113,7 @@ ${series} series per scrape) scraped once per interval.
 | collections | $ticks | $scrapes | |
 
 Agent records acknowledged by the broker during the run: ${agent_samples}.
+Functions of agent/link-order.txt in this build (packed together by the linker): ${order_found} of ${order_total}.
 Targets (issue 3): RSS ratio ≤ 0.5, CPU ratio ≤ 0.5.
 MD
 cat "$out"

@@ -10,8 +10,16 @@
 //! resident (0.6 MiB of the agent's RSS, bench/agent-footprint.sh). Needs binutils
 //! 2.38 or lld 15 to link and glibc 2.36 to run (Debian 12, Ubuntu 22.10,
 //! RHEL 10); `SPILLWAY_RELR=0` builds without it for older hosts.
+//!
+//! The agent's binary is also linked with its functions in the order of
+//! `agent/link-order.txt` (see `scripts/agent-link-order.sh`): the code a
+//! running agent executes sits together, so the kernel's 64 KiB fault-around
+//! maps little else. Only where rustc links with lld (its default on
+//! x86_64-unknown-linux-gnu since Rust 1.90) and no other linker is
+//! configured; `SPILLWAY_LINK_ORDER=0` builds without it.
 fn main() {
     pack_relative_relocations();
+    order_functions();
     embed_revision();
 }
 
@@ -22,6 +30,51 @@ fn pack_relative_relocations() {
     if linux_gnu && env("SPILLWAY_RELR") != "0" {
         println!("cargo:rustc-link-arg-bins=-Wl,-z,pack-relative-relocs");
     }
+}
+
+fn order_functions() {
+    println!("cargo:rerun-if-env-changed=SPILLWAY_LINK_ORDER");
+    println!("cargo:rerun-if-env-changed=CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_LINKER");
+    let env = |key: &str| std::env::var(key).unwrap_or_default();
+    let order = std::path::Path::new(&env("CARGO_MANIFEST_DIR")).join("link-order.txt");
+    if env("CARGO_PKG_NAME") != "spillway-agent" || env("SPILLWAY_LINK_ORDER") == "0" {
+        return;
+    }
+    println!("cargo:rerun-if-changed={}", order.display());
+    // The names are a release build's (a profile's settings are part of a
+    // symbol's hash). rustc's own lld is the linker only on this target,
+    // from 1.90, unless the build names another (a linker or linker flags
+    // of its own).
+    let lld = env("PROFILE") == "release"
+        && env("TARGET") == "x86_64-unknown-linux-gnu"
+        && rustc_minor().is_some_and(|minor| minor >= 90)
+        && env("CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_LINKER").is_empty()
+        && !env("CARGO_ENCODED_RUSTFLAGS").contains("link");
+    if lld && order.is_file() {
+        println!(
+            "cargo:rustc-link-arg-bins=-Wl,--symbol-ordering-file={}",
+            order.display()
+        );
+        // Names of another toolchain's build are skipped, not errors.
+        println!("cargo:rustc-link-arg-bins=-Wl,--no-warn-symbol-ordering");
+    }
+}
+
+/// The minor version of the rustc that builds this (`rustc 1.95.0 ...`).
+fn rustc_minor() -> Option<u32> {
+    let rustc = std::env::var("RUSTC").unwrap_or_else(|_| "rustc".to_owned());
+    let out = std::process::Command::new(rustc)
+        .arg("--version")
+        .output()
+        .ok()?;
+    let version = String::from_utf8_lossy(&out.stdout);
+    version
+        .split_whitespace()
+        .nth(1)?
+        .split('.')
+        .nth(1)?
+        .parse()
+        .ok()
 }
 
 fn embed_revision() {
