@@ -1,7 +1,8 @@
 # Images for both binaries: `docker build --target ingester .` or
 # `--target agent`. Dependencies are compiled in their own layer
 # (cargo-chef), so an edit to Spillway's sources rebuilds only Spillway's
-# crates; the release profile uses LTO and strips. The runtime stages are
+# crates; the release profile uses LTO and strips (the agent keeps its
+# symbol table, which is never loaded). The runtime stages are
 # Debian slim, non-root.
 FROM rust:1.95-bookworm AS chef
 RUN apt-get update \
@@ -16,6 +17,8 @@ RUN cargo chef prepare --recipe-path recipe.json
 
 FROM chef AS build
 COPY --from=planner /src/recipe.json recipe.json
+# The C dependencies' CFLAGS (a section per function: .cargo/config.toml).
+COPY .cargo .cargo
 # This layer changes only when Cargo.toml or Cargo.lock do.
 RUN cargo chef cook --release --locked --recipe-path recipe.json \
     -p spillway-agent -p spillway-ingester
