@@ -33,14 +33,17 @@ fn pack_relative_relocations() {
 }
 
 fn order_functions() {
-    println!("cargo:rerun-if-env-changed=SPILLWAY_LINK_ORDER");
-    println!("cargo:rerun-if-env-changed=CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_LINKER");
     let env = |key: &str| std::env::var(key).unwrap_or_default();
-    let order = std::path::Path::new(&env("CARGO_MANIFEST_DIR")).join("link-order.txt");
-    if env("CARGO_PKG_NAME") != "spillway-agent" || env("SPILLWAY_LINK_ORDER") == "0" {
+    if env("CARGO_PKG_NAME") != "spillway-agent" {
         return;
     }
+    println!("cargo:rerun-if-env-changed=SPILLWAY_LINK_ORDER");
+    println!("cargo:rerun-if-env-changed=CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_LINKER");
+    let order = std::path::Path::new(&env("CARGO_MANIFEST_DIR")).join("link-order.txt");
     println!("cargo:rerun-if-changed={}", order.display());
+    if env("SPILLWAY_LINK_ORDER") == "0" {
+        return;
+    }
     // The names are a release build's (a profile's settings are part of a
     // symbol's hash). rustc's own lld is the linker only on this target,
     // from 1.90, unless the build names another (a linker or linker flags
